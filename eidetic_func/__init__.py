@@ -1,0 +1,72 @@
+"""eidetic_func: continual learning without forgetting, as a torch.func functional core.
+
+The core is a set of pure functions over an immutable :class:`EideticState`::
+
+    import eidetic_func as ef
+    state = ef.init(model)
+    state, metrics = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
+    state = ef.finish_task(state, model.topology(), task=0)
+    state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
+"""
+
+from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
+from .bridge import bridge
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EideticError,
+    NonFiniteError,
+    NothingToPrune,
+    ShapeError,
+    StateMismatchError,
+    TaskError,
+    TopologyError,
+)
+from .forward import forward
+from .freeze import freeze, freeze_grads, trainable
+from .lifecycle import finish_task, recycle, revisit
+from .mask import apply_task_mask, task_entries
+from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
+from .state import FREE, EideticState, init
+from .step import StepMetrics, train_step
+from .topology import Reader, Topology, Unit, check_topology
+
+__all__ = [
+    "FREE",
+    "NAMESPACE",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EideticError",
+    "EideticState",
+    "NonFiniteError",
+    "NothingToPrune",
+    "Reader",
+    "ShapeError",
+    "StateMismatchError",
+    "StepMetrics",
+    "TaskBatchNorm1d",
+    "TaskBatchNorm2d",
+    "TaskError",
+    "Topology",
+    "TopologyError",
+    "Unit",
+    "apply_task_mask",
+    "bridge",
+    "check_topology",
+    "convert_batchnorm",
+    "finish_task",
+    "forward",
+    "freeze",
+    "freeze_grads",
+    "init",
+    "recycle",
+    "revisit",
+    "task_entries",
+    "train_step",
+    "trainable",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_map",
+]

@@ -1,0 +1,50 @@
+"""Propagating pruning through the network so that nothing live reads a pruned neuron."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .state import EideticState
+from .topology import Topology, check_topology, columns, neuron_alive, reader_columns, rows
+
+
+def bridge(state: EideticState, topology: Topology) -> EideticState:
+    """Make the pruning mask consistent; idempotent, and it only ever removes.
+
+    A neuron is pruned when one of its producer rows has no kept entry left. Then, for
+    every free entry: all its producers' rows (residual streams are pruned on both sides),
+    their biases, its BatchNorm channel (weight and bias) and the input columns that read
+    it in every reader (conv → linear: the channel's whole spatial block) are removed
+    (``keep = False``) and set to zero. Owned entries are never touched. A neuron whose
+    inputs are all removed is removed too, until nothing changes.
+    """
+    check_topology(topology, state.params, state.buffers)
+    keep, params = dict(state.keep), dict(state.params)
+    changed = True
+    while changed:
+        changed = False
+        for unit in topology.units:
+            dead = ~neuron_alive(unit, keep)
+            if not bool(dead.any()):
+                continue
+            targets: list[tuple[str, Tensor]] = []
+            for layer in unit.producers:
+                for key in (f"{layer}.weight", f"{layer}.bias"):
+                    if key in keep:
+                        targets.append((key, rows(dead, keep[key])))
+            for norm in unit.norms:
+                for key in (f"{norm}.weight", f"{norm}.bias"):
+                    if key in keep:
+                        targets.append((key, dead))
+            for reader in unit.readers:
+                key = f"{reader.layer}.weight"
+                cols = reader_columns(reader, dead, keep[key].shape[1])
+                targets.append((key, columns(cols, keep[key])))
+            for key, mask in targets:
+                remove = mask & (state.owner[key] < 0) & keep[key]
+                if bool(remove.any()):
+                    keep[key] = keep[key] & ~remove
+                    params[key] = torch.where(remove, torch.zeros_like(params[key]), params[key])
+                    changed = True
+    return state.replace(keep=keep, params=params)

@@ -1,0 +1,107 @@
+"""The network as a pure function of the state: ``forward(model, state, x, task, train)``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ._memo import TensorMemo
+from .errors import ShapeError, TaskError
+from .mask import apply_task_mask, needs_task_mask
+from .state import EideticState, bn_prefixes, check_state
+
+
+def forward(
+    model: nn.Module, state: EideticState, x: Tensor, *, task: int, train: bool
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits of head ``task`` for ``x`` and the BatchNorm buffers after this call.
+
+    Runs ``model(x, task)`` through ``torch.func.functional_call`` with the parameters of
+    ``task``'s subnetwork (see :func:`eidetic_func.apply_task_mask`). In training mode,
+    BN channels owned by finished tasks normalize with their frozen running statistics and
+    their statistics come back unchanged; free channels behave as ordinary BatchNorm.
+    Neither ``state`` nor the model's own tensors are modified; the model's train/eval
+    flags are restored on return.
+    """
+    check_task(model, task)
+    check_input(model, x)
+    check_state(model, state)
+    params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
+    return _call(model, state, params, x, task=task, train=train)
+
+
+def _call(
+    model: nn.Module,
+    state: EideticState,
+    params: dict[str, Tensor],
+    x: Tensor,
+    *,
+    task: int,
+    train: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    buffers = {k: v.clone() for k, v in state.buffers.items()} if train else state.buffers
+    with train_mode(model, train):
+        logits = functional_call(
+            model, (params, buffers, frozen_channels(state)), (x,), {"task": task}, strict=True
+        )
+    return logits, buffers
+
+
+def frozen_channels(state: EideticState) -> dict[str, Tensor]:
+    """Per Task BatchNorm, the indices of its channels owned by some task (``frozen_channels``).
+
+    Indices are cached per ownership tensor, so steady training does not recompute them
+    (nor synchronize a GPU to find them).
+    """
+    flags = {}
+    for prefix in bn_prefixes(state):
+        owner = state.owner[f"{prefix}.running_mean"]
+        idx = _FROZEN.get((owner,))
+        if idx is None:
+            idx = (owner >= 0).nonzero().squeeze(1)
+            _FROZEN.put((owner,), idx)
+        flags[f"{prefix}.frozen_channels"] = idx
+    return flags
+
+
+_FROZEN = TensorMemo()
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """Set every submodule's training flag for the duration of the block, then restore it."""
+    before = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, flag in before:
+            m.training = flag
+
+
+def check_task(model: nn.Module, task: int) -> None:
+    num_tasks = getattr(model, "num_tasks", None)
+    if not isinstance(task, int) or isinstance(task, bool):
+        raise TaskError(f"task must be an int, got {type(task).__name__}")
+    if task < 0 or (num_tasks is not None and task >= num_tasks):
+        raise TaskError(
+            f"task {task} is out of range: the model has {num_tasks} heads (0..{num_tasks - 1 if num_tasks else 0})"
+        )
+
+
+def check_input(model: nn.Module, x: Tensor) -> None:
+    """Raise :class:`ShapeError` for a non-tensor, an empty batch, or a shape the model rejects.
+
+    Models state what they accept with a ``check_input(x)`` method (the models in
+    ``models/`` do); without one, only the batch is checked.
+    """
+    if not isinstance(x, Tensor):
+        raise ShapeError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ShapeError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+    model_check = getattr(model, "check_input", None)
+    if callable(model_check):
+        model_check(x)

@@ -1,0 +1,107 @@
+"""The state of an eidetic network: parameters, BN statistics, ownership, pruning mask.
+
+All tensors live in plain ``dict[str, Tensor]`` keyed like ``named_parameters()`` /
+``named_buffers()``. A state is immutable: every function returns a new one (tensors that
+did not change are shared, never written to).
+
+Ownership (``owner``) is the single source of truth for freezing: an entry with
+``owner >= 0`` belongs to that task and is bit-identical from then on. It covers every
+parameter entry and every BatchNorm running statistic (per channel). ``keep`` is the
+current task's pruning mask over parameters; free entries with ``keep == False`` are
+always exactly zero (pruning and bridging zero them, :func:`eidetic_func.freeze` keeps
+them so), which is why the network of the task being trained needs no masking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .batchnorm import is_task_batchnorm
+from .errors import StateMismatchError, TopologyError
+from .pytree import pytree_dataclass, static_field
+
+FREE = -1
+OWNER_DTYPE = torch.int16
+BN_STATS = ("running_mean", "running_var")
+
+
+@pytree_dataclass
+class EideticState:
+    """Immutable training state (a pytree; ``task`` and ``finished`` are static).
+
+    - ``params``: ``{name: Tensor}``, detached, like ``model.named_parameters()``.
+    - ``buffers``: ``{name: Tensor}``, BN running statistics and counters.
+    - ``owner``: ``{name: int16 Tensor}`` for every parameter and BN running statistic,
+      same shape; ``-1`` free, ``t`` owned (frozen) by task ``t``.
+    - ``keep``: ``{name: bool Tensor}`` per parameter; the current task's pruning mask.
+    - ``task``: the task being trained (or the next one, after ``finish_task``).
+    - ``finished``: the tasks finished so far, in ascending order.
+    """
+
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    owner: dict[str, Tensor]
+    keep: dict[str, Tensor]
+    task: int = static_field(default=0)
+    finished: tuple[int, ...] = static_field(default=())
+
+    def replace(self, **changes: Any) -> EideticState:
+        """A copy with ``changes`` applied (like ``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def init(model: nn.Module, *, task: int = 0) -> EideticState:
+    """The state of a fresh model: everything free, nothing pruned, training ``task``.
+
+    The model's parameters and buffers are copied (detached); the model is not modified.
+    Every BatchNorm must be a Task variant (see ``eidetic_func.convert_batchnorm``) so
+    that channels of finished tasks can keep their statistics while later tasks train.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_task_batchnorm(module):
+            raise TopologyError(
+                f"module {name!r} is a plain {type(module).__name__}; its statistics cannot be "
+                "frozen per task. Use eidetic_func.convert_batchnorm(model) first."
+            )
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {
+        k: v.detach().clone() for k, v in model.named_buffers() if not k.endswith("frozen_channels")
+    }
+    owned = {**params, **{k: v for k, v in buffers.items() if k.rsplit(".", 1)[-1] in BN_STATS}}
+    owner = {k: torch.full_like(v, FREE, dtype=OWNER_DTYPE) for k, v in owned.items()}
+    keep = {k: torch.ones_like(v, dtype=torch.bool) for k, v in params.items()}
+    return EideticState(params=params, buffers=buffers, owner=owner, keep=keep, task=task)
+
+
+def check_state(model: nn.Module, state: EideticState) -> None:
+    """Raise :class:`StateMismatchError` unless ``state`` has the model's structure."""
+    expected = dict(model.named_parameters())
+    _check_same(expected, state.params, "params")
+    buffers = {k: v for k, v in model.named_buffers() if not k.endswith("frozen_channels")}
+    _check_same(buffers, state.buffers, "buffers")
+
+
+def _check_same(expected: Mapping[str, Tensor], got: Mapping[str, Tensor], what: str) -> None:
+    if expected.keys() != got.keys():
+        missing = sorted(expected.keys() - got.keys())
+        extra = sorted(got.keys() - expected.keys())
+        raise StateMismatchError(
+            f"state.{what} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    for k, v in expected.items():
+        if v.shape != got[k].shape or v.dtype != got[k].dtype:
+            raise StateMismatchError(
+                f"state.{what}[{k!r}] has shape {tuple(got[k].shape)} and dtype {got[k].dtype}; "
+                f"the model expects {tuple(v.shape)} and {v.dtype}"
+            )
+
+
+def bn_prefixes(state: EideticState) -> list[str]:
+    """Module paths of the BatchNorm layers in ``state`` (those with running statistics)."""
+    suffix = ".running_mean"
+    return [k[: -len(suffix)] for k in state.buffers if k.endswith(suffix)]

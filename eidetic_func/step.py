@@ -1,0 +1,121 @@
+"""One training step with any ``torch.optim`` optimizer, frozen entries restored after it.
+
+The optimizer is built over ``model.parameters()`` as usual (one optimizer may serve a
+whole task sequence). Those parameters are the step's workspace: the state is copied in,
+the optimizer updates them in place, and :func:`eidetic_func.freeze` projects the result
+back onto the state's frozen and pruned entries. The returned state never aliases the
+workspace, so states stay immutable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
+from .forward import _call, check_input, check_task
+from .freeze import _mask, _trainable_bits, freeze
+from .mask import needs_task_mask, task_entries
+from .state import EideticState, check_state
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one step measured: mean loss, correct predictions and batch size."""
+
+    loss: float
+    correct: int
+    count: int
+
+
+def check_trainable(state: EideticState, task: int) -> None:
+    """Raise unless ``task`` is the task the state is training (and not a finished one)."""
+    if task in state.finished:
+        raise TaskError(
+            f"task {task} is finished; revisit it explicitly (eidetic_func.revisit) to train it "
+            f"again (the state is training task {state.task})"
+        )
+    if task != state.task:
+        raise TaskError(
+            f"task {task} is not the task being trained (state.task={state.task}); tasks are "
+            "trained in order, each closed by finish_task"
+        )
+
+
+def train_step(
+    model: nn.Module,
+    state: EideticState,
+    batch: tuple[Tensor, Tensor],
+    *,
+    optimizer: torch.optim.Optimizer,
+    task: int,
+    loss_fn: LossFn = F.cross_entropy,
+    zero_frozen_grads: bool = False,
+) -> tuple[EideticState, StepMetrics]:
+    """Train ``task`` on one batch; owned and pruned entries come back bit-identical.
+
+    ``loss_fn(logits, targets)`` must return a scalar. A non-finite loss raises
+    :class:`NonFiniteError` before the optimizer runs (the state is unchanged and the
+    optimizer's statistics are untouched). ``zero_frozen_grads`` also zeroes gradients of
+    frozen entries before the step, so momentum and moment estimates ignore them; freezing
+    itself never depends on it.
+    """
+    check_trainable(state, task)
+    check_task(model, task)
+    x, y = batch
+    check_input(model, x)
+    if y.shape[:1] != x.shape[:1]:
+        raise ShapeError(f"targets have batch size {y.shape[:1]}, inputs {x.shape[:1]}")
+    check_state(model, state)
+    workspace: dict[str, Tensor] = dict(model.named_parameters())
+    _check_optimizer(optimizer, workspace)
+
+    with torch.no_grad():
+        for k, p in workspace.items():
+            p.copy_(state.params[k])
+    optimizer.zero_grad(set_to_none=True)
+    params: dict[str, Tensor] = workspace
+    if needs_task_mask(state, task):  # a revisit: later tasks' entries read as zero
+        used = task_entries(state, task)
+        params = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
+    logits, buffers = _call(model, state, params, x, task=task, train=True)
+    loss = loss_fn(logits, y)
+    if loss.dim() != 0:
+        raise ShapeError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    if logits.dim() == 2 and not y.is_floating_point():
+        correct = (logits.detach().argmax(1) == y).sum()
+    else:
+        correct = torch.zeros((), device=loss.device)
+    loss_value, correct_value = torch.stack([loss.detach().float(), correct.float()]).tolist()
+    if not math.isfinite(loss_value):
+        raise NonFiniteError(
+            f"loss is {loss_value} at task {task}; the state is returned unchanged (lower the "
+            "learning rate or check the data)"
+        )
+    loss.backward()
+    if zero_frozen_grads:
+        bits = _trainable_bits(state)
+        for k, p in workspace.items():
+            if p.grad is not None:
+                _mask(bits[k], p.grad)
+    optimizer.step()
+    new = freeze(state.replace(params=workspace, buffers=buffers), state)
+    return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tensor]) -> None:
+    known = {id(p) for p in workspace.values()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in known:
+                raise ConfigError(
+                    "the optimizer holds a tensor that is not a parameter of the model; build it "
+                    "with optimizer_cls(model.parameters(), ...)"
+                )

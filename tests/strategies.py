@@ -1,0 +1,152 @@
+"""Model, optimizer and data generators shared by the property tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+from torch import Tensor
+
+import eidetic_func as ef
+from models import MLP, ConvNet, ResNet, TaskModel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A small model to generate: kind, batch norm, width, depth, tasks."""
+
+    kind: str
+    bn: bool
+    width: int
+    num_layers: int
+    num_tasks: int
+    classes: int = 3
+
+    def build(self, seed: int) -> TaskModel:
+        torch.manual_seed(seed)
+        heads = [self.classes] * self.num_tasks
+        if self.kind == "mlp":
+            return MLP(12, heads, num_layers=self.num_layers, width=self.width, bn=self.bn)
+        if self.kind == "convnet":
+            return ConvNet(2, heads, num_layers=self.num_layers, width=self.width, bn=self.bn)
+        if self.kind == "convnet_flat":
+            return ConvNet(2, heads, num_layers=1, width=self.width, bn=self.bn, image_size=8)
+        if self.kind == "resnet":
+            return ResNet(2, heads, n_blocks=[1, 2], width=self.width, bn=self.bn)
+        raise ValueError(self.kind)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (12,) if self.kind == "mlp" else (2, 8, 8)
+
+
+def model_specs(kinds: tuple[str, ...] = ("mlp", "convnet")) -> st.SearchStrategy[ModelSpec]:
+    return st.builds(
+        ModelSpec,
+        kind=st.sampled_from(kinds),
+        bn=st.booleans(),
+        width=st.integers(2, 6),
+        num_layers=st.integers(1, 2),
+        num_tasks=st.integers(2, 3),
+    )
+
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+    "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2),
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+}
+
+
+def optimizer_names() -> st.SearchStrategy[str]:
+    return st.sampled_from(sorted(OPTIMIZERS))
+
+
+def batch(spec: ModelSpec, generator: torch.Generator, size: int = 6) -> tuple[Tensor, Tensor]:
+    x = torch.randn(size, *spec.input_shape, generator=generator)
+    y = torch.randint(0, spec.classes, (size,), generator=generator)
+    return x, y
+
+
+def prune_free_neurons(
+    state: ef.EideticState, topology: ef.Topology, generator: torch.Generator, fraction: float
+) -> ef.EideticState:
+    """Prune about ``fraction`` of each unit's free neurons (random), then bridge."""
+    keep = dict(state.keep)
+    params = dict(state.params)
+    for unit in topology.units:
+        free = ef.topology.neuron_owner(unit, state.owner) < 0
+        alive = ef.topology.neuron_alive(unit, keep)
+        candidates = (free & alive).nonzero().squeeze(1)
+        n = min(int(fraction * candidates.numel()), candidates.numel() - 1)
+        if n <= 0:
+            continue
+        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:n]]
+        dead = torch.zeros_like(free)
+        dead[chosen] = True
+        for layer in unit.producers:
+            key = f"{layer}.weight"
+            rows = ef.topology.rows(dead, keep[key])
+            keep[key] = keep[key] & ~rows
+            params[key] = torch.where(rows, 0.0, params[key])
+    return ef.bridge(state.replace(keep=keep, params=params), topology)
+
+
+@dataclass
+class Event:
+    """One point of a task sequence: after a step, a finish or a recycle."""
+
+    kind: str
+    task: int
+    state: ef.EideticState
+
+
+def run_sequence(
+    model: TaskModel,
+    spec: ModelSpec,
+    optimizer: torch.optim.Optimizer,
+    *,
+    seed: int,
+    steps: int,
+    forward_transfer: bool,
+    prune_fraction: float = 0.4,
+) -> Iterator[Event]:
+    """Train every task of ``spec`` in order with one optimizer; yield after every change."""
+    topology = model.topology()
+    generator = torch.Generator().manual_seed(seed)
+    state = ef.init(model)
+    for task in range(spec.num_tasks):
+        for phase in range(2):
+            for _ in range(steps):
+                state, _ = ef.train_step(
+                    model, state, batch(spec, generator), optimizer=optimizer, task=task
+                )
+                yield Event("step", task, state)
+            if phase == 0:
+                state = prune_free_neurons(state, topology, generator, prune_fraction)
+                yield Event("prune", task, state)
+        state = ef.finish_task(state, topology, task=task, forward_transfer=forward_transfer)
+        yield Event("finish", task, state)
+        state = ef.recycle(state, generator=generator)
+        yield Event("recycle", task, state)
+
+
+def owned_snapshot(state: ef.EideticState) -> dict[str, tuple[Tensor, Tensor]]:
+    """Every owned entry (parameters and BN statistics): ``{name: (mask, values)}``."""
+    values = {**state.params, **state.buffers}
+    return {k: (own >= 0, values[k].clone()) for k, own in state.owner.items()}
+
+
+def assert_owned_unchanged(
+    snapshot: dict[str, tuple[Tensor, Tensor]], state: ef.EideticState, where: str
+) -> None:
+    values = {**state.params, **state.buffers}
+    for k, (mask, old) in snapshot.items():
+        assert torch.equal(values[k][mask], old[mask]), f"owned entries of {k} moved ({where})"

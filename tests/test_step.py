@@ -1,0 +1,106 @@
+"""The training step: any optimizer, clear errors, nothing changed on failure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import eidetic_func as ef
+from models import MLP, ConvNet
+
+
+@pytest.fixture
+def setup() -> tuple[MLP, ef.EideticState, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = MLP(8, [3, 3], num_layers=1, width=5)
+    return model, ef.init(model), torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+def _batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, 8), torch.randint(0, 3, (n,))
+
+
+def test_step_lowers_the_loss_and_reports_metrics(setup) -> None:
+    model, state, opt = setup
+    x, y = _batch(32)
+    first = None
+    for _ in range(30):
+        state, metrics = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
+        first = first or metrics
+    assert metrics.loss < first.loss
+    assert metrics.count == 32 and 0 <= metrics.correct <= 32
+
+
+def test_returned_state_never_aliases_the_optimizer_workspace(setup) -> None:
+    model, state, opt = setup
+    new, _ = ef.train_step(model, state, _batch(), optimizer=opt, task=0)
+    workspace = {p.data_ptr() for p in model.parameters()}
+    assert not any(p.data_ptr() in workspace for p in new.params.values())
+    snapshot = {k: v.clone() for k, v in new.params.items()}
+    ef.train_step(model, new, _batch(), optimizer=opt, task=0)
+    for k, v in new.params.items():
+        assert torch.equal(v, snapshot[k])
+
+
+def test_non_finite_loss_raises_and_leaves_state_and_optimizer_untouched(setup) -> None:
+    model, state, opt = setup
+    state, _ = ef.train_step(model, state, _batch(), optimizer=opt, task=0)
+    moments = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
+    x, y = _batch()
+    x[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in state.params.items()}
+    with pytest.raises(ef.NonFiniteError, match="loss is nan"):
+        ef.train_step(model, state, (x, y), optimizer=opt, task=0)
+    for k, v in state.params.items():
+        assert torch.equal(v, before[k])
+    for p in model.parameters():
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, moments[id(p)][k])
+
+
+def test_training_a_finished_task_needs_an_explicit_revisit(setup) -> None:
+    model, state, opt = setup
+    topology = model.topology()
+    state = ef.finish_task(state, topology, task=0)
+    with pytest.raises(ef.TaskError, match="revisit"):
+        ef.train_step(model, state, _batch(), optimizer=opt, task=0)
+    revisited = ef.revisit(state, topology, task=0)
+    ef.train_step(model, revisited, _batch(), optimizer=opt, task=0)
+
+
+def test_tasks_out_of_order_or_out_of_range_are_refused(setup) -> None:
+    model, state, opt = setup
+    with pytest.raises(ef.TaskError, match="not the task being trained"):
+        ef.train_step(model, state, _batch(), optimizer=opt, task=1)
+    with pytest.raises(ef.TaskError, match="out of range"):
+        ef.forward(model, state, _batch()[0], task=2, train=False)
+    with pytest.raises(ef.TaskError):
+        ef.forward(model, state, _batch()[0], task=-1, train=False)
+
+
+def test_mismatched_inputs_are_refused(setup) -> None:
+    model, state, opt = setup
+    with pytest.raises(ef.ShapeError, match="8 features"):
+        ef.train_step(model, state, (torch.randn(4, 7), torch.zeros(4, dtype=torch.long)), optimizer=opt, task=0)
+    with pytest.raises(ef.ShapeError, match="batch size"):
+        ef.train_step(model, state, (torch.randn(4, 8), torch.zeros(3, dtype=torch.long)), optimizer=opt, task=0)
+    with pytest.raises(ef.ShapeError, match="empty"):
+        ef.forward(model, state, torch.randn(0, 8), task=0, train=False)
+    conv = ConvNet(3, [2], num_layers=1, width=2)
+    with pytest.raises(ef.ShapeError, match="images"):
+        ef.forward(conv, ef.init(conv), torch.randn(2, 1, 8, 8), task=0, train=False)
+
+
+def test_an_optimizer_over_foreign_tensors_is_refused(setup) -> None:
+    model, state, _ = setup
+    foreign = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    with pytest.raises(ef.ConfigError, match="model.parameters"):
+        ef.train_step(model, state, _batch(), optimizer=foreign, task=0)
+
+
+def test_a_state_of_another_model_is_refused(setup) -> None:
+    _, state, _ = setup
+    other = MLP(8, [3, 3], num_layers=2, width=5)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(ef.StateMismatchError):
+        ef.train_step(other, state, _batch(), optimizer=opt, task=0)
