@@ -11,6 +11,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
 
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
+from .capacity import Capacity, UnitCapacity, capacity
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -27,14 +28,18 @@ from .forward import forward
 from .freeze import freeze, freeze_grads, trainable
 from .lifecycle import finish_task, recycle, revisit
 from .mask import apply_task_mask, task_entries
+from .prune import prune
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
+from .score import METHODS, prunable, score
 from .state import FREE, EideticState, init
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
 
 __all__ = [
     "FREE",
+    "METHODS",
     "NAMESPACE",
+    "Capacity",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -52,8 +57,10 @@ __all__ = [
     "Topology",
     "TopologyError",
     "Unit",
+    "UnitCapacity",
     "apply_task_mask",
     "bridge",
+    "capacity",
     "check_topology",
     "convert_batchnorm",
     "finish_task",
@@ -61,8 +68,11 @@ __all__ = [
     "freeze",
     "freeze_grads",
     "init",
+    "prunable",
+    "prune",
     "recycle",
     "revisit",
+    "score",
     "task_entries",
     "train_step",
     "trainable",

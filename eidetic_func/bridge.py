@@ -16,8 +16,8 @@ def bridge(state: EideticState, topology: Topology) -> EideticState:
     every free entry: all its producers' rows (residual streams are pruned on both sides),
     their biases, its BatchNorm channel (weight and bias) and the input columns that read
     it in every reader (conv → linear: the channel's whole spatial block) are removed
-    (``keep = False``) and set to zero. Owned entries are never touched. A neuron whose
-    inputs are all removed is removed too, until nothing changes.
+    (``keep = False``). A neuron whose inputs are all removed is removed too, until
+    nothing changes. Every removed free entry ends up zero; owned entries are never touched.
     """
     check_topology(topology, state.params, state.buffers)
     keep, params = dict(state.keep), dict(state.params)
@@ -45,6 +45,10 @@ def bridge(state: EideticState, topology: Topology) -> EideticState:
                 remove = mask & (state.owner[key] < 0) & keep[key]
                 if bool(remove.any()):
                     keep[key] = keep[key] & ~remove
-                    params[key] = torch.where(remove, torch.zeros_like(params[key]), params[key])
                     changed = True
+    # every removed free entry is zero (also those a caller removed without zeroing)
+    for key, k in keep.items():
+        removed = ~k & (state.owner[key] < 0)
+        if bool(removed.any()):
+            params[key] = torch.where(removed, torch.zeros_like(params[key]), params[key])
     return state.replace(keep=keep, params=params)

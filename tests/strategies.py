@@ -76,27 +76,23 @@ def batch(spec: ModelSpec, generator: torch.Generator, size: int = 6) -> tuple[T
 
 
 def prune_free_neurons(
-    state: ef.EideticState, topology: ef.Topology, generator: torch.Generator, fraction: float
+    state: ef.EideticState,
+    topology: ef.Topology,
+    generator: torch.Generator,
+    fraction: float,
+    method: str = "random",
+    model: TaskModel | None = None,
+    data: list[tuple[Tensor, Tensor]] | None = None,
 ) -> ef.EideticState:
-    """Prune about ``fraction`` of each unit's free neurons (random), then bridge."""
-    keep = dict(state.keep)
-    params = dict(state.params)
-    for unit in topology.units:
-        free = ef.topology.neuron_owner(unit, state.owner) < 0
-        alive = ef.topology.neuron_alive(unit, keep)
-        candidates = (free & alive).nonzero().squeeze(1)
-        n = min(int(fraction * candidates.numel()), candidates.numel() - 1)
-        if n <= 0:
-            continue
-        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:n]]
-        dead = torch.zeros_like(free)
-        dead[chosen] = True
-        for layer in unit.producers:
-            key = f"{layer}.weight"
-            rows = ef.topology.rows(dead, keep[key])
-            keep[key] = keep[key] & ~rows
-            params[key] = torch.where(rows, 0.0, params[key])
-    return ef.bridge(state.replace(keep=keep, params=params), topology)
+    """One pruning step (score, prune, bridge); a no-op when nothing is left to prune."""
+    scores = ef.score(
+        model, state, data, method=method, task=state.task, topology=topology, generator=generator
+    )
+    try:
+        pruned = ef.prune(state, topology, scores, fraction=fraction, method=method)
+    except ef.NothingToPrune:
+        return state
+    return ef.bridge(pruned, topology)
 
 
 @dataclass

@@ -1,0 +1,274 @@
+"""Importance-scoring microbenchmark: per-sample Taylor, fast path vs references.
+
+For each model (batch 128): a plain forward+backward of the loss (the floor), the
+original hook-based batch-level scores, a per-sample Python loop, the ``vmap(grad)``
+reference, and the fast gated path, eager and ``torch.compile``d. Medians after warm-up,
+all in one process; also the rank agreement (Spearman) of batch-level and per-sample
+scores. Run: ``python -m benchmarks.importance [--device cuda] [--models mlp,convnet]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+import eidetic_func as ef
+from eidetic_func.forward import train_mode
+from eidetic_func.taylor import (
+    _gate_contributions,
+    _producer_params,
+    _restrict,
+    accumulate_squares,
+    compile_scorer,
+    gated,
+    per_sample_scores,
+)
+from models import MLP, ConvNet, ResNet
+
+from ._timing import environment, sync, write_json
+
+MODELS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp": ("MLP 784-1000-1000 (BN)", lambda: MLP(784, [10], num_layers=2, width=1000), (784,)),
+    "convnet": (
+        "ConvNet (seed), 3x32x32",
+        lambda: ConvNet(3, [10], num_layers=2, width=32),
+        (3, 32, 32),
+    ),
+    "resnet18": ("ResNet-18, 3x32x32", lambda: ResNet(3, [10], n_blocks=[2, 2, 2, 2]), (3, 32, 32)),
+}
+
+
+def _median_seconds(
+    fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device
+) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _hook_scores(
+    model: nn.Module, topology: ef.Topology, x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    """The original implementation's way: forward/backward hooks, then ``loss.backward()``."""
+    outputs: dict[str, Tensor] = {}
+    scores: dict[str, Tensor] = {}
+    handles = []
+    modules = dict(model.named_modules())
+
+    def forward_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+            outputs[name] = output
+
+        return hook
+
+    def backward_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, grad_input: Any, grad_output: tuple[Tensor, ...]) -> None:
+            raw = (grad_output[0] * outputs[name]).abs()
+            raw = raw.flatten(2).mean(2).mean(0) if raw.dim() > 2 else raw.mean(0)
+            scores[name] = scores.get(name, 0) + raw.detach()
+
+        return hook
+
+    for unit in topology.units:
+        for p in unit.producers:
+            handles.append(modules[p].register_forward_hook(forward_hook(p)))
+            handles.append(modules[p].register_full_backward_hook(backward_hook(p)))
+    try:
+        model.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # the first layer's input needs no gradient; the hook fires on its output anyway
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            F.cross_entropy(model(x, 0), y).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {u.name: sum(scores[p] for p in u.producers) for u in topology.units}  # type: ignore[misc]
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    def ranks(v: Tensor) -> Tensor:
+        r = torch.empty_like(v)
+        r[v.argsort()] = torch.arange(v.numel(), dtype=v.dtype, device=v.device)
+        return r
+
+    ra, rb = ranks(a.double()), ranks(b.double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def run_model(
+    key: str, device: torch.device, repeats: int, slow_repeats: int, chunk: int, compile_fast: bool
+) -> dict[str, Any]:
+    name, build, shape = MODELS[key]
+    torch.manual_seed(0)
+    model = build().to(device).eval()
+    topology = model.topology()  # type: ignore[operator]
+    state = ef.init(model)
+    x = torch.randn(128, *shape, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    module = gated(model, topology, 0)
+    params, buffers = _restrict(module, state.params, state.buffers)
+
+    def floor() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x, 0), y).backward()
+
+    def fast() -> None:
+        with train_mode(module, False):
+            accumulate_squares([_gate_contributions(module, params, buffers, x, y, 0, topology)])
+
+    def reference(impl: str) -> Callable[[], None]:
+        def run() -> None:
+            per_sample_scores(
+                model,
+                state,
+                state.params,
+                [(x, y)],
+                task=0,
+                topology=topology,
+                implementation=impl,
+                chunk_size=chunk,
+            )  # type: ignore[arg-type]
+
+        return run
+
+    def materialized() -> None:
+        """The textbook way: every sample's full weight gradient, then the reduction."""
+        needed = _producer_params(topology, state.params)
+
+        def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+            out = functional_call(model, ({**state.params, **p}, state.buffers), (xi[None], 0))
+            return F.cross_entropy(out, yi[None], reduction="sum")
+
+        grads = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(needed, x, y)
+        contributions = {}
+        for unit in topology.units:
+            total = 0
+            for q in unit.producers:
+                w = f"{q}.weight"
+                total = total + (needed[w] * grads[w]).flatten(2).sum(2)
+                if f"{q}.bias" in needed:
+                    total = total + needed[f"{q}.bias"] * grads[f"{q}.bias"]
+            contributions[unit.name] = total
+        accumulate_squares([contributions])  # type: ignore[list-item]
+
+    fns: dict[str, tuple[Callable[[], Any], int]] = {
+        "floor (forward+backward)": (floor, repeats),
+        "seed hooks (batch-level)": (lambda: _hook_scores(model, topology, x, y), repeats),
+        "per-sample loop": (reference("loop"), slow_repeats),
+        "vmap reference": (reference("vmap"), slow_repeats),
+        "vmap, materialized gradients": (materialized, slow_repeats),
+        "fast (eager)": (fast, repeats),
+    }
+    if compile_fast:
+        scorer = compile_scorer(model, topology, 0)
+
+        def compiled() -> None:
+            accumulate_squares([scorer(state.params, state.buffers, x, y)])
+
+        fns["fast (torch.compile)"] = (compiled, repeats)
+    times = {}
+    for label, (fn, n) in fns.items():
+        times[label] = _median_seconds(fn, n, 1, device)
+        print(f"  {label:28s} {1e3 * times[label]:10.2f} ms", flush=True)
+    per_sample = per_sample_scores(model, state, state.params, [(x, y)], task=0, topology=topology)
+    batch_level = _hook_scores(model, topology, x, y)
+    names = [u.name for u in topology.units]
+    flat_ps = torch.cat([per_sample[n] for n in names])
+    flat_bl = torch.cat([batch_level[n] for n in names])
+    per_unit = [_spearman(per_sample[n], batch_level[n]) for n in names]
+    floor_s = times["floor (forward+backward)"]
+    return {
+        "model": name,
+        "times_ms": {k: 1e3 * v for k, v in times.items()},
+        "ratio_to_floor": {k: v / floor_s for k, v in times.items()},
+        "fast_speedup_vs_loop": times["per-sample loop"] / times["fast (eager)"],
+        "fast_speedup_vs_vmap": times["vmap reference"] / times["fast (eager)"],
+        "fast_speedup_vs_vmap_materialized": times["vmap, materialized gradients"]
+        / times["fast (eager)"],
+        "spearman_batch_vs_per_sample": {
+            "all_neurons": _spearman(flat_ps, flat_bl),
+            "mean_per_unit": statistics.mean(per_unit),
+        },
+    }
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    labels = list(rows[0]["times_ms"])
+    lines = [
+        "| method | " + " | ".join(r["model"] for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
+    for label in labels:
+        cells = [
+            f"{r['times_ms'][label]:.1f} ms ({r['ratio_to_floor'][label]:.2f}×)"
+            if label in r["times_ms"]
+            else "–"
+            for r in rows
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| Spearman, batch-level vs per-sample (all / per unit) | "
+        + " | ".join(
+            f"{r['spearman_batch_vs_per_sample']['all_neurons']:.2f} / "
+            f"{r['spearman_batch_vs_per_sample']['mean_per_unit']:.2f}"
+            for r in rows
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="mlp,convnet,resnet18")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--slow-repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=32, help="vmap chunk (bounds memory)")
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    device = torch.device(args.device)
+    rows = []
+    for key in args.models.split(","):
+        print(MODELS[key][0], flush=True)
+        rows.append(
+            run_model(
+                key, device, args.repeats, args.slow_repeats, args.chunk_size, not args.no_compile
+            )
+        )
+    table = to_markdown(rows)
+    print(table)
+    path = write_json(
+        f"importance-{device.type}.json",
+        {
+            "benchmark": "importance",
+            "batch": 128,
+            "environment": environment(device),
+            "targets": {"fast_vs_floor_max": 1.0, "fast_vs_loop_and_vmap_min_speedup_mlp": 30.0},
+            "results": rows,
+            "markdown": table,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

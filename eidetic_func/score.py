@@ -1,0 +1,92 @@
+"""Neuron importance for every prunable unit: ``score(model, state, batches, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .mask import apply_task_mask, needs_task_mask
+from .state import EideticState
+from .taylor import Batch, Implementation, batch_scores, per_sample_scores
+from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
+
+METHODS: tuple[str, ...] = ("l1", "l2", "random", "taylor", "taylor_batch")
+DATA_METHODS = ("taylor", "taylor_batch")
+GLOBAL_METHODS = DATA_METHODS  # one threshold across layers; the others prune per layer
+
+
+def score(
+    model: nn.Module,
+    state: EideticState,
+    batches: Iterable[Batch] | None,
+    *,
+    method: str,
+    task: int,
+    topology: Topology,
+    generator: torch.Generator | None = None,
+    implementation: Implementation = "fast",
+) -> dict[str, Tensor]:
+    """Importance of every neuron: ``{unit name: [C] float scores}``; low means prunable.
+
+    - ``"l1"`` / ``"l2"``: norm of the neuron's weights (all its producer rows);
+    - ``"random"``: uniform, from ``generator`` (required);
+    - ``"taylor"``: per-sample first-order Taylor importance over ``batches`` (see
+      :mod:`eidetic_func.taylor`; ``implementation`` picks fast / vmap / loop);
+    - ``"taylor_batch"``: the original EideticNet batch-level variant, for parity.
+
+    Neurons owned by a task, or already pruned in this task, score ``+inf``: no pruning
+    step can select them. Scoring uses BatchNorm in inference mode and never changes
+    ``state``.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown scoring method {method!r}; choose one of {list(METHODS)}")
+    check_topology(topology, state.params, state.buffers)
+    params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
+    if method in DATA_METHODS:
+        if batches is None:
+            raise ConfigError(f"method {method!r} needs batches of data to score with")
+        if method == "taylor":
+            raw = per_sample_scores(
+                model,
+                state,
+                params,
+                batches,
+                task=task,
+                topology=topology,
+                implementation=implementation,
+            )
+        else:
+            raw = batch_scores(model, state, params, batches, task=task, topology=topology)
+    elif method == "random":
+        if generator is None:
+            raise ConfigError("method 'random' needs a seeded torch.Generator (generator=...)")
+        raw = {}
+        for unit in topology.units:
+            size = state.params[f"{unit.producers[0]}.weight"].shape[0]
+            raw[unit.name] = torch.rand(size, generator=generator, device=generator.device)
+    else:
+        p = 1 if method == "l1" else 2
+        raw = {unit.name: _row_norm(state, unit, p) for unit in topology.units}
+    ok = prunable(state, topology)
+    return {
+        name: torch.where(ok[name].to(s.device), s, torch.full_like(s, float("inf")))
+        for name, s in raw.items()
+    }
+
+
+def prunable(state: EideticState, topology: Topology) -> dict[str, Tensor]:
+    """``{unit: [C] bool}``: free neurons still alive in the current task."""
+    return {
+        u.name: (neuron_owner(u, state.owner) < 0) & neuron_alive(u, state.keep)
+        for u in topology.units
+    }
+
+
+def _row_norm(state: EideticState, unit: Unit, p: int) -> Tensor:
+    """Lp norm of each neuron's weights, over all its producer rows: ``[C]``."""
+    total = sum(state.params[f"{q}.weight"].flatten(1).abs().pow(p).sum(1) for q in unit.producers)
+    assert isinstance(total, Tensor)
+    return total.pow(1 / p)

@@ -1,0 +1,358 @@
+"""First-order Taylor importance of neurons (Molchanov et al., 2019), computed exactly.
+
+For a neuron with parameters θ_n (the rows and biases of its producer layers) the
+per-sample importance is ``(Σ_{w∈θ_n} w · ∂L_i/∂w)²`` for sample ``i``, averaged over
+samples. A layer's output ``z = W x + b`` is linear in each output row, so with a gate
+``g`` multiplied into the neuron's outputs, ``∂L/∂g |_{g=1} = Σ_{outputs} z · ∂L/∂z =
+Σ_{w∈θ_n} w · ∂L/∂w``: the same number, without any weight gradient. Implementations:
+
+- ``fast``: the model traced with ``torch.fx`` with one gate per sample and neuron
+  multiplied into every producer's output; one forward and one ``autograd.grad`` to the
+  gates per batch (:func:`gated`). :func:`compile_scorer` is the same under
+  ``torch.compile``;
+- ``vmap``: the reference, ``vmap(grad(loss_i))`` over samples with ``functional_call``;
+- ``loop``: the same per-sample gradients in a Python loop (the slow, obvious way).
+
+All use BatchNorm in inference mode (a sample's loss must not depend on the other
+samples) and a *summed* loss, so ``∂(Σ_j L_j)/∂g_i = ∂L_i/∂g_i``: per-sample gradients
+of a mean loss would be ``1/B`` of these and the squared scores ``1/B²``.
+
+:func:`batch_scores` is the original EideticNet variant, kept for parity: per batch, the
+mean over samples and positions of ``|z · ∂L/∂z|`` (mean-reduced loss), summed over
+batches. It ranks neurons differently from the per-sample definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from .batchnorm import _TaskBatchNorm
+from .errors import ConfigError, DataError, NonFiniteError, TopologyError
+from .forward import train_mode
+from .state import EideticState
+from .topology import Topology, Unit
+
+Batch = tuple[Tensor, Tensor]
+Implementation = Literal["fast", "vmap", "loop"]
+Contributions = Callable[..., dict[str, Tensor]]
+
+
+class _Tracer(fx.Tracer):
+    """Keeps Task BatchNorm opaque: its branches depend on tensor sizes, not on the trace."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _TaskBatchNorm) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(model: nn.Module, topology: Topology, task: int) -> tuple[fx.Graph, dict[str, fx.Node]]:
+    """The graph of ``model(x, task)`` and its producer call nodes, by module path."""
+    try:
+        graph = _Tracer().trace(model, concrete_args={"task": task})
+    except Exception as err:
+        raise TopologyError(
+            f"cannot trace {type(model).__name__} with torch.fx ({err}); score with "
+            "implementation='vmap' instead"
+        ) from err
+    producers = {p for unit in topology.units for p in unit.producers}
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module" and n.target in producers}
+    missing = producers - nodes.keys()
+    if missing:
+        raise TopologyError(f"producers never called in the forward pass: {sorted(missing)}")
+    return graph, {str(k): v for k, v in nodes.items()}
+
+
+def tapped(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
+    """``model`` for head ``task`` returning ``(logits, {producer: output})``.
+
+    Call it as ``tapped(x, task)``. Shares the model's parameters and buffers; the model
+    itself is not modified.
+    """
+    graph, nodes = _trace(model, topology, task)
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = ((output.args[0], {name: nodes[name] for name in sorted(nodes)}),)
+    graph.lint()
+    return fx.GraphModule(model, graph)
+
+
+def _apply_gate(z: Tensor, gate: Tensor) -> Tensor:
+    """``z [B, C, ...] * gate [B, C]``, the gate broadcast over positions."""
+    return z * gate.view(gate.shape + (1,) * (z.dim() - 2))
+
+
+def gated(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
+    """``model`` for head ``task`` with a gate ``[B, C]`` per unit on its producers' outputs.
+
+    Call it as ``gated(x, task, gates)`` with ``gates = {unit name: Tensor [B, C]}``; with
+    all gates 1 it computes exactly the model's logits. Shares the model's tensors.
+    """
+    graph, nodes = _trace(model, topology, task)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_after(placeholders[-1]):
+        gates = graph.placeholder("gates", default_value=None)  # after task's default
+    for unit in topology.units:
+        for producer in unit.producers:
+            node = nodes[producer]
+            with graph.inserting_after(node):
+                gate = graph.call_function(_getitem, (gates, unit.name))
+            with graph.inserting_after(gate):
+                out = graph.call_function(_apply_gate, (node, gate))
+            node.replace_all_uses_with(out, delete_user_cb=_not(out))
+    graph.lint()
+    return fx.GraphModule(model, graph)
+
+
+def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
+    return lambda user: user is not node
+
+
+def _getitem(mapping: dict[str, Tensor], key: str) -> Tensor:
+    return mapping[key]
+
+
+def per_sample_scores(
+    model: nn.Module,
+    state: EideticState,
+    params: dict[str, Tensor],
+    batches: Iterable[Batch],
+    *,
+    task: int,
+    topology: Topology,
+    implementation: Implementation = "fast",
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Per-sample Taylor importance ``[C]`` per unit, averaged over every sample of ``batches``.
+
+    ``chunk_size`` bounds how many samples' weight gradients ``vmap`` holds at once.
+    """
+    contributions: Contributions
+    if implementation == "fast":
+        module: nn.Module = gated(model, topology, task)
+        contributions = _gate_contributions
+    elif implementation == "vmap":
+        module, contributions = model, _vmap_contributions
+    elif implementation == "loop":
+        module, contributions = model, _loop_contributions
+    else:
+        raise ConfigError(
+            f"implementation must be 'fast', 'vmap' or 'loop', got {implementation!r}"
+        )
+    params, buffers = _restrict(module, params, state.buffers)
+    with train_mode(module, False):
+        return accumulate_squares(
+            (
+                contributions(module, params, buffers, x, y, task, topology, chunk_size=chunk_size)
+                for x, y in batches
+            )
+        )
+
+
+def accumulate_squares(per_batch: Iterable[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Mean over samples of the squared per-sample contributions ``{unit: [B, C]}``."""
+    totals: dict[str, Tensor] = {}
+    count = 0
+    for contributions in per_batch:
+        for name, c in contributions.items():
+            square = c.detach().square().sum(0)
+            totals[name] = totals[name] + square if name in totals else square
+        count += next(iter(contributions.values())).shape[0]
+    if count == 0:
+        raise DataError("no samples to score: the batches were empty")
+    scores = {name: total / count for name, total in totals.items()}
+    _check_finite(scores)
+    return scores
+
+
+def compile_scorer(
+    model: nn.Module, topology: Topology, task: int, **compile_options: object
+) -> Callable[[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]:
+    """The fast path under ``torch.compile``: ``scorer(params, buffers, x, y) -> {unit: [B, C]}``.
+
+    Build once, call per batch (the first call compiles); feed its results to
+    :func:`accumulate_squares`. The model must be in inference mode when called.
+    """
+    module = gated(model, topology, task)
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+
+    def logits(
+        params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, gates: dict[str, Tensor]
+    ) -> Tensor:
+        return functional_call(module, (params, buffers), (x, task, gates))
+
+    compiled = torch.compile(logits, **compile_options)  # type: ignore[call-overload]
+
+    def scorer(
+        params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> dict[str, Tensor]:
+        gates = _ones_gates(params, topology, x.shape[0])
+        out = compiled(
+            {k: v for k, v in params.items() if k in names},
+            {k: v for k, v in buffers.items() if k in names},
+            x,
+            gates,
+        )
+        loss = F.cross_entropy(out, y, reduction="sum")
+        return dict(zip(gates, torch.autograd.grad(loss, list(gates.values()))))
+
+    return scorer
+
+
+def batch_scores(
+    model: nn.Module,
+    state: EideticState,
+    params: dict[str, Tensor],
+    batches: Iterable[Batch],
+    *,
+    task: int,
+    topology: Topology,
+) -> dict[str, Tensor]:
+    """The original EideticNet scores: per batch, mean of ``|z · ∂L_mean/∂z|``; summed."""
+    module = tapped(model, topology, task)
+    params, buffers = _restrict(module, params, state.buffers)
+    totals: dict[str, Tensor] = {}
+    seen = False
+    with train_mode(module, False):
+        for x, y in batches:
+            seen = True
+            # x requires grad only so that the taps are part of a graph; autograd.grad
+            # stops at the taps, so no weight gradient is computed.
+            logits, taps = functional_call(
+                module, (params, buffers), (x.detach().requires_grad_(True), task)
+            )
+            loss = F.cross_entropy(logits, y)
+            grads = dict(zip(taps, torch.autograd.grad(loss, list(taps.values()))))
+            for unit in topology.units:
+                s = sum(_mean_abs(taps[p] * grads[p]).detach() for p in unit.producers)
+                assert isinstance(s, Tensor)
+                totals[unit.name] = totals[unit.name] + s if unit.name in totals else s
+    if not seen:
+        raise DataError("no samples to score: the batches were empty")
+    _check_finite(totals)
+    return totals
+
+
+def _ones_gates(params: dict[str, Tensor], topology: Topology, batch: int) -> dict[str, Tensor]:
+    out = {}
+    for unit in topology.units:
+        w = params[f"{unit.producers[0]}.weight"]
+        out[unit.name] = torch.ones(
+            batch, w.shape[0], dtype=w.dtype, device=w.device, requires_grad=True
+        )
+    return out
+
+
+def _gate_contributions(
+    module: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    task: int,
+    topology: Topology,
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    gates = _ones_gates(params, topology, x.shape[0])
+    logits = functional_call(module, (params, buffers), (x, task, gates))
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    return dict(zip(gates, torch.autograd.grad(loss, list(gates.values()))))
+
+
+def _vmap_contributions(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    task: int,
+    topology: Topology,
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    needed = _producer_params(topology, params)
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        logits = functional_call(model, ({**params, **p}, buffers), (xi[None], task))
+        return F.cross_entropy(logits, yi[None], reduction="sum")
+
+    def one_sample(xi: Tensor, yi: Tensor) -> dict[str, Tensor]:
+        return _weight_contributions(topology, needed, grad(loss)(needed, xi, yi))
+
+    return vmap(one_sample, chunk_size=chunk_size)(x, y)
+
+
+def _loop_contributions(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    task: int,
+    topology: Topology,
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    needed = _producer_params(topology, params)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in needed.items()}
+    rows = []
+    for i in range(x.shape[0]):
+        logits = functional_call(model, ({**params, **leaves}, buffers), (x[i : i + 1], task))
+        loss = F.cross_entropy(logits, y[i : i + 1], reduction="sum")
+        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        rows.append(_weight_contributions(topology, needed, grads))
+    return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+def _restrict(
+    module: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The entries ``module`` has (a traced graph keeps only the head it calls)."""
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    return (
+        {k: v for k, v in params.items() if k in names},
+        {k: v for k, v in buffers.items() if k in names},
+    )
+
+
+def _producer_params(topology: Topology, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    keys = [
+        f"{p}.{leaf}" for u in topology.units for p in u.producers for leaf in ("weight", "bias")
+    ]
+    return {k: params[k] for k in keys if k in params}
+
+
+def _weight_contributions(
+    topology: Topology, params: dict[str, Tensor], grads: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """Σ over each neuron's weights and biases of ``w · ∂L/∂w`` for one sample: ``[C]``."""
+
+    def one(p: str) -> Tensor:
+        total = (params[f"{p}.weight"] * grads[f"{p}.weight"]).flatten(1).sum(1)
+        bias = f"{p}.bias"
+        return total + params[bias] * grads[bias] if bias in params else total
+
+    return {unit.name: _sum_producers(unit, one) for unit in topology.units}
+
+
+def _mean_abs(t: Tensor) -> Tensor:
+    """``[B, C, ...]`` → ``[C]``: mean of ``|t|`` over samples and positions."""
+    return t.abs().flatten(2).mean(2).mean(0) if t.dim() > 2 else t.abs().mean(0)
+
+
+def _sum_producers(unit: Unit, fn: Callable[[str], Tensor]) -> Tensor:
+    total = fn(unit.producers[0])
+    for p in unit.producers[1:]:
+        total = total + fn(p)
+    return total
+
+
+def _check_finite(scores: dict[str, Tensor]) -> None:
+    for name, s in scores.items():
+        if not bool(torch.isfinite(s).all()):
+            raise NonFiniteError(f"importance scores of unit {name!r} are not finite (NaN or inf)")
