@@ -12,6 +12,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
+from .checkpoint import Checkpoint, load, save
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -40,6 +41,7 @@ __all__ = [
     "METHODS",
     "NAMESPACE",
     "Capacity",
+    "Checkpoint",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -68,10 +70,12 @@ __all__ = [
     "freeze",
     "freeze_grads",
     "init",
+    "load",
     "prunable",
     "prune",
     "recycle",
     "revisit",
+    "save",
     "score",
     "task_entries",
     "train_step",

@@ -24,6 +24,12 @@ from .mask import needs_task_mask, task_entries
 from .state import EideticState, check_state
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
+Apply = Callable[[Tensor, int], Tensor]
+# objective(apply, params) -> (scalar loss, logits of the step's batch)
+Objective = Callable[[Apply, dict[str, Tensor]], tuple[Tensor, Tensor]]
+# grad_transform(grads, apply, params) -> grads to step with
+GradTransform = Callable[[dict[str, Tensor], Apply, dict[str, Tensor]], dict[str, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -57,15 +63,22 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     task: int,
     loss_fn: LossFn = F.cross_entropy,
+    objective: Objective | None = None,
+    grad_transform: GradTransform | None = None,
     zero_frozen_grads: bool = False,
 ) -> tuple[EideticState, StepMetrics]:
     """Train ``task`` on one batch; owned and pruned entries come back bit-identical.
 
-    ``loss_fn(logits, targets)`` must return a scalar. A non-finite loss raises
-    :class:`NonFiniteError` before the optimizer runs (the state is unchanged and the
-    optimizer's statistics are untouched). ``zero_frozen_grads`` also zeroes gradients of
-    frozen entries before the step, so momentum and moment estimates ignore them; freezing
-    itself never depends on it.
+    The loss is ``loss_fn(logits, targets)`` (a scalar), or ``objective(apply, params)``
+    returning ``(loss, logits of batch)`` — for methods whose loss has more terms:
+    ``apply(x, t)`` runs the network for head ``t`` with this step's parameters, and
+    ``params`` are those parameters (differentiable). ``grad_transform(grads, apply,
+    params)`` may replace the gradients before the optimizer step (e.g. a projection).
+
+    A non-finite loss raises :class:`NonFiniteError` before the optimizer runs (the state
+    is unchanged and the optimizer's statistics are untouched). ``zero_frozen_grads`` also
+    zeroes gradients of frozen entries before the step, so momentum and moment estimates
+    ignore them; freezing itself never depends on it.
     """
     check_trainable(state, task)
     check_task(model, task)
@@ -81,15 +94,29 @@ def train_step(
         for k, p in workspace.items():
             p.copy_(state.params[k])
     optimizer.zero_grad(set_to_none=True)
-    params: dict[str, Tensor] = workspace
-    if needs_task_mask(state, task):  # a revisit: later tasks' entries read as zero
-        used = task_entries(state, task)
-        params = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
-    logits, buffers = _call(model, state, params, x, task=task, train=True)
-    loss = loss_fn(logits, y)
+    buffers = [state.buffers]
+    masked: dict[int, dict[str, Tensor]] = {}
+
+    def apply(inputs: Tensor, head: int) -> Tensor:
+        params = workspace
+        if needs_task_mask(state, head):  # a finished head or a revisit: later tasks read as zero
+            if head not in masked:
+                used = task_entries(state, head)
+                masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
+            params = masked[head]
+        logits, buffers[0] = _call(
+            model, state.replace(buffers=buffers[0]), params, inputs, task=head, train=True
+        )
+        return logits
+
+    if objective is None:
+        logits = apply(x, task)
+        loss = loss_fn(logits, y)
+    else:
+        loss, logits = objective(apply, workspace)
     if loss.dim() != 0:
-        raise ShapeError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-    if logits.dim() == 2 and not y.is_floating_point():
+        raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
+    if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
         correct = (logits.detach().argmax(1) == y).sum()
     else:
         correct = torch.zeros((), device=loss.device)
@@ -100,13 +127,17 @@ def train_step(
             "learning rate or check the data)"
         )
     loss.backward()
+    if grad_transform is not None:
+        grads = {k: p.grad for k, p in workspace.items() if p.grad is not None}
+        for k, g in grad_transform(grads, apply, workspace).items():
+            workspace[k].grad = g
     if zero_frozen_grads:
         bits = _trainable_bits(state)
         for k, p in workspace.items():
             if p.grad is not None:
                 _mask(bits[k], p.grad)
     optimizer.step()
-    new = freeze(state.replace(params=workspace, buffers=buffers), state)
+    new = freeze(state.replace(params=workspace, buffers=buffers[0]), state)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
 

@@ -1,0 +1,367 @@
+"""The training shell: one task, trained, pruned iteratively, finished (the seed's ``train_task``).
+
+Imperative and thin: it loops over data and calls the pure core (``train_step``,
+``score``, ``prune``, ``bridge``, ``finish_task``, ``recycle``). Every decision it makes
+is recorded in the returned history, and its progress is a small record
+(:class:`TaskProgress`) so that a run can stop after any pruning step and resume.
+
+The rule (EideticNet): train until the training accuracy plateaus (``patience`` epochs
+without improvement, or 100%); optionally lower the learning rate; then repeat — keep a
+snapshot, prune ``pruning_step`` of the remaining neurons (``pruning_type``; both may be
+lists that cycle), recover for up to ``max_recovery_epochs`` — until the accuracy falls
+below ``best × (1 − tolerance)`` or the pruned fraction of the task's neurons exceeds
+``max_masking_ratio``, and then restore the last good snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .bridge import bridge
+from .capacity import capacity
+from .errors import ConfigError, DataError, NothingToPrune
+from .lifecycle import finish_task, recycle, validate_fraction
+from .prune import prune
+from .score import DATA_METHODS, METHODS, score
+from .state import EideticState
+from .step import LossFn, StepMetrics, check_trainable, train_step
+from .topology import Topology
+
+Batch = tuple[Tensor, Tensor]
+Record = dict[str, Any]
+Carry = TypeVar("Carry")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How one task is trained and pruned (defaults follow the original where it has one).
+
+    ``pruning_step`` and ``pruning_type`` may be sequences, used in turn and cycled.
+    ``tolerance`` is relative: pruning stops when accuracy < ``best × (1 − tolerance)``.
+    ``max_masking_ratio`` bounds the pruned share of the neurons this task may use.
+    ``lr_factor`` multiplies the learning rate before pruning (1.0: unchanged).
+    ``score_batches`` caps the batches used for data-driven scores (None: all).
+    ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
+    """
+
+    max_epochs: int = 20
+    patience: int = 3
+    pruning_step: float | Sequence[float] = 0.1
+    pruning_type: str | Sequence[str] = "taylor"
+    max_recovery_epochs: int = 2
+    tolerance: float = 0.01
+    max_masking_ratio: float = 0.95
+    constant_step: bool = False
+    lr_factor: float = 1.0
+    score_batches: int | None = 16
+    last_task: bool = False
+    forward_transfer: bool = True
+    finish: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("max_epochs", self.max_epochs)
+        _positive_int("patience", self.patience, allow_zero=True)
+        _positive_int("max_recovery_epochs", self.max_recovery_epochs)
+        for step in _as_list(self.pruning_step):
+            validate_fraction("pruning_step", step)
+        for kind in _as_list(self.pruning_type):
+            if kind not in METHODS:
+                raise ConfigError(f"pruning_type {kind!r} is unknown; choose from {list(METHODS)}")
+        if not _as_list(self.pruning_step) or not _as_list(self.pruning_type):
+            raise ConfigError("pruning_step and pruning_type must not be empty")
+        if not 0.0 <= self.tolerance < 1.0 or math.isnan(self.tolerance):
+            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if not 0.0 < self.max_masking_ratio <= 1.0:
+            raise ConfigError(f"max_masking_ratio must be in (0, 1], got {self.max_masking_ratio}")
+        if not 0.0 < self.lr_factor <= 1.0:
+            raise ConfigError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
+        if self.score_batches is not None:
+            _positive_int("score_batches", self.score_batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskProgress:
+    """Where :func:`train_task` is: enough to resume it after a pruning step."""
+
+    phase: str = "train"  # "train" → "prune" → "done"
+    epoch: int = 0
+    best: float = 0.0
+    best_epoch: int = 0
+    metric: float = 0.0
+    pruning_iteration: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Checkpoint = Callable[[EideticState, TaskProgress, list[Record]], None]
+
+
+def train_task(
+    model: nn.Module,
+    state: EideticState,
+    loader: Iterable[Batch],
+    *,
+    task: int,
+    topology: Topology,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig | None = None,
+    generator: torch.Generator,
+    loss_fn: LossFn = F.cross_entropy,
+    score_loader: Iterable[Batch] | None = None,
+    progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    resume: TaskProgress | None = None,
+) -> tuple[EideticState, list[Record]]:
+    """Train, prune and (by default) finish task ``task``; return the new state and history.
+
+    ``loader`` yields ``(x, y)`` batches of the task's training data (re-iterated every
+    epoch). ``score_loader`` (default: ``loader``) feeds data-driven importance scores.
+    ``generator`` drives random pruning and recycling. ``checkpoint(state, progress,
+    history)`` is called after the training phase, after every kept pruning step and at
+    the end; pass the progress back as ``resume`` (with that state) to continue.
+
+    Works with any ``torch.optim`` optimizer built over ``model.parameters()``; one may
+    serve the whole sequence. Returns the state ready for the next task (finished and
+    recycled, unless ``config.finish`` is False).
+    """
+    check_trainable(state, task)
+    config = config or TrainConfig()
+    progress_state = resume or TaskProgress()
+    history: list[Record] = []
+    steps = itertools.cycle(_as_list(config.pruning_step))
+    kinds = itertools.cycle(_as_list(config.pruning_type))
+    for _ in range(progress_state.pruning_iteration):  # resume the cycles where they were
+        next(steps), next(kinds)
+
+    def record(phase: str, **fields: Any) -> None:
+        history.append({"task": task, "phase": phase, "time": time.time(), **fields})
+
+    device = _device(state)
+
+    def step(s: EideticState, batch: Batch) -> tuple[EideticState, StepMetrics]:
+        return train_step(model, s, batch, optimizer=optimizer, task=task, loss_fn=loss_fn)
+
+    def epoch(s: EideticState, label: str) -> tuple[EideticState, float, float]:
+        return run_epoch(
+            step, s, loader, device=device, description=f"task {task} {label}", progress=progress
+        )
+
+    p = progress_state
+    if p.phase == "train":
+        state, p = train_until_plateau(
+            epoch, state, p, config=config, optimizer=optimizer, record=record
+        )
+        p = dataclasses.replace(p, phase="done" if config.last_task else "prune", metric=p.best)
+        if checkpoint is not None:
+            checkpoint(state, p, history)
+
+    if p.phase == "prune":
+        state, p = _prune_phase(
+            model,
+            state,
+            p,
+            task=task,
+            topology=topology,
+            config=config,
+            generator=generator,
+            steps=steps,
+            kinds=kinds,
+            data=score_loader if score_loader is not None else loader,
+            epoch=epoch,
+            record=record,
+            checkpoint=checkpoint,
+            history=history,
+        )
+
+    if config.finish:
+        state = finish_task(state, topology, task=task, forward_transfer=config.forward_transfer)
+        state = recycle(state, generator=generator)
+        record("finish", pruned_fraction=None)
+    p = dataclasses.replace(p, phase="done")
+    if checkpoint is not None:
+        checkpoint(state, p, history)
+    return state, history
+
+
+def _prune_phase(
+    model: nn.Module,
+    state: EideticState,
+    p: TaskProgress,
+    *,
+    task: int,
+    topology: Topology,
+    config: TrainConfig,
+    generator: torch.Generator,
+    steps: Iterable[float],
+    kinds: Iterable[str],
+    data: Iterable[Batch],
+    epoch: Callable[[EideticState, str], tuple[EideticState, float, float]],
+    record: Callable[..., None],
+    checkpoint: Checkpoint | None,
+    history: list[Record],
+) -> tuple[EideticState, TaskProgress]:
+    step_iter, kind_iter = iter(steps), iter(kinds)
+    good = state  # the last state whose accuracy is within tolerance
+    while True:
+        floor = p.best * (1 - config.tolerance)
+        if p.metric < floor:
+            record("stop", reason=f"accuracy {p.metric:.4f} below {floor:.4f}")
+            return good, p
+        pruned_fraction = capacity(state, topology).pruned_fraction
+        if pruned_fraction > config.max_masking_ratio:
+            record(
+                "stop",
+                reason=f"pruned fraction {pruned_fraction:.3f} above {config.max_masking_ratio}",
+            )
+            return good, p
+        good = state
+        if checkpoint is not None and p.pruning_iteration > 0:
+            checkpoint(state, p, history)
+        fraction, kind = next(step_iter), next(kind_iter)
+        start = time.perf_counter()
+        batches = (
+            _take(data, config.score_batches, _device(state)) if kind in DATA_METHODS else None
+        )
+        scores = score(
+            model, state, batches, method=kind, task=task, topology=topology, generator=generator
+        )
+        try:
+            state = bridge(
+                prune(
+                    state,
+                    topology,
+                    scores,
+                    fraction=fraction,
+                    method=kind,
+                    constant_step=config.constant_step,
+                ),
+                topology,
+            )
+        except NothingToPrune as stop:
+            record("stop", reason=str(stop))
+            return good, p
+        p = dataclasses.replace(p, pruning_iteration=p.pruning_iteration + 1)
+        pruned_fraction = capacity(state, topology).pruned_fraction
+        record(
+            "prune",
+            iteration=p.pruning_iteration,
+            method=kind,
+            step=fraction,
+            pruned_fraction=pruned_fraction,
+            seconds=time.perf_counter() - start,
+        )
+        for recovery in range(config.max_recovery_epochs):
+            start = time.perf_counter()
+            state, metric, loss = epoch(
+                state, f"prune {p.pruning_iteration} recovery {recovery + 1}"
+            )
+            p = dataclasses.replace(p, metric=metric)
+            record(
+                "recover",
+                iteration=p.pruning_iteration,
+                epoch=recovery + 1,
+                metric=metric,
+                loss=loss,
+                pruned_fraction=pruned_fraction,
+                seconds=time.perf_counter() - start,
+            )
+            within = metric >= p.best * (1 - config.tolerance)
+            p = dataclasses.replace(p, best=max(p.best, metric))
+            if within:
+                break
+
+
+def train_until_plateau(
+    epoch: Callable[[Carry, str], tuple[Carry, float, float]],
+    carry: Carry,
+    progress: TaskProgress,
+    *,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    record: Callable[..., None],
+) -> tuple[Carry, TaskProgress]:
+    """Run epochs until the training accuracy plateaus (the original EideticNet rule).
+
+    Stop at 100%, or once the accuracy is below the best for more than ``patience``
+    epochs since the best; then one more epoch (at the lowered learning rate, if asked).
+    At most ``max_epochs`` epochs. ``epoch(carry, label)`` returns ``(carry, accuracy, loss)``.
+    """
+    p = progress
+    do_stop = False
+    while p.epoch < config.max_epochs:
+        start = time.perf_counter()
+        carry, metric, loss = epoch(carry, f"epoch {p.epoch + 1}")
+        p = dataclasses.replace(p, epoch=p.epoch + 1, metric=metric)
+        record(
+            "train",
+            epoch=p.epoch,
+            metric=metric,
+            loss=loss,
+            pruned_fraction=0.0,
+            seconds=time.perf_counter() - start,
+        )
+        if do_stop:
+            break
+        do_stop = metric >= 1.0 or (metric < p.best and p.epoch - p.best_epoch > config.patience)
+        if do_stop and config.lr_factor < 1.0:
+            _scale_lr(optimizer, config.lr_factor)
+        if metric > p.best:
+            p = dataclasses.replace(p, best=metric, best_epoch=p.epoch)
+    return carry, p
+
+
+def run_epoch(
+    step: Callable[[Carry, Batch], tuple[Carry, StepMetrics]],
+    carry: Carry,
+    loader: Iterable[Batch],
+    *,
+    device: torch.device,
+    description: str,
+    progress: bool,
+) -> tuple[Carry, float, float]:
+    """One pass of ``step`` over ``loader``: the new carry, training accuracy and mean loss."""
+    correct = count = 0
+    loss_sum = 0.0
+    for x, y in tqdm(loader, desc=description, leave=False, disable=not progress):
+        carry, m = step(carry, (x.to(device), y.to(device)))
+        correct, count, loss_sum = correct + m.correct, count + m.count, loss_sum + m.loss * m.count
+    if count == 0:
+        raise DataError(f"no training data in {description!r}: the loader is empty")
+    return carry, correct / count, loss_sum / count
+
+
+def _take(data: Iterable[Batch], n: int | None, device: torch.device) -> list[Batch]:
+    batches = list(data) if n is None else list(itertools.islice(iter(data), n))
+    if not batches:
+        raise DataError("no data to score importance with")
+    return [(x.to(device), y.to(device)) for x, y in batches]
+
+
+def _device(state: EideticState) -> torch.device:
+    return next(iter(state.params.values())).device
+
+
+def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _positive_int(name: str, value: int, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
