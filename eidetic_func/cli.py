@@ -1,0 +1,307 @@
+"""The ``eidetic-func`` command: ``run`` a task sequence, or ``bench`` a preset.
+
+``eidetic-func run`` with no arguments trains the embedded default (Split-MNIST from a
+small MNIST subset shipped with the package, an MLP, Taylor pruning) in a few minutes on
+a laptop CPU, prints the accuracy matrix and writes results, history and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import EideticError
+from .sequence import CHECKPOINT_EVERY, MODELS, OPTIMIZERS, RunConfig, RunResult, run, write_outputs
+from .train import TrainConfig
+
+DEFAULT = RunConfig()
+DEFAULT_TRAIN = TrainConfig()
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .data import SEQUENCE_NAMES
+
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=DEFAULT.dataset,
+        choices=SEQUENCE_NAMES,
+        help="task sequence (default: %(default)s, needs no download)",
+    )
+    data.add_argument(
+        "--data-root",
+        default=None,
+        help="directory with torchvision's dataset layout (e.g. DIR/MNIST/raw/*.gz)",
+    )
+    data.add_argument(
+        "--num-tasks", type=int, default=None, help="number of tasks (default: the dataset's)"
+    )
+    data.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=None,
+        help="keep only this many images per class (quick runs)",
+    )
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model", default=DEFAULT.model, choices=MODELS, help="network (default: %(default)s)"
+    )
+    model.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="hidden width (MLP, default 400) or base channels (ConvNet 32, ResNet 64)",
+    )
+    model.add_argument(
+        "--layers",
+        type=int,
+        default=DEFAULT.layers,
+        help="hidden layers (MLP) or convolutions per stage (ConvNet); default %(default)s",
+    )
+    method = p.add_argument_group("method")
+    method.add_argument(
+        "--method",
+        default=DEFAULT.method,
+        help="eidetic (default) or a baseline: see `eidetic-func methods`",
+    )
+    method.add_argument(
+        "--pruning-type",
+        type=_words,
+        default=(DEFAULT_TRAIN.pruning_type,),
+        help="taylor, taylor_batch, l1, l2 or random; a comma list cycles (default: taylor)",
+    )
+    method.add_argument(
+        "--pruning-step",
+        type=_floats,
+        default=(DEFAULT_TRAIN.pruning_step,),
+        help="fraction of the remaining neurons pruned per step; a comma list cycles "
+        "(default: %(default)s)",
+    )
+    method.add_argument(
+        "--constant-step",
+        action="store_true",
+        help="prune a fraction of all neurons per step, not of the remaining ones",
+    )
+    method.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TRAIN.tolerance,
+        help="stop pruning when accuracy < best × (1 − tolerance) (default: %(default)s)",
+    )
+    method.add_argument(
+        "--max-recovery-epochs",
+        type=int,
+        default=DEFAULT_TRAIN.max_recovery_epochs,
+        help="epochs to recover after each pruning step (default: %(default)s)",
+    )
+    method.add_argument(
+        "--max-masking-ratio",
+        type=float,
+        default=DEFAULT_TRAIN.max_masking_ratio,
+        help="stop once this share of a task's neurons is pruned (default: %(default)s)",
+    )
+    method.add_argument(
+        "--no-forward-transfer",
+        dest="forward_transfer",
+        action="store_false",
+        help="give every task a disjoint subnetwork (default: later tasks read earlier features)",
+    )
+    method.add_argument(
+        "--cycles",
+        type=int,
+        default=DEFAULT.cycles,
+        help="passes over the task sequence; >1 revisits tasks (cyclical) (default: %(default)s)",
+    )
+    method.add_argument(
+        "--no-router",
+        dest="router",
+        action="store_false",
+        help="skip the task router (class-incremental prediction) after the sequence",
+    )
+    train = p.add_argument_group("training")
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_TRAIN.max_epochs,
+        help="maximum epochs per task before pruning (default: %(default)s)",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULT_TRAIN.patience,
+        help="early-stopping patience in epochs (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr-factor",
+        type=float,
+        default=DEFAULT_TRAIN.lr_factor,
+        help="multiply the learning rate by this before pruning (default: %(default)s)",
+    )
+    train.add_argument(
+        "--optimizer",
+        default=DEFAULT.optimizer,
+        choices=OPTIMIZERS,
+        help="one optimizer for the whole sequence (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr", type=float, default=DEFAULT.lr, help="learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=DEFAULT.weight_decay,
+        help="weight decay (default: %(default)s)",
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=DEFAULT.batch_size, help="default: %(default)s"
+    )
+    run_group = p.add_argument_group("run")
+    run_group.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT.seed,
+        help="one seed for everything (default: %(default)s)",
+    )
+    run_group.add_argument(
+        "--device", default=DEFAULT.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)"
+    )
+    run_group.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("runs/latest"),
+        help="where results, plots and the checkpoint go (default: %(default)s)",
+    )
+    run_group.add_argument(
+        "--checkpoint-every",
+        default=DEFAULT.checkpoint_every,
+        choices=CHECKPOINT_EVERY,
+        help="checkpoint after every pruning step, every task, or never (default: %(default)s)",
+    )
+    run_group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run checkpointed in --output-dir (its saved settings are used)",
+    )
+    run_group.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    train = TrainConfig(
+        max_epochs=args.epochs,
+        patience=args.patience,
+        pruning_step=args.pruning_step if len(args.pruning_step) > 1 else args.pruning_step[0],
+        pruning_type=args.pruning_type if len(args.pruning_type) > 1 else args.pruning_type[0],
+        max_recovery_epochs=args.max_recovery_epochs,
+        tolerance=args.tolerance,
+        max_masking_ratio=args.max_masking_ratio,
+        constant_step=args.constant_step,
+        lr_factor=args.lr_factor,
+        forward_transfer=args.forward_transfer,
+    )
+    return RunConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        num_tasks=args.num_tasks,
+        limit_per_class=args.limit_per_class,
+        model=args.model,
+        width=args.width,
+        layers=args.layers,
+        method=args.method,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        train=train,
+        cycles=args.cycles,
+        router=args.router,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        progress=args.progress,
+    )
+
+
+def _report(result: RunResult, output_dir: Path) -> None:
+    from .report import summary_markdown
+
+    paths = write_outputs(result, output_dir)
+    print()
+    print(summary_markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="eidetic-func",
+        description="Continual learning without forgetting (EideticNet) on a torch.func core.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser(
+        "run", help="train a task sequence and measure it", description=__doc__.splitlines()[0]
+    )
+    _add_run_options(run_parser)
+    bench = commands.add_parser("bench", help="run a benchmark preset (see --list)")
+    bench.add_argument("preset", nargs="?", help="preset name")
+    bench.add_argument("--list", action="store_true", help="list the presets")
+    bench.add_argument(
+        "--data-root", default=None, help="directory with the datasets (torchvision layout)"
+    )
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
+    bench.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    bench.add_argument(
+        "--output-dir", type=Path, default=None, help="default: benchmarks/results/<preset>"
+    )
+    bench.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            config = config_from_args(args)
+            result = run(config, output_dir=args.output_dir, resume=args.resume)
+            _report(result, args.output_dir)
+            return 0
+        from .presets import PRESETS, preset
+
+        if args.list or not args.preset:
+            for name, entry in PRESETS.items():
+                print(f"{name:24s} {entry['about']}")
+            return 0
+        config = preset(
+            args.preset,
+            data_root=args.data_root,
+            device=args.device,
+            seed=args.seed,
+            progress=args.progress,
+        )
+        output = args.output_dir or Path("benchmarks/results") / args.preset
+        result = run(config, output_dir=output)
+        _report(result, output)
+        return 0
+    except EideticError as err:
+        print(f"eidetic-func: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eidetic-func: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Benchmark presets: named, documented run configurations (``eidetic-func bench``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import ConfigError
+from .sequence import RunConfig
+from .train import TrainConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "split-mnist": {
+        "about": "Split-MNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor pruning.",
+        "config": RunConfig(
+            dataset="split-mnist",
+            model="mlp",
+            width=400,
+            layers=2,
+            batch_size=64,
+            lr=1e-3,
+            train=TrainConfig(
+                max_epochs=10,
+                patience=2,
+                pruning_step=0.1,
+                pruning_type="taylor",
+                max_recovery_epochs=2,
+                tolerance=0.005,
+            ),
+        ),
+    },
+    "permuted-mnist-paper": {
+        "about": "Permuted-MNIST, 10 tasks; the EideticNet paper protocol: MLP 2×2000, Taylor "
+        "pruning, step 5%, tolerance 0.1% (hours on a CPU; use a GPU).",
+        "config": RunConfig(
+            dataset="permuted-mnist",
+            num_tasks=10,
+            model="mlp",
+            width=2000,
+            layers=2,
+            batch_size=256,
+            lr=1e-3,
+            router=False,
+            train=TrainConfig(
+                max_epochs=30,
+                patience=3,
+                pruning_step=0.05,
+                pruning_type="taylor",
+                max_recovery_epochs=2,
+                tolerance=0.001,
+            ),
+        ),
+    },
+    "permuted-mnist-cpu": {
+        "about": "Permuted-MNIST, 10 tasks, CPU-friendly: MLP 2×400, 1000 images per class, "
+        "Taylor step 10%, tolerance 1%.",
+        "config": RunConfig(
+            dataset="permuted-mnist",
+            num_tasks=10,
+            limit_per_class=1000,
+            model="mlp",
+            width=400,
+            layers=2,
+            batch_size=128,
+            lr=1e-3,
+            router=False,
+            train=TrainConfig(
+                max_epochs=8,
+                patience=2,
+                pruning_step=0.1,
+                pruning_type="taylor",
+                max_recovery_epochs=1,
+                tolerance=0.01,
+            ),
+        ),
+    },
+    "split-fashion-mnist": {
+        "about": "Split-FashionMNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor.",
+        "config": RunConfig(
+            dataset="split-fashion-mnist",
+            model="mlp",
+            width=400,
+            layers=2,
+            batch_size=64,
+            lr=1e-3,
+            train=TrainConfig(
+                max_epochs=10,
+                patience=2,
+                pruning_step=0.1,
+                pruning_type="taylor",
+                max_recovery_epochs=2,
+                tolerance=0.005,
+            ),
+        ),
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    """The configuration of preset ``name``, with top-level fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    config: RunConfig = PRESETS[name]["config"]
+    return dataclasses.replace(config, **overrides)

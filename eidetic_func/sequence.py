@@ -1,0 +1,466 @@
+"""Run a whole task sequence: train every task, evaluate the accuracy matrix, checkpoint.
+
+:func:`run` is what the ``eidetic-func run`` command and the benchmark presets call. It
+builds the data, model and optimizer from a :class:`RunConfig`, trains the tasks in order
+(several passes revisit tasks: the cyclical experiment), evaluates every task after every
+visit (the accuracy matrix), optionally trains a task router for class-incremental
+prediction, and checkpoints after every finished task and every kept pruning step so an
+interrupted run resumes where it stopped (:func:`run` with ``resume=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from . import data as data_module
+from . import metrics
+from .capacity import capacity
+from .checkpoint import load, save
+from .errors import CheckpointError, ConfigError
+from .forward import forward
+from .lifecycle import revisit
+from .state import EideticState, init
+from .topology import Topology
+from .train import TaskProgress, TrainConfig, train_task
+
+MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CHECKPOINT_EVERY = ("pruning-step", "task", "never")
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; saved with every checkpoint (JSON-serializable)."""
+
+    dataset: str = "embedded"
+    data_root: str | None = None
+    num_tasks: int | None = None
+    limit_per_class: int | None = None
+    model: str = "mlp"
+    width: int | None = None
+    layers: int = 2
+    method: str = "eidetic"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    cycles: int = 1
+    router: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: str = "pruning-step"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"
+            )
+        if self.method not in method_names():
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(method_names())}")
+        if self.checkpoint_every not in CHECKPOINT_EVERY:
+            raise ConfigError(f"checkpoint_every must be one of {list(CHECKPOINT_EVERY)}")
+        for name in ("batch_size", "eval_batch_size", "cycles", "layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"width must be positive, got {self.width}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in d.get("train", {}).items()
+        }
+        return cls(**{**d, "train": TrainConfig(**fields)})
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run measured. ``matrix[i][j]``: accuracy on task ``j`` after visit ``i``."""
+
+    config: RunConfig
+    task_names: list[str]
+    visits: list[int]
+    matrix: list[list[float]]
+    after_finish: dict[int, list[float]]
+    final: list[float]
+    summary: dict[str, Any]
+    capacity: dict[str, Any]
+    router: dict[str, float] | None
+    history: list[dict[str, Any]]
+    seconds: float
+    state: EideticState = dataclasses.field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "task_names": self.task_names,
+            "visits": self.visits,
+            "accuracy_matrix": self.matrix,
+            "accuracy_after_finish": {str(k): v for k, v in self.after_finish.items()},
+            "final_accuracy": self.final,
+            "summary": self.summary,
+            "capacity": self.capacity,
+            "router": self.router,
+            "seconds": self.seconds,
+        }
+
+
+def method_names() -> tuple[str, ...]:
+    """``eidetic`` and the baselines' names (``eidetic_func.baselines.METHODS``)."""
+    from . import baselines
+
+    return ("eidetic", *getattr(baselines, "METHODS", {}))
+
+
+def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Module:
+    """The network ``config.model`` for ``sequence`` (one head per task, plus the router's)."""
+    from models import MLP, ConvNet, ResNet
+
+    heads = list(sequence.num_classes) + ([len(sequence)] if config.router else [])
+    channels = sequence.input_shape[0]
+    if config.model == "mlp":
+        return MLP(
+            math.prod(sequence.input_shape),
+            heads,
+            num_layers=config.layers,
+            width=config.width or 400,
+        )
+    if config.model == "convnet":
+        return ConvNet(channels, heads, num_layers=config.layers, width=config.width or 32)
+    blocks = {
+        "resnet18": ([2, 2, 2, 2], 1),
+        "resnet34": ([3, 4, 6, 3], 1),
+        "resnet50": ([3, 4, 6, 3], 4),
+        "resnet101": ([3, 4, 23, 3], 4),
+    }[config.model]
+    low_res = sequence.input_shape[1] <= 64
+    return ResNet(
+        channels,
+        heads,
+        n_blocks=blocks[0],
+        expansion=blocks[1],
+        width=config.width or 64,
+        low_res=low_res,
+    )
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+    )
+
+
+@dataclasses.dataclass
+class _Run:
+    """The mutable bookkeeping of a run in progress (what a checkpoint restores)."""
+
+    state: EideticState
+    visit: int = 0
+    progress: TaskProgress | None = None
+    matrix: list[list[float]] = dataclasses.field(default_factory=list)
+    after_finish: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    router: dict[str, float] | None = None
+    seconds: float = 0.0
+
+
+def run(
+    config: RunConfig,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train ``config``'s task sequence end to end and measure it.
+
+    With ``output_dir``, a checkpoint is written there (atomically) after every finished
+    task, and after every kept pruning step unless ``checkpoint_every`` says otherwise.
+    ``resume=True`` continues from that checkpoint (the saved config is used; it must
+    match ``config``'s data, model and method). On CPU, a resumed run gives exactly the
+    results of an uninterrupted one.
+    """
+    started = time.perf_counter()
+    path = Path(output_dir) / CHECKPOINT_FILE if output_dir is not None else None
+    if resume:
+        if path is None or not path.exists():
+            raise CheckpointError(f"nothing to resume: {path} does not exist")
+        config = RunConfig.from_dict(load(path).meta["config"])
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    sequence = data_module.load_sequence(
+        config.dataset,
+        config.data_root,
+        seed=config.seed,
+        num_tasks=config.num_tasks,
+        limit_per_class=config.limit_per_class,
+    )
+    model = build_model(config, sequence).to(device)
+    topology: Topology = model.topology()  # type: ignore[operator]
+    optimizer = build_optimizer(config, model)
+    num_tasks = len(sequence)
+    generators = [
+        torch.Generator().manual_seed(config.seed * 1000 + t) for t in range(num_tasks + 1)
+    ]
+    core = torch.Generator().manual_seed(config.seed + 1)
+    loaders = [
+        data_module.loaders(
+            task, config.batch_size, generator=generators[t], eval_batch_size=config.eval_batch_size
+        )
+        for t, task in enumerate(sequence)
+    ]
+    tests = [lo.test for lo in loaders]
+    schedule = [t for _ in range(config.cycles) for t in range(num_tasks)]
+    bookkeeping = _Run(state=init(model))
+    if resume:
+        assert path is not None
+        bookkeeping = _restore(path, model, optimizer, generators, core)
+        log(f"resuming at visit {bookkeeping.visit + 1}/{len(schedule)}")
+
+    def checkpoint(run_state: _Run) -> None:
+        if path is None:
+            return
+        meta = {
+            "config": config.to_dict(),
+            "visit": run_state.visit,
+            "progress": None if run_state.progress is None else run_state.progress.to_dict(),
+            "matrix": run_state.matrix,
+            "after_finish": {str(k): v for k, v in run_state.after_finish.items()},
+            "router": run_state.router,
+            "seconds": run_state.seconds + time.perf_counter() - started,
+        }
+        generator_states = {"data": [g.get_state() for g in generators], "core": core.get_state()}
+        save(
+            path,
+            run_state.state,
+            optimizer=optimizer,
+            extra=generator_states,
+            history=run_state.history,
+            meta=meta,
+        )
+
+    b = bookkeeping
+    while b.visit < len(schedule):
+        task = schedule[b.visit]
+        last = b.visit == len(schedule) - 1
+        train_config = dataclasses.replace(config.train, last_task=last)
+        if b.progress is None and task in b.state.finished:
+            b.state = revisit(
+                b.state, topology, task=task, forward_transfer=config.train.forward_transfer
+            )
+        log(f"task {task} ({sequence[task].name}), visit {b.visit + 1}/{len(schedule)}")
+
+        def on_checkpoint(
+            s: EideticState, p: TaskProgress, h: list[dict[str, Any]], b: _Run = b
+        ) -> None:
+            if config.checkpoint_every == "pruning-step" and p.phase != "done":
+                checkpoint(dataclasses.replace(b, state=s, progress=p, history=b.history + h))
+
+        state, history = train_task(
+            model,
+            b.state,
+            loaders[task].train,
+            task=task,
+            topology=topology,
+            optimizer=optimizer,
+            config=train_config,
+            generator=core,
+            progress=config.progress,
+            checkpoint=on_checkpoint,
+            resume=b.progress,
+        )
+        row = metrics.accuracy_row(model, state, tests, range(num_tasks))
+        b.state, b.progress = state, None
+        b.history = b.history + history
+        b.matrix = [*b.matrix, row]
+        b.after_finish = {**b.after_finish, task: [*b.after_finish.get(task, []), row[task]]}
+        b.visit += 1
+        log("  accuracy " + " ".join(f"{a:.4f}" for a in row))
+        if config.checkpoint_every != "never":
+            checkpoint(b)
+
+    if config.router and b.router is None:
+        b.state, b.router, router_history = _train_router(
+            model,
+            b.state,
+            sequence,
+            topology,
+            optimizer,
+            config,
+            generators[num_tasks],
+            core,
+            tests,
+        )
+        b.history = b.history + router_history
+        if config.checkpoint_every != "never":
+            checkpoint(b)
+
+    matrix = b.matrix[:num_tasks]
+    summary = metrics.summarize(matrix).to_dict()
+    return RunResult(
+        config=config,
+        task_names=[t.name for t in sequence],
+        visits=schedule,
+        matrix=b.matrix,
+        after_finish=b.after_finish,
+        final=b.matrix[-1],
+        summary=summary,
+        capacity=capacity(b.state, topology).to_dict(),
+        router=b.router,
+        history=b.history,
+        seconds=b.seconds + time.perf_counter() - started,
+        state=b.state,
+    )
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: list[torch.Generator],
+    core: torch.Generator,
+) -> _Run:
+    ckpt = load(path, model=model, optimizer=optimizer)
+    ckpt.restore_rng()
+    for g, s in zip(generators, ckpt.extra["data"]):
+        g.set_state(s)
+    core.set_state(ckpt.extra["core"])
+    meta = ckpt.meta
+    progress = None if meta["progress"] is None else TaskProgress(**meta["progress"])
+    return _Run(
+        state=ckpt.state,
+        visit=int(meta["visit"]),
+        progress=progress,
+        matrix=[list(r) for r in meta["matrix"]],
+        after_finish={int(k): list(v) for k, v in meta["after_finish"].items()},
+        history=list(ckpt.history),
+        router=meta["router"],
+        seconds=float(meta["seconds"]),
+    )
+
+
+class _TaskIds(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
+    """A task's training images labelled with the task id (the router's targets)."""
+
+    def __init__(self, dataset: data_module.ImageDataset, task: int) -> None:
+        self.dataset, self.task = dataset, task
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.dataset[i][0], torch.tensor(self.task)
+
+
+def _train_router(
+    model: nn.Module,
+    state: EideticState,
+    sequence: data_module.TaskSequence,
+    topology: Topology,
+    optimizer: torch.optim.Optimizer,
+    config: RunConfig,
+    generator: torch.Generator,
+    core: torch.Generator,
+    tests: list[DataLoader[tuple[Tensor, Tensor]]],
+) -> tuple[EideticState, dict[str, float], list[dict[str, Any]]]:
+    """Train the extra head that predicts the task id, on every task's training data.
+
+    It is one more task (the last head) over the frozen features of all tasks; it needs
+    the data of all tasks at the end (a relaxation, as the original's task classifier).
+    """
+    router = len(sequence)
+    union: ConcatDataset[tuple[Tensor, Tensor]] = ConcatDataset(
+        [_TaskIds(task.train, t) for t, task in enumerate(sequence)]
+    )
+    loader = DataLoader(union, config.batch_size, shuffle=True, generator=generator)
+    router_config = dataclasses.replace(config.train, last_task=True)
+    state, history = train_task(
+        model,
+        state,
+        loader,
+        task=router,
+        topology=topology,
+        optimizer=optimizer,
+        config=router_config,
+        generator=core,
+        progress=config.progress,
+    )
+    return state, route_and_classify(model, state, sequence, tests, router=router), history
+
+
+def route_and_classify(
+    model: nn.Module,
+    state: EideticState,
+    sequence: data_module.TaskSequence,
+    tests: list[DataLoader[tuple[Tensor, Tensor]]],
+    *,
+    router: int,
+) -> dict[str, float]:
+    """Class-incremental accuracy: the router head picks the task, that head the class.
+
+    Returns the router's task accuracy, the class-incremental accuracy over all tasks'
+    test sets (original class ids), and the task-incremental (oracle task id) accuracy.
+    """
+    device = next(iter(state.params.values())).device
+    hits = correct = oracle = total = 0
+    with torch.no_grad():
+        for t, test in enumerate(tests):
+            truth = torch.tensor(sequence[t].classes)
+            for x, y in test:
+                x = x.to(device)
+                chosen = forward(model, state, x, task=router, train=False)[0].argmax(1).cpu()
+                heads = {
+                    k: forward(model, state, x, task=k, train=False)[0].argmax(1).cpu()
+                    for k in {*chosen.tolist(), t}
+                }
+                predicted = torch.empty_like(y)
+                for k in set(chosen.tolist()):
+                    rows = chosen == k
+                    predicted[rows] = torch.tensor(sequence[k].classes)[heads[k][rows]]
+                hits += int((chosen == t).sum())
+                correct += int((predicted == truth[y]).sum())
+                oracle += int((heads[t] == y).sum())
+                total += len(y)
+    return {
+        "task_accuracy": hits / total,
+        "class_incremental_accuracy": correct / total,
+        "oracle_task_incremental_accuracy": oracle / total,
+    }
+
+
+def write_outputs(result: RunResult, output_dir: str | Path) -> dict[str, Path]:
+    """``results.json``, ``history.csv``, ``summary.md`` and PNG plots into ``output_dir``."""
+    from .report import write_report
+
+    return write_report(result, Path(output_dir))
+
+
+def dumps(result: RunResult) -> str:
+    return json.dumps(result.to_dict(), indent=2)
