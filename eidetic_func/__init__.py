@@ -9,6 +9,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 """
 
+from . import baselines, data, metrics
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
@@ -32,9 +33,11 @@ from .mask import apply_task_mask, task_entries
 from .prune import prune
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import METHODS, prunable, score
+from .sequence import RunConfig, RunResult, run
 from .state import FREE, EideticState, init
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
+from .train import TaskProgress, TrainConfig, train_task
 
 __all__ = [
     "FREE",
@@ -50,35 +53,44 @@ __all__ = [
     "NonFiniteError",
     "NothingToPrune",
     "Reader",
+    "RunConfig",
+    "RunResult",
     "ShapeError",
     "StateMismatchError",
     "StepMetrics",
     "TaskBatchNorm1d",
     "TaskBatchNorm2d",
     "TaskError",
+    "TaskProgress",
     "Topology",
     "TopologyError",
+    "TrainConfig",
     "Unit",
     "UnitCapacity",
     "apply_task_mask",
+    "baselines",
     "bridge",
     "capacity",
     "check_topology",
     "convert_batchnorm",
+    "data",
     "finish_task",
     "forward",
     "freeze",
     "freeze_grads",
     "init",
     "load",
+    "metrics",
     "prunable",
     "prune",
     "recycle",
     "revisit",
+    "run",
     "save",
     "score",
     "task_entries",
     "train_step",
+    "train_task",
     "trainable",
     "tree_flatten",
     "tree_leaves",

@@ -1,0 +1,168 @@
+"""End to end on real data: whole sequences, the CLI, revisits, the router, crash and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import eidetic_func as ef
+from eidetic_func.cli import main
+from eidetic_func.sequence import RunConfig, run
+from eidetic_func.train import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+SMALL = RunConfig(
+    dataset="embedded", limit_per_class=60, model="mlp", width=48, batch_size=32,
+    train=TrainConfig(max_epochs=3, patience=1, pruning_step=0.25, tolerance=0.02,
+                      max_recovery_epochs=1, score_batches=4),
+    progress=False,
+)
+SMALL_ARGS = ["--limit-per-class", "60", "--width", "48", "--batch-size", "32", "--epochs", "3",
+              "--patience", "1", "--pruning-step", "0.25", "--tolerance", "0.02",
+              "--max-recovery-epochs", "1", "--no-progress"]
+
+
+def _quiet(*_: object) -> None:
+    pass
+
+
+def test_every_task_keeps_its_accuracy_exactly_until_the_end_of_the_sequence() -> None:
+    result = run(SMALL, log=_quiet)
+    n = len(result.task_names)
+    for t in range(n):
+        assert result.matrix[t][t] == result.after_finish[t][0]
+        for later in range(t, n):
+            assert result.matrix[later][t] == result.matrix[t][t], f"task {t} changed"
+    assert result.summary["backward_transfer"] == 0.0
+    assert result.summary["forgetting"] == 0.0
+    assert result.summary["average_accuracy"] > 0.8
+    assert result.router is not None and 0.0 <= result.router["class_incremental_accuracy"] <= 1.0
+    assert result.router["oracle_task_incremental_accuracy"] == pytest.approx(
+        sum(result.final) / n, abs=0.01)
+
+
+def test_a_slice_of_real_mnist_from_the_shared_data(mnist_root: Path) -> None:
+    config = RunConfig(**{**SMALL.__dict__, "dataset": "split-mnist", "data_root": str(mnist_root),
+                          "limit_per_class": 40, "router": False})
+    result = run(config, log=_quiet)
+    for t in range(5):
+        assert result.final[t] == result.after_finish[t][0]
+    assert result.summary["average_accuracy"] > 0.8
+
+
+def test_cyclical_revisits_retrain_a_task_and_leave_the_others_bit_identical() -> None:
+    config = RunConfig(**{**SMALL.__dict__, "cycles": 2, "router": False})
+    result = run(config, log=_quiet)
+    n = len(result.task_names)
+    assert len(result.matrix) == 2 * n
+    for visit in range(n, 2 * n):
+        task = result.visits[visit]
+        before, after = result.matrix[visit - 1], result.matrix[visit]
+        for other in range(n):
+            if other != task:
+                assert after[other] == before[other], f"revisiting {task} changed task {other}"
+    assert all(len(v) == 2 for v in result.after_finish.values())
+
+
+def test_the_cli_runs_and_writes_results_history_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", *SMALL_ARGS, "--output-dir", str(out)]) == 0
+    for name in ("results.json", "history.csv", "summary.md", "accuracy_matrix.png", "capacity.png",
+                 "checkpoint.safetensors"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == 5
+    assert results["summary"]["backward_transfer"] == 0.0
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert "metric" in header and "pruned_fraction" in header
+
+
+def test_python_dash_m_and_help_document_every_option() -> None:
+    done = subprocess.run([sys.executable, "-m", "eidetic_func", "run", "--help"],
+                          capture_output=True, text=True, check=True)
+    for option in ("--dataset", "--model", "--method", "--pruning-type", "--pruning-step",
+                   "--no-forward-transfer", "--epochs", "--seed", "--device", "--data-root",
+                   "--output-dir", "--resume", "--cycles"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "mnist-5"], "invalid choice"),
+        (["--dataset", "split-mnist", "--data-root", "/nonexistent"], "train-images-idx3-ubyte.gz"),
+        (["--num-tasks", "3"], "classes"),
+        (["--pruning-step", "1.5"], "pruning_step"),
+        (["--pruning-type", "l3"], "pruning_type"),
+        (["--tolerance", "-0.1"], "tolerance"),
+        (["--method", "nope"], "unknown method"),
+        (["--batch-size", "0"], "batch_size"),
+    ],
+)
+def test_bad_input_fails_clearly_before_any_training(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["run", *args, "--no-progress", "--output-dir", str(tmp_path)])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_unknown_bench_preset_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "split-mnist-99"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "eidetic_func", "run", *SMALL_ARGS, "--output-dir", str(out), *extra]
+
+
+def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference), check=True, env=env, capture_output=True, timeout=600)
+
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(_cli(crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = crashed / "checkpoint.safetensors"
+    deadline = time.monotonic() + 300
+    killed_mid_task = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            try:
+                meta = ef.load(checkpoint).meta
+            except ef.CheckpointError:  # being replaced right now
+                continue
+            if meta["visit"] >= 1 and meta["progress"] is not None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_mid_task = True
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_mid_task, "the run ended before it could be killed mid-task"
+    assert not (crashed / "results.json").exists()
+    subprocess.run(_cli(crashed, "--resume"), check=True, env=env, capture_output=True, timeout=600)
+
+    expected = json.loads((reference / "results.json").read_text())
+    got = json.loads((crashed / "results.json").read_text())
+    for key in ("accuracy_matrix", "accuracy_after_finish", "final_accuracy", "summary", "capacity",
+                "router"):
+        assert got[key] == expected[key], key
+    a, b = ef.load(reference / "checkpoint.safetensors").state, ef.load(checkpoint).state
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]) and torch.equal(a.owner[k], b.owner[k]), k
+    for k in a.buffers:
+        assert torch.equal(a.buffers[k], b.buffers[k]), k
