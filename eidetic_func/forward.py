@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._memo import TensorMemo
-from .errors import ShapeError, TaskError
+from .errors import ShapeError
 from .mask import apply_task_mask, needs_task_mask
 from .state import EideticState, bn_prefixes, check_state
+from .validate import task_id
 
 
 def forward(
@@ -27,8 +29,8 @@ def forward(
     flags are restored on return.
     """
     check_task(model, task)
-    check_input(model, x)
     check_state(model, state)
+    check_input(model, x, _dtype(state))
     params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
     return _call(model, state, params, x, task=task, train=train)
 
@@ -70,6 +72,12 @@ def frozen_channels(state: EideticState) -> dict[str, Tensor]:
 _FROZEN = TensorMemo()
 
 
+def _dtype(state: EideticState) -> torch.dtype | None:
+    for p in state.params.values():
+        return p.dtype
+    return None
+
+
 @contextlib.contextmanager
 def train_mode(model: nn.Module, train: bool) -> Iterator[None]:
     """Set every submodule's training flag for the duration of the block, then restore it."""
@@ -83,25 +91,23 @@ def train_mode(model: nn.Module, train: bool) -> Iterator[None]:
 
 
 def check_task(model: nn.Module, task: int) -> None:
-    num_tasks = getattr(model, "num_tasks", None)
-    if not isinstance(task, int) or isinstance(task, bool):
-        raise TaskError(f"task must be an int, got {type(task).__name__}")
-    if task < 0 or (num_tasks is not None and task >= num_tasks):
-        raise TaskError(
-            f"task {task} is out of range: the model has {num_tasks} heads (0..{num_tasks - 1 if num_tasks else 0})"
-        )
+    """Raise :class:`TaskError` unless ``task`` names one of the model's heads."""
+    task_id(task, num_tasks=getattr(model, "num_tasks", None))
 
 
-def check_input(model: nn.Module, x: Tensor) -> None:
-    """Raise :class:`ShapeError` for a non-tensor, an empty batch, or a shape the model rejects.
+def check_input(model: nn.Module, x: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise :class:`ShapeError` for a non-tensor, an empty batch, a dtype other than the
+    parameters' ``dtype``, or a shape the model rejects.
 
     Models state what they accept with a ``check_input(x)`` method (the models in
-    ``models/`` do); without one, only the batch is checked.
+    ``models/`` do); without one, only the batch and dtype are checked.
     """
     if not isinstance(x, Tensor):
         raise ShapeError(f"x must be a Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
         raise ShapeError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise ShapeError(f"x has dtype {x.dtype}; the model's parameters are {dtype}")
     model_check = getattr(model, "check_input", None)
     if callable(model_check):
         model_check(x)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, TaskError
+from .errors import TaskError
 from .state import BN_STATS, FREE, EideticState, bn_prefixes
 from .topology import (
     Topology,
@@ -32,6 +32,7 @@ from .topology import (
     reader_columns,
     rows,
 )
+from .validate import task_id
 
 
 def finish_task(
@@ -42,10 +43,9 @@ def finish_task(
     Returns a state whose ``keep`` is all True (save the forward-transfer mask) for the
     next task. ``owner`` only grows.
     """
+    task_id(task, num_tasks=topology.num_tasks)
     if task != state.task:
         raise TaskError(f"cannot finish task {task}: the state is training task {state.task}")
-    if not 0 <= task < topology.num_tasks:
-        raise TaskError(f"task {task} is out of range: the topology has {topology.num_tasks} heads")
     check_topology(topology, state.params, state.buffers)
     params, owner = dict(state.params), dict(state.owner)
     t = torch.tensor(task, dtype=next(iter(owner.values())).dtype)
@@ -143,6 +143,7 @@ def revisit(
     :func:`finish_task`; the next task must then be named explicitly (a new one, or
     another ``revisit``).
     """
+    task_id(task, num_tasks=topology.num_tasks)
     if task not in state.finished:
         raise TaskError(
             f"task {task} is not finished (finished: {list(state.finished)}); train it normally"
@@ -193,10 +194,3 @@ def _fresh_keep(
 
 def _zero(p: Tensor, where: Tensor) -> Tensor:
     return torch.where(where, torch.zeros((), dtype=p.dtype, device=p.device), p)
-
-
-def validate_fraction(name: str, value: float) -> float:
-    """``value`` if it lies in (0, 1), else :class:`ConfigError` naming ``name``."""
-    if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0 or math.isnan(value):
-        raise ConfigError(f"{name} must be a fraction in (0, 1), got {value!r}")
-    return float(value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import TaskError
 from .state import EideticState
+from .validate import task_id
 
 
 def task_entries(state: EideticState, task: int) -> dict[str, Tensor]:
@@ -16,8 +16,7 @@ def task_entries(state: EideticState, task: int) -> dict[str, Tensor]:
     trained, or comes later), the free entries the current pruning mask keeps: capacity it
     trains or will train.
     """
-    if task < 0:
-        raise TaskError(f"task must be >= 0, got {task}")
+    task_id(task)
     masks = {}
     for k, own in state.owner.items():
         if k not in state.params:

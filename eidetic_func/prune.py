@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from . import validate
 from .errors import ConfigError, NonFiniteError, NothingToPrune
-from .lifecycle import validate_fraction
 from .score import GLOBAL_METHODS, METHODS, prunable
 from .state import EideticState
 from .topology import Topology, check_topology, rows
@@ -38,9 +38,9 @@ def prune(
     BatchNorm channels and the columns that read them. Raises :class:`NothingToPrune`
     when the rule selects no neuron.
     """
-    validate_fraction("fraction", fraction)
-    if method not in METHODS:
-        raise ConfigError(f"unknown pruning method {method!r}; choose one of {list(METHODS)}")
+    fraction = validate.fraction(fraction, "fraction")
+    validate.choice(method, "method", METHODS)
+    validate.boolean(constant_step, "constant_step")
     check_topology(topology, state.params, state.buffers)
     candidates = prunable(state, topology)
     missing = {u.name for u in topology.units} - scores.keys()

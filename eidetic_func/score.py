@@ -12,6 +12,7 @@ from .mask import apply_task_mask, needs_task_mask
 from .state import EideticState
 from .taylor import Batch, Implementation, batch_scores, per_sample_scores
 from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
+from .validate import task_id
 
 METHODS: tuple[str, ...] = ("l1", "l2", "random", "taylor", "taylor_batch")
 DATA_METHODS = ("taylor", "taylor_batch")
@@ -41,8 +42,9 @@ def score(
     step can select them. Scoring uses BatchNorm in inference mode and never changes
     ``state``.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"unknown scoring method {method!r}; choose one of {list(METHODS)}")
+    task_id(task, num_tasks=topology.num_tasks)
     check_topology(topology, state.params, state.buffers)
     params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
     if method in DATA_METHODS:

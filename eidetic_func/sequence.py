@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from . import data as data_module
-from . import metrics
+from . import metrics, validate
 from .capacity import capacity
 from .checkpoint import load, save
 from .errors import CheckpointError, ConfigError
@@ -65,26 +65,33 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODELS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"
-            )
-        if self.method not in method_names():
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(method_names())}")
-        if self.checkpoint_every not in CHECKPOINT_EVERY:
-            raise ConfigError(f"checkpoint_every must be one of {list(CHECKPOINT_EVERY)}")
+        from .data import SEQUENCE_NAMES
+
+        validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
+        validate.choice(self.model, "model", MODELS)
+        validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
+        validate.choice(self.method, "method", method_names())
+        validate.choice(self.checkpoint_every, "checkpoint_every", CHECKPOINT_EVERY)
         for name in ("batch_size", "eval_batch_size", "cycles", "layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.width is not None and self.width < 1:
-            raise ConfigError(f"width must be positive, got {self.width}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            validate.integer(getattr(self, name), name, minimum=1)
+        validate.integer(self.seed, "seed", minimum=0)
+        for name in ("width", "num_tasks", "limit_per_class"):
+            if getattr(self, name) is not None:
+                validate.integer(getattr(self, name), name, minimum=1)
+        validate.number(self.lr, "lr", low=0.0, low_open=True)
+        validate.number(self.weight_decay, "weight_decay", low=0.0)
+        for name in ("router", "progress"):
+            validate.boolean(getattr(self, name), name)
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(
+                f"device must name a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

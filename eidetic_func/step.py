@@ -82,11 +82,14 @@ def train_step(
     """
     check_trainable(state, task)
     check_task(model, task)
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ShapeError("batch must be an (inputs, targets) pair of tensors")
     x, y = batch
-    check_input(model, x)
-    if y.shape[:1] != x.shape[:1]:
-        raise ShapeError(f"targets have batch size {y.shape[:1]}, inputs {x.shape[:1]}")
     check_state(model, state)
+    check_input(model, x, next(iter(state.params.values())).dtype if state.params else None)
+    if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")
     workspace: dict[str, Tensor] = dict(model.named_parameters())
     _check_optimizer(optimizer, workspace)
 
@@ -111,6 +114,7 @@ def train_step(
 
     if objective is None:
         logits = apply(x, task)
+        _check_labels(logits, y)
         loss = loss_fn(logits, y)
     else:
         loss, logits = objective(apply, workspace)
@@ -139,6 +143,20 @@ def train_step(
     optimizer.step()
     new = freeze(state.replace(params=workspace, buffers=buffers[0]), state)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
+
+
+def _check_labels(logits: Tensor, y: Tensor) -> None:
+    """Class indices must be within the head: caught here, not as a CUDA device assert."""
+    if logits.dim() != 2 or y.is_floating_point() or y.dtype == torch.bool:
+        return
+    if y.dim() != 1:
+        raise ShapeError(f"class targets must be 1-D, got shape {tuple(y.shape)}")
+    low, high = (int(v) for v in torch.aminmax(y))
+    if low < 0 or high >= logits.shape[1]:
+        raise ShapeError(
+            f"targets must be class indices in 0..{logits.shape[1] - 1} for this head, got "
+            f"{low}..{high} (are labels remapped per task?)"
+        )
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tensor]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -27,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import validate
 from .bridge import bridge
 from .capacity import capacity
 from .errors import ConfigError, DataError, NothingToPrune
-from .lifecycle import finish_task, recycle, validate_fraction
+from .lifecycle import finish_task, recycle
 from .prune import prune
 from .score import DATA_METHODS, METHODS, score
 from .state import EideticState
@@ -69,24 +69,24 @@ class TrainConfig:
     finish: bool = True
 
     def __post_init__(self) -> None:
-        _positive_int("max_epochs", self.max_epochs)
-        _positive_int("patience", self.patience, allow_zero=True)
-        _positive_int("max_recovery_epochs", self.max_recovery_epochs)
-        for step in _as_list(self.pruning_step):
-            validate_fraction("pruning_step", step)
-        for kind in _as_list(self.pruning_type):
-            if kind not in METHODS:
-                raise ConfigError(f"pruning_type {kind!r} is unknown; choose from {list(METHODS)}")
+        validate.integer(self.max_epochs, "max_epochs", minimum=1)
+        validate.integer(self.patience, "patience", minimum=0)
+        validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
         if not _as_list(self.pruning_step) or not _as_list(self.pruning_type):
             raise ConfigError("pruning_step and pruning_type must not be empty")
-        if not 0.0 <= self.tolerance < 1.0 or math.isnan(self.tolerance):
-            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
-        if not 0.0 < self.max_masking_ratio <= 1.0:
-            raise ConfigError(f"max_masking_ratio must be in (0, 1], got {self.max_masking_ratio}")
-        if not 0.0 < self.lr_factor <= 1.0:
-            raise ConfigError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
+        for step in _as_list(self.pruning_step):
+            validate.fraction(step, "pruning_step")
+        for kind in _as_list(self.pruning_type):
+            validate.choice(kind, "pruning_type", METHODS)
+        validate.number(self.tolerance, "tolerance", low=0.0, high=1.0, high_open=True)
+        validate.number(
+            self.max_masking_ratio, "max_masking_ratio", low=0.0, high=1.0, low_open=True
+        )
+        validate.number(self.lr_factor, "lr_factor", low=0.0, high=1.0, low_open=True)
         if self.score_batches is not None:
-            _positive_int("score_batches", self.score_batches)
+            validate.integer(self.score_batches, "score_batches", minimum=1)
+        for name in ("constant_step", "last_task", "forward_transfer", "finish"):
+            validate.boolean(getattr(self, name), name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,9 +359,3 @@ def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _positive_int(name: str, value: int, *, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -1,0 +1,378 @@
+"""Per-sample gradient statistics of every parameter: the engine of Fisher and MAS importance.
+
+For a per-sample scalar loss ``ℓ_i = loss(f(x_i; θ), t_i)`` it computes, per parameter,
+
+    S = Σ_i w_i · r(∂ℓ_i/∂θ)        with r = square (Fisher) or abs (MAS), elementwise,
+
+a *sum* over samples (callers divide by the count). Every sample's gradient is its own:
+the network runs in inference mode (BatchNorm with running statistics, no dropout), so a
+sample's loss does not depend on the other samples. Implementations, all exact:
+
+- ``vmap``: ``vmap(grad(ℓ_i))`` over samples with ``functional_call``, reduced inside the
+  vmapped function and summed per chunk of ``chunk_size`` samples (the reference);
+- ``loop``: one ``autograd.grad`` per sample (what most continual-learning code does);
+- ``fast``: no per-sample weight gradient is ever formed. A Linear layer with 2-D input
+  ``x [B, in]`` and per-sample output gradient ``g [B, out]`` has per-sample weight
+  gradient ``g_i x_iᵀ``, so ``Σ_i w_i (g_i x_iᵀ)² = (w·g²)ᵀ(x²)`` and ``Σ_i w_i |g_i x_iᵀ| =
+  (w·|g|)ᵀ|x|``: one matrix product. BatchNorm in inference mode is affine per channel
+  (``γ x̂ + β``), so its per-sample gradients are ``Σ_positions g x̂`` and ``Σ_positions g``.
+  The output gradients of all samples come from one backward of ``Σ_i ℓ_i``. Parameters of
+  any other module (or of a module called more than once) fall back to ``vmap``.
+
+``vmap`` and ``fast`` equal ``loop`` (tests compare them in float64). ``vmap`` holds
+``chunk_size × |θ|`` gradient entries at once; by default chunks are sized so that one
+parameter's chunk stays below 8 MiB (large buffers are slow to allocate on CPU).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import ConfigError, DataError, NonFiniteError, ShapeError
+from ..forward import train_mode
+
+Batch = tuple[Tensor, Tensor]
+# loss(logits [C] of one sample, its target) -> scalar
+SampleLoss = Callable[[Tensor, Tensor], Tensor]
+Reduction = Literal["square", "abs"]
+Implementation = Literal["vmap", "fast", "loop"]
+IMPLEMENTATIONS: tuple[str, ...] = ("vmap", "fast", "loop")
+
+_CHUNK_BYTES = 8 << 20
+
+
+def call_logits(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, task: int
+) -> Tensor:
+    """``model(x, task=task)`` (or ``model(x)`` if its forward takes no ``task``) via
+    ``functional_call`` with ``params`` and ``buffers``; the module's mode is the caller's."""
+    kwargs = {"task": task} if takes_task(model) else {}
+    return functional_call(model, (params, buffers), (x,), kwargs)
+
+
+def takes_task(model: nn.Module) -> bool:
+    """Whether ``model.forward`` has a ``task`` parameter (a multi-head model)."""
+    return "task" in inspect.signature(model.forward).parameters
+
+
+def cross_entropy_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``−log softmax(logits)[target]`` for one sample (``logits [C]``, integer ``target``)."""
+    return -torch.log_softmax(logits, -1).gather(0, target.reshape(1)).squeeze(0)
+
+
+def squared_norm_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``‖logits‖²₂`` for one sample (MAS); ``target`` is ignored."""
+    return logits.square().sum()
+
+
+def per_sample_sums(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    targets: Tensor,
+    *,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+    weights: Tensor | None = None,
+    implementation: Implementation = "vmap",
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """``{name: Σ_i w_i · r(∂ℓ_i/∂θ)}`` for every parameter in ``params`` (same shapes).
+
+    ``x [B, ...]``, ``targets [B]``, ``weights [B]`` (default 1). Parameters the loss does
+    not reach (other heads) get zeros. Runs the model in inference mode; ``params``,
+    ``buffers`` and the model's own tensors are not modified.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError(
+            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    if reduction not in ("square", "abs"):
+        raise ConfigError(f"reduction must be 'square' or 'abs', got {reduction!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if x.dim() == 0 or x.shape[0] == 0 or targets.shape[:1] != x.shape[:1]:
+        raise ShapeError(
+            f"x and targets must be non-empty batches of equal size, got {tuple(x.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    params = {k: v.detach() for k, v in params.items()}
+    w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if weights is None else weights
+    w = w.detach().to(next(iter(params.values())).dtype)
+    with train_mode(model, False):
+        if implementation == "loop":
+            return _loop(model, params, buffers, x, targets, w, task, loss, reduction)
+        if implementation == "vmap":
+            return _vmap(model, params, buffers, x, targets, w, task, loss, reduction, chunk_size)
+        return _fast(model, params, buffers, x, targets, w, task, loss, reduction, chunk_size)
+
+
+def per_sample_fn(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    *,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+    wrt: Iterable[str] | None = None,
+) -> Callable[[Tensor, Tensor, Tensor], dict[str, Tensor]]:
+    """The ``vmap`` kernel as a pure function ``(x, targets, weights) -> {name: Σ_i ...}``.
+
+    What ``implementation="vmap"`` runs per chunk, for the parameters ``wrt`` (default:
+    all; the others are constants). Exposed so that it can be wrapped, e.g. in
+    ``torch.compile`` (which fuses the per-sample outer products with their reduction).
+    Call it with the model in inference mode and detached ``params``.
+    """
+    reduce = _reducer(reduction)
+    diff = {k: params[k] for k in (params if wrt is None else wrt)}
+
+    def sample_loss(p: dict[str, Tensor], xi: Tensor, ti: Tensor) -> Tensor:
+        logits = call_logits(model, {**params, **p}, buffers, xi.unsqueeze(0), task)
+        return loss(logits.squeeze(0), ti)
+
+    def one(xi: Tensor, ti: Tensor, wi: Tensor) -> dict[str, Tensor]:
+        g = grad(sample_loss)(diff, xi, ti)
+        return {k: wi * reduce(v) for k, v in g.items()}
+
+    batched = vmap(one)
+
+    def sums(x: Tensor, targets: Tensor, weights: Tensor) -> dict[str, Tensor]:
+        return {k: v.sum(0) for k, v in batched(x, targets, weights).items()}
+
+    return sums
+
+
+def add_into(totals: dict[str, Tensor], sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``totals + sums`` key by key (a new dict; keys missing from ``totals`` are taken)."""
+    return {**totals, **{k: totals[k] + v if k in totals else v for k, v in sums.items()}}
+
+
+def take_samples(batches: Iterable[Batch], max_samples: int | None) -> list[Batch]:
+    """The batches holding the first ``max_samples`` samples (all if None), last one cut."""
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ConfigError(
+            f"the number of samples must be a positive int or None, got {max_samples!r}"
+        )
+    out: list[Batch] = []
+    seen = 0
+    for x, y in batches:
+        if max_samples is not None and seen + x.shape[0] > max_samples:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        if x.shape[0]:
+            out.append((x, y))
+            seen += x.shape[0]
+        if max_samples is not None and seen >= max_samples:
+            break
+    if not out:
+        raise DataError("no samples to estimate importance with: the batches were empty")
+    return out
+
+
+def check_finite(stats: dict[str, Tensor], what: str) -> None:
+    """Raise :class:`NonFiniteError` if any entry of ``stats`` is NaN or infinite."""
+    for k, v in stats.items():
+        if not bool(torch.isfinite(v).all()):
+            raise NonFiniteError(f"{what} of parameter {k!r} is not finite (NaN or inf)")
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def _reducer(reduction: Reduction) -> Callable[[Tensor], Tensor]:
+    return torch.square if reduction == "square" else torch.abs
+
+
+def _auto_chunk(params: dict[str, Tensor], batch: int) -> int:
+    largest = max(v.numel() * v.element_size() for v in params.values())
+    return max(1, min(batch, _CHUNK_BYTES // max(largest, 1)))
+
+
+def _vmap(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    targets: Tensor,
+    w: Tensor,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+    chunk_size: int | None,
+) -> dict[str, Tensor]:
+    return _chunked(model, params, buffers, x, targets, w, task, loss, reduction, chunk_size, None)
+
+
+def _chunked(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    targets: Tensor,
+    w: Tensor,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+    chunk_size: int | None,
+    wrt: list[str] | None,
+) -> dict[str, Tensor]:
+    fn = per_sample_fn(model, params, buffers, task=task, loss=loss, reduction=reduction, wrt=wrt)
+    sized = params if wrt is None else {k: params[k] for k in wrt}
+    chunk = chunk_size or _auto_chunk(sized, x.shape[0])
+    # Summing chunk by chunk (rather than vmap's own chunk_size, which concatenates every
+    # chunk's per-sample results) keeps memory at one chunk of gradients.
+    totals: dict[str, Tensor] = {}
+    for s in range(0, x.shape[0], chunk):
+        totals = add_into(totals, fn(x[s : s + chunk], targets[s : s + chunk], w[s : s + chunk]))
+    return totals
+
+
+def _loop(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    targets: Tensor,
+    w: Tensor,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+) -> dict[str, Tensor]:
+    reduce = _reducer(reduction)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    totals = {k: torch.zeros_like(v) for k, v in params.items()}
+    for i in range(x.shape[0]):
+        logits = call_logits(model, leaves, buffers, x[i : i + 1], task)
+        grads = torch.autograd.grad(
+            loss(logits.squeeze(0), targets[i]), list(leaves.values()), allow_unused=True
+        )
+        for k, g in zip(leaves, grads):
+            if g is not None:
+                totals[k] = totals[k] + w[i] * reduce(g)
+    return totals
+
+
+def _fast(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    targets: Tensor,
+    w: Tensor,
+    task: int,
+    loss: SampleLoss,
+    reduction: Reduction,
+    chunk_size: int | None,
+) -> dict[str, Tensor]:
+    reduce = _reducer(reduction)
+    candidates = _affine_modules(model, params)
+    taps: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in candidates}
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+    def tap(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            taps[name].append((args[0], output))
+
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(tap(n)) for n in candidates]
+    try:
+        logits = call_logits(model, leaves, buffers, x, task)
+    finally:
+        for h in handles:
+            h.remove()
+    covered: dict[str, tuple[str, Tensor, Tensor]] = {}
+    for name, calls in taps.items():
+        # A per-sample gradient is one outer product only for one call on 2-D input
+        # (Linear) or in inference mode with running statistics (BatchNorm).
+        if len(calls) == 1 and _separable(modules[name], calls[0][0]):
+            covered[name] = (name, calls[0][0], calls[0][1])
+    totals: dict[str, Tensor] = {}
+    if covered:
+        total = vmap(loss)(logits, targets).sum()
+        outs = [out for _, _, out in covered.values()]
+        gouts = torch.autograd.grad(total, outs, allow_unused=True)
+        for (name, inp, _), g in zip(covered.values(), gouts):
+            module = modules[name]
+            if g is None:  # the loss does not read this module (another head)
+                continue
+            totals.update(_module_stats(module, name, inp.detach(), g, w, reduce, buffers))
+    done = {
+        f"{n}.{leaf}" for n in covered for leaf, _ in modules[n].named_parameters(recurse=False)
+    }
+    rest = [k for k in params if k not in done]
+    if rest:
+        totals.update(
+            _chunked(model, params, buffers, x, targets, w, task, loss, reduction, chunk_size, rest)
+        )
+    return {
+        k: totals[k].detach() if k in totals else torch.zeros_like(v) for k, v in params.items()
+    }
+
+
+def _affine_modules(model: nn.Module, params: dict[str, Tensor]) -> list[str]:
+    """Linear and BatchNorm modules whose parameters are all in ``params`` and not shared."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | _BatchNorm):
+            continue
+        own = list(module.named_parameters(recurse=False))
+        if own and all(f"{name}.{leaf}" in params and owners[id(p)] == 1 for leaf, p in own):
+            out.append(name)
+    return out
+
+
+def _separable(module: nn.Module, inp: Tensor) -> bool:
+    if isinstance(module, nn.Linear):
+        return inp.dim() == 2
+    assert isinstance(module, _BatchNorm)
+    return not module.training and module.track_running_stats and module.running_mean is not None
+
+
+def _module_stats(
+    module: nn.Module,
+    name: str,
+    inp: Tensor,
+    g: Tensor,
+    w: Tensor,
+    reduce: Callable[[Tensor], Tensor],
+    buffers: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """Σ_i w_i r(per-sample gradient) of the module's parameters from its input and ∂ℓ/∂out."""
+    out: dict[str, Tensor] = {}
+    if isinstance(module, nn.Linear):
+        rg = reduce(g) * w[:, None]
+        out[f"{name}.weight"] = rg.T @ reduce(inp)
+        if module.bias is not None:
+            out[f"{name}.bias"] = rg.sum(0)
+        return out
+    assert isinstance(module, _BatchNorm)
+    mean = buffers.get(f"{name}.running_mean", module.running_mean)
+    var = buffers.get(f"{name}.running_var", module.running_var)
+    assert mean is not None and var is not None
+    shape = (1, -1) + (1,) * (inp.dim() - 2)
+    normalized = (inp - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+    dims = tuple(range(2, inp.dim()))
+
+    def per_sample(t: Tensor) -> Tensor:  # [B, C, ...] -> [B, C], summed over positions
+        return t.sum(dims) if dims else t
+
+    if module.weight is not None:
+        out[f"{name}.weight"] = (reduce(per_sample(g * normalized)) * w[:, None]).sum(0)
+    if module.bias is not None:
+        out[f"{name}.bias"] = (reduce(per_sample(g)) * w[:, None]).sum(0)
+    return out

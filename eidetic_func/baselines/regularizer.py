@@ -1,0 +1,162 @@
+"""Methods whose loss is the task loss plus a regularizer, and the quadratic penalty they share.
+
+A :class:`RegularizedMethod` adds ``regularizer(model, mstate, apply, params, batch,
+task)`` to the cross-entropy of the current task: a differentiable scalar (or None). EWC,
+online EWC, SI and MAS use :func:`quadratic_penalty`; LwF a distillation loss. Methods
+that must see the task loss's gradient (SI) set ``observes = True`` and implement
+``observe``: their step differentiates the task loss, records its gradient, adds the
+regularizer's gradient, and reports the parameter change of the step to ``observe``.
+
+The same three hooks drive the imperative :class:`eidetic_func.baselines.Synapse`
+adapter, so a method behaves identically in ``train_method_task`` and in a user's loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..state import EideticState
+from ..step import Apply, StepMetrics, train_step
+from ..train import Batch
+from .base import BaseMethod
+
+
+def quadratic_penalty(
+    importance: dict[str, Tensor], anchor: dict[str, Tensor], params: dict[str, Tensor]
+) -> Tensor:
+    """``Σ_k Σ importance_k · (params_k − anchor_k)²`` over the keys of ``importance``.
+
+    Keys must be in ``anchor`` and ``params`` (same shapes); differentiable in ``params``.
+    Returns a scalar on the parameters' device (zero for an empty ``importance``).
+    """
+    terms = [(imp * (params[k] - anchor[k]).square()).sum() for k, imp in importance.items()]
+    if not terms:
+        ref = next(iter(params.values()))
+        return torch.zeros((), dtype=ref.dtype, device=ref.device)
+    return torch.stack(terms).sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizedMethod(BaseMethod):
+    """Cross-entropy on the current task plus :meth:`regularizer`; see the module docstring."""
+
+    observes: ClassVar[bool] = False
+
+    def regularizer(
+        self,
+        model: nn.Module,
+        mstate: Any,
+        apply: Apply,
+        params: dict[str, Tensor],
+        batch: Batch,
+        task: int,
+    ) -> Tensor | None:
+        """The extra loss term (differentiable in ``params``), or None. Default: ``penalty``."""
+        return self.penalty(mstate, params, task)
+
+    def observe(
+        self,
+        mstate: Any,
+        grads: dict[str, Tensor],
+        before: dict[str, Tensor],
+        after: dict[str, Tensor],
+    ) -> Any:
+        """The method state after a step with task-loss gradients ``grads`` moved
+        ``before`` to ``after`` (only called when ``observes``)."""
+        return mstate
+
+    def step(
+        self,
+        model: nn.Module,
+        state: EideticState,
+        mstate: Any,
+        batch: Batch,
+        *,
+        optimizer: torch.optim.Optimizer,
+        task: int,
+    ) -> tuple[EideticState, Any, StepMetrics]:
+        x, y = batch
+        if not self.observes:
+
+            def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                logits = apply(x, task)
+                loss = F.cross_entropy(logits, y)
+                extra = self.regularizer(model, mstate, apply, params, batch, task)
+                return (loss if extra is None else loss + extra), logits
+
+            new, metrics = train_step(
+                model, state, batch, optimizer=optimizer, task=task, objective=objective
+            )
+            return new, mstate, metrics
+
+        recorded: dict[str, Tensor] = {}
+
+        def task_loss(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            logits = apply(x, task)
+            return F.cross_entropy(logits, y), logits
+
+        def add_regularizer(
+            grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
+        ) -> dict[str, Tensor]:
+            recorded.update(grads)  # the task loss's gradient, before the regularizer's
+            extra = self.regularizer(model, mstate, apply, params, batch, task)
+            return grads if extra is None else add_gradient(grads, extra, params)
+
+        new, metrics = train_step(
+            model,
+            state,
+            batch,
+            optimizer=optimizer,
+            task=task,
+            objective=task_loss,
+            grad_transform=add_regularizer,
+        )
+        return new, self.observe(mstate, recorded, state.params, new.params), metrics
+
+
+def add_gradient(
+    grads: dict[str, Tensor], loss: Tensor, params: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """``grads`` plus the gradient of ``loss`` with respect to ``params`` (missing = zero)."""
+    names = list(params)
+    extra = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    out = dict(grads)
+    for k, e in zip(names, extra):
+        if e is not None:
+            out[k] = e if k not in out else out[k] + e
+    return out
+
+
+def state_batches(loader: Iterable[Batch], state: EideticState) -> Iterable[Batch]:
+    """``loader``'s batches on the device of the state's parameters."""
+    device = next(iter(state.params.values())).device
+    return ((x.to(device), y.to(device)) for x, y in loader)
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number ``> 0``."""
+    check_nonnegative(name, value)
+    if value == 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def check_samples(name: str, value: int | None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is None or a positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{name} must be a positive int or None (all), got {value!r}")
