@@ -9,7 +9,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 """
 
-from . import baselines, data, metrics
+from . import baselines, data, distributed, metrics
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
@@ -74,6 +74,7 @@ __all__ = [
     "check_topology",
     "convert_batchnorm",
     "data",
+    "distributed",
     "finish_task",
     "forward",
     "freeze",

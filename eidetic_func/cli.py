@@ -241,6 +241,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _report(result: RunResult, output_dir: Path) -> None:
     from .report import summary_markdown
 
+    if not result.is_main:  # data parallel: one process writes
+        return
     paths = write_outputs(result, output_dir)
     print()
     print(summary_markdown(result))

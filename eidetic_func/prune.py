@@ -115,7 +115,7 @@ def _global(
     constant_step: bool,
 ) -> dict[str, Tensor]:
     names = list(scores)
-    flat_scores = torch.cat([scores[n].float() for n in names])
+    flat_scores = torch.cat([scores[n].double() for n in names])
     finite = torch.isfinite(flat_scores)
     norm = flat_scores[finite].norm()
     normalized = flat_scores / norm if float(norm) > 0 else flat_scores

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .mask import apply_task_mask, needs_task_mask
 from .state import EideticState
-from .taylor import Batch, Implementation, batch_scores, per_sample_scores
+from .taylor import Batch, Implementation, Reduce, batch_scores, per_sample_scores
 from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
 from .validate import task_id
 
@@ -29,6 +29,7 @@ def score(
     topology: Topology,
     generator: torch.Generator | None = None,
     implementation: Implementation = "fast",
+    reduce: Reduce | None = None,
 ) -> dict[str, Tensor]:
     """Importance of every neuron: ``{unit name: [C] float scores}``; low means prunable.
 
@@ -40,7 +41,8 @@ def score(
 
     Neurons owned by a task, or already pruned in this task, score ``+inf``: no pruning
     step can select them. Scoring uses BatchNorm in inference mode and never changes
-    ``state``.
+    ``state``. With data parallelism, ``reduce`` sums the data-driven scores' partial sums
+    over processes (see :mod:`eidetic_func.distributed`), so every process prunes alike.
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"unknown scoring method {method!r}; choose one of {list(METHODS)}")
@@ -59,9 +61,12 @@ def score(
                 task=task,
                 topology=topology,
                 implementation=implementation,
+                reduce=reduce,
             )
         else:
-            raw = batch_scores(model, state, params, batches, task=task, topology=topology)
+            raw = batch_scores(
+                model, state, params, batches, task=task, topology=topology, reduce=reduce
+            )
     elif method == "random":
         if generator is None:
             raise ConfigError("method 'random' needs a seeded torch.Generator (generator=...)")

@@ -26,6 +26,7 @@ from . import data as data_module
 from . import metrics, validate
 from .capacity import capacity
 from .checkpoint import load, save
+from .distributed import Parallel, from_environment
 from .errors import CheckpointError, ConfigError
 from .forward import forward
 from .lifecycle import revisit
@@ -120,6 +121,8 @@ class RunResult:
     history: list[dict[str, Any]]
     seconds: float
     state: EideticState = dataclasses.field(repr=False)
+    parallel: dict[str, Any] | None = None
+    is_main: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +135,7 @@ class RunResult:
             "summary": self.summary,
             "capacity": self.capacity,
             "router": self.router,
+            "parallel": self.parallel,
             "seconds": self.seconds,
         }
 
@@ -221,6 +225,12 @@ def run(
             raise CheckpointError(f"nothing to resume: {path} does not exist")
         config = RunConfig.from_dict(load(path).meta["config"])
     device = torch.device(config.device)
+    parallel = from_environment(device)
+    if parallel is not None:
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        if not parallel.is_main:
+            log = _silent
     torch.manual_seed(config.seed)
     sequence = data_module.load_sequence(
         config.dataset,
@@ -244,15 +254,22 @@ def run(
         for t, task in enumerate(sequence)
     ]
     tests = [lo.test for lo in loaders]
+    # with data parallelism each process trains on its shard of every task
+    trains: list[Any] = [
+        lo.train
+        if parallel is None
+        else parallel.shard(task.train, config.batch_size, seed=config.seed * 1000 + t)
+        for t, (lo, task) in enumerate(zip(loaders, sequence))
+    ]
     schedule = [t for _ in range(config.cycles) for t in range(num_tasks)]
     bookkeeping = _Run(state=init(model))
     if resume:
         assert path is not None
-        bookkeeping = _restore(path, model, optimizer, generators, core)
+        bookkeeping = _restore(path, model, optimizer, generators, core, trains)
         log(f"resuming at visit {bookkeeping.visit + 1}/{len(schedule)}")
 
     def checkpoint(run_state: _Run) -> None:
-        if path is None:
+        if path is None or (parallel is not None and not parallel.is_main):
             return
         meta = {
             "config": config.to_dict(),
@@ -263,7 +280,11 @@ def run(
             "router": run_state.router,
             "seconds": run_state.seconds + time.perf_counter() - started,
         }
-        generator_states = {"data": [g.get_state() for g in generators], "core": core.get_state()}
+        generator_states = {
+            "data": [g.get_state() for g in generators],
+            "core": core.get_state(),
+            "epochs": [getattr(loader, "epoch", 0) for loader in trains],
+        }
         save(
             path,
             run_state.state,
@@ -293,7 +314,7 @@ def run(
         state, history = train_task(
             model,
             b.state,
-            loaders[task].train,
+            trains[task],
             task=task,
             topology=topology,
             optimizer=optimizer,
@@ -301,6 +322,7 @@ def run(
             generator=core,
             progress=config.progress,
             checkpoint=on_checkpoint,
+            parallel=parallel,
             resume=b.progress,
         )
         row = metrics.accuracy_row(model, state, tests, range(num_tasks))
@@ -324,11 +346,18 @@ def run(
             generators[num_tasks],
             core,
             tests,
+            parallel,
         )
         b.history = b.history + router_history
         if config.checkpoint_every != "never":
             checkpoint(b)
 
+    parallel_info = None
+    if parallel is not None:
+        parallel_info = {
+            "world_size": parallel.world_size,
+            "state_digest": parallel.check_identical(b.state, "at the end of the run"),
+        }
     matrix = b.matrix[:num_tasks]
     summary = metrics.summarize(matrix).to_dict()
     return RunResult(
@@ -344,6 +373,8 @@ def run(
         history=b.history,
         seconds=b.seconds + time.perf_counter() - started,
         state=b.state,
+        parallel=parallel_info,
+        is_main=parallel is None or parallel.is_main,
     )
 
 
@@ -353,12 +384,16 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     generators: list[torch.Generator],
     core: torch.Generator,
+    trains: list[Any],
 ) -> _Run:
     ckpt = load(path, model=model, optimizer=optimizer)
     ckpt.restore_rng()
     for g, s in zip(generators, ckpt.extra["data"]):
         g.set_state(s)
     core.set_state(ckpt.extra["core"])
+    for loader, epoch in zip(trains, ckpt.extra["epochs"]):
+        if hasattr(loader, "epoch"):
+            loader.epoch = epoch
     meta = ckpt.meta
     progress = None if meta["progress"] is None else TaskProgress(**meta["progress"])
     return _Run(
@@ -371,6 +406,10 @@ def _restore(
         router=meta["router"],
         seconds=float(meta["seconds"]),
     )
+
+
+def _silent(message: str) -> None:
+    """The log of processes other than the main one."""
 
 
 class _TaskIds(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
@@ -396,6 +435,7 @@ def _train_router(
     generator: torch.Generator,
     core: torch.Generator,
     tests: list[DataLoader[tuple[Tensor, Tensor]]],
+    parallel: Parallel | None,
 ) -> tuple[EideticState, dict[str, float], list[dict[str, Any]]]:
     """Train the extra head that predicts the task id, on every task's training data.
 
@@ -406,7 +446,11 @@ def _train_router(
     union: ConcatDataset[tuple[Tensor, Tensor]] = ConcatDataset(
         [_TaskIds(task.train, t) for t, task in enumerate(sequence)]
     )
-    loader = DataLoader(union, config.batch_size, shuffle=True, generator=generator)
+    loader: Any = (
+        DataLoader(union, config.batch_size, shuffle=True, generator=generator)
+        if parallel is None
+        else parallel.shard(union, config.batch_size, seed=config.seed * 1000 + router)
+    )
     router_config = dataclasses.replace(config.train, last_task=True)
     state, history = train_task(
         model,
@@ -418,6 +462,7 @@ def _train_router(
         config=router_config,
         generator=core,
         progress=config.progress,
+        parallel=parallel,
     )
     return state, route_and_classify(model, state, sequence, tests, router=router), history
 

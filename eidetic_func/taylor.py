@@ -42,6 +42,8 @@ from .topology import Topology, Unit
 Batch = tuple[Tensor, Tensor]
 Implementation = Literal["fast", "vmap", "loop"]
 Contributions = Callable[..., dict[str, Tensor]]
+# reduce(partial sums per unit, sample count) -> the sums and count over all processes
+Reduce = Callable[[dict[str, Tensor], int], tuple[dict[str, Tensor], int]]
 
 
 class _Tracer(fx.Tracer):
@@ -126,10 +128,12 @@ def per_sample_scores(
     topology: Topology,
     implementation: Implementation = "fast",
     chunk_size: int | None = None,
+    reduce: Reduce | None = None,
 ) -> dict[str, Tensor]:
     """Per-sample Taylor importance ``[C]`` per unit, averaged over every sample of ``batches``.
 
     ``chunk_size`` bounds how many samples' weight gradients ``vmap`` holds at once.
+    ``reduce(sums, count)`` combines partial sums across processes (data parallel).
     """
     contributions: Contributions
     if implementation == "fast":
@@ -149,19 +153,28 @@ def per_sample_scores(
             (
                 contributions(module, params, buffers, x, y, task, topology, chunk_size=chunk_size)
                 for x, y in batches
-            )
+            ),
+            reduce=reduce,
         )
 
 
-def accumulate_squares(per_batch: Iterable[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Mean over samples of the squared per-sample contributions ``{unit: [B, C]}``."""
+def accumulate_squares(
+    per_batch: Iterable[dict[str, Tensor]], *, reduce: Reduce | None = None
+) -> dict[str, Tensor]:
+    """Mean over samples of the squared per-sample contributions ``{unit: [B, C]}``.
+
+    Sums are kept in float64, so the order in which samples (or processes) are added does
+    not reorder neurons whose scores differ by more than float64 rounding.
+    """
     totals: dict[str, Tensor] = {}
     count = 0
     for contributions in per_batch:
         for name, c in contributions.items():
-            square = c.detach().square().sum(0)
+            square = c.detach().double().square().sum(0)
             totals[name] = totals[name] + square if name in totals else square
         count += next(iter(contributions.values())).shape[0]
+    if reduce is not None:
+        totals, count = reduce(totals, count)
     if count == 0:
         raise DataError("no samples to score: the batches were empty")
     scores = {name: total / count for name, total in totals.items()}
@@ -211,6 +224,7 @@ def batch_scores(
     *,
     task: int,
     topology: Topology,
+    reduce: Reduce | None = None,
 ) -> dict[str, Tensor]:
     """The original EideticNet scores: per batch, mean of ``|z · ∂L_mean/∂z|``; summed."""
     module = tapped(model, topology, task)
@@ -231,6 +245,9 @@ def batch_scores(
                 s = sum(_mean_abs(taps[p] * grads[p]).detach() for p in unit.producers)
                 assert isinstance(s, Tensor)
                 totals[unit.name] = totals[unit.name] + s if unit.name in totals else s
+    if reduce is not None:
+        totals, seen_count = reduce(totals, int(seen))
+        seen = seen_count > 0
     if not seen:
         raise DataError("no samples to score: the batches were empty")
     _check_finite(totals)

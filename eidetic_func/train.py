@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,11 @@ from .prune import prune
 from .score import DATA_METHODS, METHODS, score
 from .state import EideticState
 from .step import LossFn, StepMetrics, check_trainable, train_step
+from .taylor import Reduce
 from .topology import Topology
+
+if TYPE_CHECKING:
+    from .distributed import Parallel
 
 Batch = tuple[Tensor, Tensor]
 Record = dict[str, Any]
@@ -122,6 +126,7 @@ def train_task(
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
     resume: TaskProgress | None = None,
+    parallel: Parallel | None = None,
 ) -> tuple[EideticState, list[Record]]:
     """Train, prune and (by default) finish task ``task``; return the new state and history.
 
@@ -133,7 +138,10 @@ def train_task(
 
     Works with any ``torch.optim`` optimizer built over ``model.parameters()``; one may
     serve the whole sequence. Returns the state ready for the next task (finished and
-    recycled, unless ``config.finish`` is False).
+    recycled, unless ``config.finish`` is False). With ``parallel`` (data parallelism, see
+    :mod:`eidetic_func.distributed`) ``loader`` is this process's shard; gradients, BN
+    statistics, epoch metrics and scores are combined over processes, and the state is
+    checked to be identical on all of them at the end.
     """
     check_trainable(state, task)
     config = config or TrainConfig()
@@ -148,13 +156,31 @@ def train_task(
         history.append({"task": task, "phase": phase, "time": time.time(), **fields})
 
     device = _device(state)
+    progress = progress and (parallel is None or parallel.is_main)
 
     def step(s: EideticState, batch: Batch) -> tuple[EideticState, StepMetrics]:
-        return train_step(model, s, batch, optimizer=optimizer, task=task, loss_fn=loss_fn)
+        if parallel is None:
+            return train_step(model, s, batch, optimizer=optimizer, task=task, loss_fn=loss_fn)
+        new, metrics = train_step(
+            model,
+            s,
+            batch,
+            optimizer=optimizer,
+            task=task,
+            loss_fn=loss_fn,
+            grad_transform=parallel.average_grads,
+        )
+        return parallel.sync_buffers(new, s), metrics
 
     def epoch(s: EideticState, label: str) -> tuple[EideticState, float, float]:
         return run_epoch(
-            step, s, loader, device=device, description=f"task {task} {label}", progress=progress
+            step,
+            s,
+            loader,
+            device=device,
+            description=f"task {task} {label}",
+            progress=progress,
+            combine=None if parallel is None else parallel.sum_metrics,
         )
 
     p = progress_state
@@ -182,12 +208,15 @@ def train_task(
             record=record,
             checkpoint=checkpoint,
             history=history,
+            reduce=None if parallel is None else parallel.reduce,
         )
 
     if config.finish:
         state = finish_task(state, topology, task=task, forward_transfer=config.forward_transfer)
         state = recycle(state, generator=generator)
         record("finish", pruned_fraction=None)
+    if parallel is not None:
+        parallel.check_identical(state, f"after task {task}")
     p = dataclasses.replace(p, phase="done")
     if checkpoint is not None:
         checkpoint(state, p, history)
@@ -210,6 +239,7 @@ def _prune_phase(
     record: Callable[..., None],
     checkpoint: Checkpoint | None,
     history: list[Record],
+    reduce: Reduce | None,
 ) -> tuple[EideticState, TaskProgress]:
     step_iter, kind_iter = iter(steps), iter(kinds)
     good = state  # the last state whose accuracy is within tolerance
@@ -234,7 +264,14 @@ def _prune_phase(
             _take(data, config.score_batches, _device(state)) if kind in DATA_METHODS else None
         )
         scores = score(
-            model, state, batches, method=kind, task=task, topology=topology, generator=generator
+            model,
+            state,
+            batches,
+            method=kind,
+            task=task,
+            topology=topology,
+            generator=generator,
+            reduce=reduce,
         )
         try:
             state = bridge(
@@ -329,13 +366,19 @@ def run_epoch(
     device: torch.device,
     description: str,
     progress: bool,
+    combine: Callable[[int, int, float], tuple[int, int, float]] | None = None,
 ) -> tuple[Carry, float, float]:
-    """One pass of ``step`` over ``loader``: the new carry, training accuracy and mean loss."""
+    """One pass of ``step`` over ``loader``: the new carry, training accuracy and mean loss.
+
+    ``combine(correct, count, loss_sum)`` totals the metrics over processes.
+    """
     correct = count = 0
     loss_sum = 0.0
     for x, y in tqdm(loader, desc=description, leave=False, disable=not progress):
         carry, m = step(carry, (x.to(device), y.to(device)))
         correct, count, loss_sum = correct + m.correct, count + m.count, loss_sum + m.loss * m.count
+    if combine is not None:
+        correct, count, loss_sum = combine(correct, count, loss_sum)
     if count == 0:
         raise DataError(f"no training data in {description!r}: the loader is empty")
     return carry, correct / count, loss_sum / count

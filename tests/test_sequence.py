@@ -52,7 +52,7 @@ def test_every_task_keeps_its_accuracy_exactly_until_the_end_of_the_sequence() -
 
 def test_a_slice_of_real_mnist_from_the_shared_data(mnist_root: Path) -> None:
     config = RunConfig(**{**SMALL.__dict__, "dataset": "split-mnist", "data_root": str(mnist_root),
-                          "limit_per_class": 40, "router": False})
+                          "limit_per_class": 150, "router": False})
     result = run(config, log=_quiet)
     for t in range(5):
         assert result.final[t] == result.after_finish[t][0]
@@ -166,3 +166,14 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(tmp_p
         assert torch.equal(a.params[k], b.params[k]) and torch.equal(a.owner[k], b.owner[k]), k
     for k in a.buffers:
         assert torch.equal(a.buffers[k], b.buffers[k]), k
+
+
+def test_one_seed_reproduces_a_run_exactly_and_another_seed_differs() -> None:
+    config = RunConfig(**{**SMALL.__dict__, "router": False, "num_tasks": None})
+    first, second = run(config, log=_quiet), run(config, log=_quiet)
+    assert first.matrix == second.matrix
+    assert first.capacity == second.capacity
+    for k in first.state.params:
+        assert torch.equal(first.state.params[k], second.state.params[k]), k
+    other = run(RunConfig(**{**config.__dict__, "seed": 1}), log=_quiet)
+    assert other.matrix != first.matrix
