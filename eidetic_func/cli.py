@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .baselines.registry import parse_option
 from .errors import EideticError
 from .sequence import CHECKPOINT_EVERY, MODELS, OPTIMIZERS, RunConfig, RunResult, run, write_outputs
 from .train import TrainConfig
@@ -73,11 +74,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT.layers,
         help="hidden layers (MLP) or convolutions per stage (ConvNet); default %(default)s",
     )
+    model.add_argument(
+        "--no-bn", dest="bn", action="store_false", help="build the model without BatchNorm"
+    )
     method = p.add_argument_group("method")
     method.add_argument(
         "--method",
         default=DEFAULT.method,
         help="eidetic (default) or a baseline: see `eidetic-func methods`",
+    )
+    method.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a baseline's hyperparameter, e.g. lambda_ewc=100 (repeatable)",
     )
     method.add_argument(
         "--pruning-type",
@@ -224,6 +235,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         width=args.width,
         layers=args.layers,
         method=args.method,
+        method_options=dict(parse_option(o) for o in args.method_option),
+        bn=args.bn,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -249,6 +262,20 @@ def _report(result: RunResult, output_dir: Path) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _list_methods() -> None:
+    import dataclasses
+
+    from .baselines import METHODS
+
+    print(f"{'eidetic':12s} EideticNet: iterative pruning and freezing (the default)")
+    for name, cls in sorted(METHODS.items()):
+        options = ", ".join(
+            f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name != "name"
+        )
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {doc}\n{'':12s} options: {options or 'none'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="eidetic-func",
@@ -259,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run", help="train a task sequence and measure it", description=__doc__.splitlines()[0]
     )
     _add_run_options(run_parser)
+    commands.add_parser("methods", help="list the methods and their options")
     bench = commands.add_parser("bench", help="run a benchmark preset (see --list)")
     bench.add_argument("preset", nargs="?", help="preset name")
     bench.add_argument("--list", action="store_true", help="list the presets")
@@ -279,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_from_args(args)
             result = run(config, output_dir=args.output_dir, resume=args.resume)
             _report(result, args.output_dir)
+            return 0
+        if args.command == "methods":
+            _list_methods()
             return 0
         from .presets import PRESETS, preset
 

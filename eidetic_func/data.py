@@ -719,7 +719,8 @@ def loaders(
             shuffle=shuffle,
             generator=generator,
             num_workers=num_workers,
-            drop_last=drop_last,
+            # a last batch of one sample cannot be batch-normalized in training mode
+            drop_last=drop_last or len(train) % batch_size == 1,
             pin_memory=pin_memory,
         ),
         test=evaluation(task.test),

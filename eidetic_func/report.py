@@ -35,7 +35,8 @@ def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
     except ImportError:  # plots are an optional extra: pip install 'eidetic-func[plots]'
         return written
     written["accuracy_plot"] = plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
-    written["capacity_plot"] = plot_capacity(result.capacity, output_dir / "capacity.png")
+    if result.capacity is not None:
+        written["capacity_plot"] = plot_capacity(result.capacity, output_dir / "capacity.png")
     return written
 
 
@@ -60,7 +61,13 @@ def summary_markdown(result: RunResult) -> str:
             f"| class-incremental accuracy (routed) | {100 * r['class_incremental_accuracy']:.2f} |",
             f"| task-incremental accuracy (oracle) | {100 * r['oracle_task_incremental_accuracy']:.2f} |",
         ]
-    lines += ["", f"Wall time: {result.seconds:.1f} s", ""]
+    lines += [
+        "",
+        f"Extra memory (ownership masks or method state): "
+        f"{result.extra_memory_bytes / 2**20:.2f} MiB",
+        f"Wall time: {result.seconds:.1f} s",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
+from . import baselines, metrics, validate
 from . import data as data_module
-from . import metrics, validate
+from .baselines import train_method_task
 from .capacity import capacity
 from .checkpoint import load, save
 from .distributed import Parallel, from_environment
@@ -51,7 +52,9 @@ class RunConfig:
     model: str = "mlp"
     width: int | None = None
     layers: int = 2
+    bn: bool = True
     method: str = "eidetic"
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -81,8 +84,22 @@ class RunConfig:
                 validate.integer(getattr(self, name), name, minimum=1)
         validate.number(self.lr, "lr", low=0.0, low_open=True)
         validate.number(self.weight_decay, "weight_decay", low=0.0)
-        for name in ("router", "progress"):
+        for name in ("router", "progress", "bn"):
             validate.boolean(getattr(self, name), name)
+        if not isinstance(self.method_options, dict):
+            raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
+        if self.method != "eidetic":
+            from . import baselines
+
+            baselines.create(self.method, **self.method_options)  # names and values checked
+            if self.cycles > 1:
+                raise ConfigError("revisiting tasks (cycles > 1) is an EideticNet feature")
+            if self.method == "progressive" and self.model != "mlp":
+                raise ConfigError(
+                    "progressive networks are built from MLP columns: use model='mlp'"
+                )
+        elif self.method_options:
+            raise ConfigError("method_options apply to baselines; eidetic is configured by train")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
         if not isinstance(self.train, TrainConfig):
@@ -116,7 +133,8 @@ class RunResult:
     after_finish: dict[int, list[float]]
     final: list[float]
     summary: dict[str, Any]
-    capacity: dict[str, Any]
+    capacity: dict[str, Any] | None
+    extra_memory_bytes: int
     router: dict[str, float] | None
     history: list[dict[str, Any]]
     seconds: float
@@ -134,6 +152,7 @@ class RunResult:
             "final_accuracy": self.final,
             "summary": self.summary,
             "capacity": self.capacity,
+            "extra_memory_bytes": self.extra_memory_bytes,
             "router": self.router,
             "parallel": self.parallel,
             "seconds": self.seconds,
@@ -151,17 +170,29 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
     """The network ``config.model`` for ``sequence`` (one head per task, plus the router's)."""
     from models import MLP, ConvNet, ResNet
 
-    heads = list(sequence.num_classes) + ([len(sequence)] if config.router else [])
+    heads = list(sequence.num_classes) + ([len(sequence)] if uses_router(config) else [])
     channels = sequence.input_shape[0]
+    if config.method == "progressive":
+        from models.progressive import ProgressiveMLP
+
+        return ProgressiveMLP(
+            math.prod(sequence.input_shape),
+            heads,
+            num_layers=config.layers,
+            width=config.width or 100,
+        )
     if config.model == "mlp":
         return MLP(
             math.prod(sequence.input_shape),
             heads,
             num_layers=config.layers,
             width=config.width or 400,
+            bn=config.bn,
         )
     if config.model == "convnet":
-        return ConvNet(channels, heads, num_layers=config.layers, width=config.width or 32)
+        return ConvNet(
+            channels, heads, num_layers=config.layers, width=config.width or 32, bn=config.bn
+        )
     blocks = {
         "resnet18": ([2, 2, 2, 2], 1),
         "resnet34": ([3, 4, 6, 3], 1),
@@ -176,7 +207,13 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
         expansion=blocks[1],
         width=config.width or 64,
         low_res=low_res,
+        bn=config.bn,
     )
+
+
+def uses_router(config: RunConfig) -> bool:
+    """The task router is trained for EideticNet runs (it needs the frozen features)."""
+    return config.router and config.method == "eidetic"
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -194,6 +231,7 @@ class _Run:
     """The mutable bookkeeping of a run in progress (what a checkpoint restores)."""
 
     state: EideticState
+    mstate: Any = None
     visit: int = 0
     progress: TaskProgress | None = None
     matrix: list[list[float]] = dataclasses.field(default_factory=list)
@@ -240,7 +278,16 @@ def run(
         limit_per_class=config.limit_per_class,
     )
     model = build_model(config, sequence).to(device)
-    topology: Topology = model.topology()  # type: ignore[operator]
+    method = (
+        None
+        if config.method == "eidetic"
+        else baselines.create(config.method, seed=config.seed, **config.method_options)
+    )
+    if method is not None and parallel is not None:
+        raise ConfigError("data parallelism is for EideticNet runs; run baselines in one process")
+    topology: Topology | None = (
+        None if config.method == "progressive" else model.topology()  # type: ignore[operator]
+    )
     optimizer = build_optimizer(config, model)
     num_tasks = len(sequence)
     generators = [
@@ -262,7 +309,8 @@ def run(
         for t, (lo, task) in enumerate(zip(loaders, sequence))
     ]
     schedule = [t for _ in range(config.cycles) for t in range(num_tasks)]
-    bookkeeping = _Run(state=init(model))
+    first = init(model)
+    bookkeeping = _Run(state=first, mstate=None if method is None else method.init(model, first))
     if resume:
         assert path is not None
         bookkeeping = _restore(path, model, optimizer, generators, core, trains)
@@ -284,6 +332,7 @@ def run(
             "data": [g.get_state() for g in generators],
             "core": core.get_state(),
             "epochs": [getattr(loader, "epoch", 0) for loader in trains],
+            "method": baselines.encode_state(run_state.mstate),
         }
         save(
             path,
@@ -299,7 +348,7 @@ def run(
         task = schedule[b.visit]
         last = b.visit == len(schedule) - 1
         train_config = dataclasses.replace(config.train, last_task=last)
-        if b.progress is None and task in b.state.finished:
+        if b.progress is None and task in b.state.finished and topology is not None:
             b.state = revisit(
                 b.state, topology, task=task, forward_transfer=config.train.forward_transfer
             )
@@ -311,20 +360,35 @@ def run(
             if config.checkpoint_every == "pruning-step" and p.phase != "done":
                 checkpoint(dataclasses.replace(b, state=s, progress=p, history=b.history + h))
 
-        state, history = train_task(
-            model,
-            b.state,
-            trains[task],
-            task=task,
-            topology=topology,
-            optimizer=optimizer,
-            config=train_config,
-            generator=core,
-            progress=config.progress,
-            checkpoint=on_checkpoint,
-            parallel=parallel,
-            resume=b.progress,
-        )
+        if method is not None:
+            state, b.mstate, history = train_method_task(
+                model,
+                b.state,
+                b.mstate,
+                trains[task],
+                method=method,
+                task=task,
+                optimizer=optimizer,
+                config=train_config,
+                generator=core,
+                progress=config.progress,
+            )
+        else:
+            assert topology is not None
+            state, history = train_task(
+                model,
+                b.state,
+                trains[task],
+                task=task,
+                topology=topology,
+                optimizer=optimizer,
+                config=train_config,
+                generator=core,
+                progress=config.progress,
+                checkpoint=on_checkpoint,
+                parallel=parallel,
+                resume=b.progress,
+            )
         row = metrics.accuracy_row(model, state, tests, range(num_tasks))
         b.state, b.progress = state, None
         b.history = b.history + history
@@ -335,7 +399,8 @@ def run(
         if config.checkpoint_every != "never":
             checkpoint(b)
 
-    if config.router and b.router is None:
+    if uses_router(config) and b.router is None:
+        assert topology is not None
         b.state, b.router, router_history = _train_router(
             model,
             b.state,
@@ -368,7 +433,8 @@ def run(
         after_finish=b.after_finish,
         final=b.matrix[-1],
         summary=summary,
-        capacity=capacity(b.state, topology).to_dict(),
+        capacity=None if topology is None else capacity(b.state, topology).to_dict(),
+        extra_memory_bytes=_extra_memory(b.state, b.mstate, method),
         router=b.router,
         history=b.history,
         seconds=b.seconds + time.perf_counter() - started,
@@ -398,6 +464,7 @@ def _restore(
     progress = None if meta["progress"] is None else TaskProgress(**meta["progress"])
     return _Run(
         state=ckpt.state,
+        mstate=baselines.decode_state(ckpt.extra.get("method")),
         visit=int(meta["visit"]),
         progress=progress,
         matrix=[list(r) for r in meta["matrix"]],
@@ -406,6 +473,15 @@ def _restore(
         router=meta["router"],
         seconds=float(meta["seconds"]),
     )
+
+
+def _extra_memory(state: EideticState, mstate: Any, method: Any) -> int:
+    """Bytes a method keeps beyond the network: ownership masks, or the method's state."""
+    masks = sum(t.numel() * t.element_size() for t in [*state.owner.values(), *state.keep.values()])
+    if method is None:
+        return masks
+    # methods that freeze by ownership (PackNet, progressive networks) use the masks too
+    return baselines.state_bytes(mstate) + (masks if state.finished else 0)
 
 
 def _silent(message: str) -> None:

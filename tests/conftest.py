@@ -29,7 +29,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("EIDETIC_HYPOTHESIS_PROFILE", "ci"))
 
 # Under pytest-xdist each worker gets one thread, so workers do not oversubscribe the cores.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -21,9 +21,14 @@ def _bn(cls: type, channels: int, seed: int, momentum: float | None = 0.1) -> to
     return bn
 
 
-@pytest.mark.parametrize(("cls", "shape"), [(TaskBatchNorm1d, (16, 5)), (TaskBatchNorm2d, (8, 5, 3, 3))])
-@given(seed=st.integers(0, 1000), frozen=st.lists(st.booleans(), min_size=5, max_size=5),
-       momentum=st.sampled_from([0.1, None]))
+@pytest.mark.parametrize(
+    ("cls", "shape"), [(TaskBatchNorm1d, (16, 5)), (TaskBatchNorm2d, (8, 5, 3, 3))]
+)
+@given(
+    seed=st.integers(0, 1000),
+    frozen=st.lists(st.booleans(), min_size=5, max_size=5),
+    momentum=st.sampled_from([0.1, None]),
+)
 def test_frozen_channels_use_frozen_statistics_and_keep_them(
     cls: type, shape: tuple[int, ...], seed: int, frozen: list[bool], momentum: float | None
 ) -> None:

@@ -18,14 +18,38 @@ import eidetic_func as ef
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--limit-per-class", "60", "--width", "48", "--batch-size", "32", "--epochs", "3",
-        "--patience", "1", "--pruning-step", "0.25", "--tolerance", "0.02",
-        "--max-recovery-epochs", "1", "--no-progress", "--no-router"]
+ARGS = [
+    "--limit-per-class",
+    "60",
+    "--width",
+    "48",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "3",
+    "--patience",
+    "1",
+    "--pruning-step",
+    "0.25",
+    "--tolerance",
+    "0.02",
+    "--max-recovery-epochs",
+    "1",
+    "--no-progress",
+    "--no-router",
+]
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -33,8 +57,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 
 def test_two_ranks_train_the_embedded_default_with_identical_states(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = subprocess.run(_torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(out)),
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(out)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     # every rank checked its state digest against the others after every task and at the end
@@ -87,8 +116,14 @@ def test_distributed_scores_prune_like_one_process_on_the_combined_data(tmp_path
     script = tmp_path / "score.py"
     script.write_text(SCORING)
     result = tmp_path / "result.json"
-    done = subprocess.run(_torchrun(str(script), str(result)), env=ENV, capture_output=True,
-                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        _torchrun(str(script), str(result)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     per_rank = json.loads(result.read_text())
     for rank in per_rank:
@@ -100,13 +135,22 @@ def test_distributed_scores_prune_like_one_process_on_the_combined_data(tmp_path
 
 def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    done = subprocess.run(_torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(reference)),
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(reference)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(crashed)),
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(crashed)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoint = crashed / "checkpoint.safetensors"
     deadline, killed = time.monotonic() + 300, False
     while time.monotonic() < deadline and proc.poll() is None:
@@ -122,8 +166,13 @@ def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(tmp_
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert killed, "the run ended before it could be killed mid-task"
-    done = subprocess.run(_torchrun("-m", "eidetic_func", "run", "--resume", "--output-dir", str(crashed)),
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _torchrun("-m", "eidetic_func", "run", "--resume", "--output-dir", str(crashed)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((crashed / "results.json").read_text())

@@ -37,8 +37,10 @@ def test_freeze_restores_owned_entries_bit_for_bit_whatever_the_new_values(seed:
         noise = torch.randn(p.shape, generator=g)
         pick = torch.randint(0, 6, p.shape, generator=g)
         params[k] = torch.where(pick < 5, specials[pick.clamp(max=4)], noise)
-    buffers = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-               for k, v in old.buffers.items()}
+    buffers = {
+        k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        for k, v in old.buffers.items()
+    }
     frozen = ef.freeze(old.replace(params=params, buffers=buffers), old)
     trainable = ef.trainable(old)
     for k, p in frozen.params.items():
@@ -76,14 +78,20 @@ def test_gradient_zeroing_alone_drifts_under_adamw_while_freeze_does_not() -> No
         for k, g in ef.freeze_grads(grads, state).items():
             zeroing[k].grad = g
         opt.step()
-    drifted = [k for k, p in zeroing.items() if not torch.equal(p.detach()[owned[k]], state.params[k][owned[k]])]
+    drifted = [
+        k
+        for k, p in zeroing.items()
+        if not torch.equal(p.detach()[owned[k]], state.params[k][owned[k]])
+    ]
     assert drifted, "AdamW's decoupled weight decay should move gradient-zeroed weights"
 
     # The functional step: projection after every step.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     after = state
     for _ in range(5):
-        after, _ = ef.train_step(model, after, (x, y), optimizer=opt, task=1, zero_frozen_grads=True)
+        after, _ = ef.train_step(
+            model, after, (x, y), optimizer=opt, task=1, zero_frozen_grads=True
+        )
     for k, mask in owned.items():
         assert torch.equal(after.params[k][mask], state.params[k][mask]), k
 

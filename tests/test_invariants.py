@@ -34,6 +34,7 @@ SEQUENCE = {
     "steps": st.integers(1, 4),
 }
 
+
 @given(**SEQUENCE)
 def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimizer(
     spec: ModelSpec, optimizer: str, forward_transfer: bool, seed: int, steps: int
@@ -48,6 +49,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
         if event.kind == "finish":
             snapshot = owned_snapshot(event.state)
+
 
 @given(**SEQUENCE)
 def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
@@ -67,6 +69,7 @@ def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
             expected[event.task], _ = ef.forward(
                 model, event.state, probe, task=event.task, train=False
             )
+
 
 @given(**SEQUENCE)
 def test_owner_only_grows(
@@ -90,8 +93,10 @@ def test_owner_only_grows(
                     assert bool((owner[k][newly] == event.task).all())
         previous = {k: v.clone() for k, v in owner.items()}
 
+
 def _fingerprint(tree: object) -> list[tuple[int, torch.Tensor]]:
     return [(t._version, t.clone()) for t in ef.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
 
 def _assert_untouched(tree: object, fingerprint: list[tuple[int, torch.Tensor]]) -> None:
     leaves = [t for t in ef.tree_leaves(tree) if isinstance(t, torch.Tensor)]
@@ -99,6 +104,7 @@ def _assert_untouched(tree: object, fingerprint: list[tuple[int, torch.Tensor]])
     for t, (version, value) in zip(leaves, fingerprint):
         assert t._version == version, "an input tensor was written in place"
         assert torch.equal(t, value) or (t.isnan() == value.isnan()).all()
+
 
 @given(spec=model_specs(), seed=st.integers(0, 2**16), forward_transfer=st.booleans())
 def test_pure_functions_do_not_mutate_their_inputs(
@@ -131,6 +137,7 @@ def test_pure_functions_do_not_mutate_their_inputs(
         for k, v in model.state_dict().items():
             assert torch.equal(v, module_before[k]), f"{name} changed the module's {k}"
 
+
 @pytest.mark.parametrize("kind", ["mlp", "convnet", "convnet_flat", "resnet"])
 @given(bn=st.booleans(), seed=st.integers(0, 2**16), train=st.booleans(), task=st.integers(0, 1))
 def test_forward_with_all_channels_free_equals_the_plain_module(
@@ -147,6 +154,7 @@ def test_forward_with_all_channels_free_equals_the_plain_module(
     for k, v in reference.named_buffers():
         if not k.endswith("frozen_channels"):
             assert torch.equal(buffers[k], v), k
+
 
 @given(spec=model_specs(), seed=st.integers(0, 2**16), optimizer=optimizer_names())
 def test_without_forward_transfer_other_tasks_entries_do_not_affect_a_task(

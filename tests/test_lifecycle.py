@@ -14,7 +14,9 @@ def _model() -> MLP:
     return MLP(5, [2, 2, 2], num_layers=2, width=4)
 
 
-def _prune_rows(state: ef.EideticState, key: str, rows: list[int], topology: ef.Topology) -> ef.EideticState:
+def _prune_rows(
+    state: ef.EideticState, key: str, rows: list[int], topology: ef.Topology
+) -> ef.EideticState:
     keep = dict(state.keep)
     keep[key] = keep[key].clone()
     keep[key][rows] = False
@@ -101,7 +103,11 @@ def test_revisit_releases_only_the_head_and_keeps_others_bit_identical() -> None
     x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
     state = ef.init(model)
     for task in range(2):
-        state = _prune_rows(state, "blocks.0.linear.weight", [task * 2], topology) if task == 0 else state
+        state = (
+            _prune_rows(state, "blocks.0.linear.weight", [task * 2], topology)
+            if task == 0
+            else state
+        )
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
         state = ef.finish_task(state, topology, task=task)
     out1, _ = ef.forward(model, state, x, task=1, train=False)

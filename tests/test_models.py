@@ -34,8 +34,12 @@ def test_seed_readme_convnet_constructs_and_runs() -> None:
 def test_resnets_have_the_standard_depth_and_a_consistent_topology(
     n_blocks: list[int], expansion: int, depth: int
 ) -> None:
-    net = ResNet(in_channels=3, num_classes=[10, 10], n_blocks=n_blocks, expansion=expansion, width=4)
-    main_path = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and "shortcut" not in n]
+    net = ResNet(
+        in_channels=3, num_classes=[10, 10], n_blocks=n_blocks, expansion=expansion, width=4
+    )
+    main_path = [
+        n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and "shortcut" not in n
+    ]
     assert len(main_path) + 1 == depth  # stem and blocks, plus the head
     state = ef.init(net)
     topology = net.topology()
@@ -59,7 +63,10 @@ def test_identity_shortcuts_tie_a_stream_across_blocks() -> None:
     first = net.topology().unit("stream.0")
     assert first.producers == ("stem", "blocks.0.convs.1", "blocks.1.convs.1")
     assert {r.layer for r in first.readers} == {
-        "blocks.0.convs.0", "blocks.1.convs.0", "blocks.2.convs.0", "blocks.2.shortcut"
+        "blocks.0.convs.0",
+        "blocks.1.convs.0",
+        "blocks.2.convs.0",
+        "blocks.2.shortcut",
     }
 
 

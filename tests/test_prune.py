@@ -14,7 +14,9 @@ import eidetic_func as ef
 from eidetic_func.topology import neuron_alive, reader_columns
 
 
-def _random_partial_state(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, ef.EideticState, ef.Topology]:
+def _random_partial_state(
+    spec: ModelSpec, seed: int
+) -> tuple[torch.nn.Module, ef.EideticState, ef.Topology]:
     """A state with one finished task and some neurons pruned in the current task."""
     model = spec.build(seed)
     topology = model.topology()
@@ -25,9 +27,13 @@ def _random_partial_state(spec: ModelSpec, seed: int) -> tuple[torch.nn.Module, 
     return model, prune_free_neurons(state, topology, g, 0.3), topology
 
 
-@given(spec=model_specs(("mlp", "convnet", "resnet")), seed=st.integers(0, 2**16),
-       fraction=st.floats(0.05, 0.95), method=st.sampled_from(["l1", "l2", "random", "taylor"]),
-       constant_step=st.booleans())
+@given(
+    spec=model_specs(("mlp", "convnet", "resnet")),
+    seed=st.integers(0, 2**16),
+    fraction=st.floats(0.05, 0.95),
+    method=st.sampled_from(["l1", "l2", "random", "taylor"]),
+    constant_step=st.booleans(),
+)
 def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_count(
     spec: ModelSpec, seed: int, fraction: float, method: str, constant_step: bool
 ) -> None:
@@ -37,8 +43,9 @@ def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_c
     scores = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)
     before = ef.prunable(state, topology)
     try:
-        after_state = ef.prune(state, topology, scores, fraction=fraction, method=method,
-                               constant_step=constant_step)
+        after_state = ef.prune(
+            state, topology, scores, fraction=fraction, method=method, constant_step=constant_step
+        )
     except ef.NothingToPrune:
         return
     for k, own in state.owner.items():
@@ -49,17 +56,23 @@ def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_c
             assert bool((after_state.keep[k] <= state.keep[k]).all()), "un-pruned an entry"
     after = ef.prunable(after_state, topology)
     pruned = {n: before[n] & ~after[n] for n in before}
-    for name, mask in pruned.items():
+    for name in pruned:
         assert not bool((after[name] & ~before[name]).any())
         if bool(before[name].any()):
             assert bool(after[name].any()), f"unit {name} lost its last free neuron"
     if method == "taylor":
-        base = sum(m.numel() for m in before.values()) if constant_step else sum(int(m.sum()) for m in before.values())
+        base = (
+            sum(m.numel() for m in before.values())
+            if constant_step
+            else sum(int(m.sum()) for m in before.values())
+        )
         ceiling = math.floor(fraction * base)
         total = sum(int(m.sum()) for m in pruned.values())
         # exactly the rule, less only the one best candidate each unit must keep
         assert ceiling - len(before) <= total <= ceiling
-        threshold = max((float(scores[n][m].max()) for n, m in pruned.items() if m.any()), default=None)
+        threshold = max(
+            (float(scores[n][m].max()) for n, m in pruned.items() if m.any()), default=None
+        )
         if threshold is not None:
             for name, m in after.items():
                 survivors = scores[name][m]
@@ -76,12 +89,12 @@ def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_c
 def test_after_bridge_no_live_weight_reads_a_pruned_neuron_and_bridge_is_idempotent(
     spec: ModelSpec, seed: int
 ) -> None:
-    model, state, topology = _random_partial_state(spec, seed)
+    _model, state, topology = _random_partial_state(spec, seed)
     g = torch.Generator().manual_seed(seed + 1)
     # prune rows only (no bridge) at random, then bridge
     keep = dict(state.keep)
     for unit in topology.units:
-        dead = (torch.rand(keep[f"{unit.producers[0]}.weight"].shape[0], generator=g) < 0.3)
+        dead = torch.rand(keep[f"{unit.producers[0]}.weight"].shape[0], generator=g) < 0.3
         free = ef.topology.neuron_owner(unit, state.owner) < 0
         for layer in unit.producers[:1]:  # one side only: bridge must prune the tied ones
             key = f"{layer}.weight"
@@ -104,7 +117,9 @@ def test_after_bridge_no_live_weight_reads_a_pruned_neuron_and_bridge_is_idempot
         for reader in unit.readers:
             w = bridged.params[f"{reader.layer}.weight"]
             cols = reader_columns(reader, dead, w.shape[1])
-            assert bool((w[:, cols] == 0).all()), f"{reader.layer} reads a pruned neuron of {unit.name}"
+            assert bool((w[:, cols] == 0).all()), (
+                f"{reader.layer} reads a pruned neuron of {unit.name}"
+            )
     twice = ef.bridge(bridged, topology)
     for k in keep:
         assert torch.equal(twice.keep[k], bridged.keep[k])
@@ -195,6 +210,8 @@ def test_capacity_counts_owned_pruned_and_free_neurons() -> None:
     report = ef.capacity(state.replace(keep=keep), topology)
     first = report.units[0]
     assert (first.size, first.owned, first.pruned, first.free) == (6, {0: 4}, 1, 1)
-    assert report.total == 12 and report.owned == {0: 10} and report.pruned == 1 and report.free == 1
+    assert (
+        report.total == 12 and report.owned == {0: 10} and report.pruned == 1 and report.free == 1
+    )
     assert report.pruned_fraction == 0.5
     assert report.to_dict()["owned"] == {"0": 10}

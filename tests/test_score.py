@@ -15,7 +15,10 @@ MODELS = {
     "convnet": (lambda: ConvNet(2, [3, 3], num_layers=1, width=2), (2, 8, 8)),
     "convnet_flat": (lambda: ConvNet(2, [3, 3], num_layers=1, width=2, image_size=8), (2, 8, 8)),
     "resnet_basic": (lambda: ResNet(2, [3, 3], n_blocks=[1, 2], width=3), (2, 6, 6)),
-    "resnet_bottleneck": (lambda: ResNet(2, [3, 3], n_blocks=[1, 1], width=2, expansion=4), (2, 6, 6)),
+    "resnet_bottleneck": (
+        lambda: ResNet(2, [3, 3], n_blocks=[1, 1], width=2, expansion=4),
+        (2, 6, 6),
+    ),
 }
 
 
@@ -42,12 +45,17 @@ def test_fast_taylor_equals_vmap_equals_loop(kind: str, seed: int, batch: int) -
     state = _perturbed_state(model, seed)
     g = torch.Generator().manual_seed(seed)
     batches = [
-        (torch.randn(batch, *shape, generator=g, dtype=torch.float64), torch.randint(0, 3, (batch,), generator=g))
+        (
+            torch.randn(batch, *shape, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (batch,), generator=g),
+        )
         for _ in range(2)
     ]
     topology = model.topology()
     results = {
-        impl: ef.score(model, state, batches, method="taylor", task=1, topology=topology, implementation=impl)
+        impl: ef.score(
+            model, state, batches, method="taylor", task=1, topology=topology, implementation=impl
+        )
         for impl in ("fast", "vmap", "loop")
     }
     for unit in topology.units:
@@ -65,7 +73,9 @@ def test_taylor_is_the_square_of_the_per_sample_weight_gradient_sum_by_hand() ->
     expected = torch.zeros(2, dtype=torch.float64)
     for i in range(4):
         params = {k: v.clone().requires_grad_(True) for k, v in state.params.items()}
-        loss = torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (x[i : i + 1], 0)), y[i : i + 1])
+        loss = torch.nn.functional.cross_entropy(
+            torch.func.functional_call(model, params, (x[i : i + 1], 0)), y[i : i + 1]
+        )
         w, b = "blocks.0.linear.weight", "blocks.0.linear.bias"
         gw, gb = torch.autograd.grad(loss, [params[w], params[b]])
         expected += ((state.params[w] * gw).sum(1) + state.params[b] * gb) ** 2
@@ -90,7 +100,9 @@ def test_owned_and_already_pruned_neurons_score_infinity() -> None:
     data = [(torch.randn(4, 6), torch.randint(0, 2, (4,)))]
     g = torch.Generator().manual_seed(0)
     for method in ef.METHODS:
-        s = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)["blocks.0"]
+        s = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)[
+            "blocks.0"
+        ]
         assert torch.isinf(s[[0, 2, 3, 4, 5]]).all(), method
         assert torch.isfinite(s[1]), method
 
@@ -103,8 +115,24 @@ def test_lp_scores_are_row_norms_and_random_is_seeded() -> None:
     l1 = ef.score(model, state, None, method="l1", task=0, topology=topology)["blocks.0"]
     l2 = ef.score(model, state, None, method="l2", task=0, topology=topology)["blocks.0"]
     assert torch.allclose(l1, w.abs().sum(1)) and torch.allclose(l2, w.norm(dim=1))
-    r1 = ef.score(model, state, None, method="random", task=0, topology=topology, generator=torch.Generator().manual_seed(3))
-    r2 = ef.score(model, state, None, method="random", task=0, topology=topology, generator=torch.Generator().manual_seed(3))
+    r1 = ef.score(
+        model,
+        state,
+        None,
+        method="random",
+        task=0,
+        topology=topology,
+        generator=torch.Generator().manual_seed(3),
+    )
+    r2 = ef.score(
+        model,
+        state,
+        None,
+        method="random",
+        task=0,
+        topology=topology,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(r1["blocks.0"], r2["blocks.0"])
 
 
@@ -133,7 +161,9 @@ def test_batch_level_taylor_matches_hooks_on_the_plain_module() -> None:
     convs = {f"blocks.{i}": b.conv for i, b in enumerate(model.blocks)}
     handles = []
     for name, conv in convs.items():
-        handles.append(conv.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o)))
+        handles.append(
+            conv.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+        )
     model.eval()
     loss = torch.nn.functional.cross_entropy(model(x, 0), y)
     grads = torch.autograd.grad(loss, list(outputs.values()))
@@ -141,6 +171,8 @@ def test_batch_level_taylor_matches_hooks_on_the_plain_module() -> None:
         expected[name] = (z * g).abs().mean((0, 2, 3))
     for h in handles:
         h.remove()
-    scores = ef.score(model, state, [(x, y)], method="taylor_batch", task=0, topology=model.topology())
+    scores = ef.score(
+        model, state, [(x, y)], method="taylor_batch", task=0, topology=model.topology()
+    )
     for name, value in expected.items():
         assert torch.allclose(scores[name], value, rtol=1e-5, atol=1e-9), name

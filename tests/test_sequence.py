@@ -21,14 +21,40 @@ from eidetic_func.train import TrainConfig
 pytestmark = pytest.mark.slow
 
 SMALL = RunConfig(
-    dataset="embedded", limit_per_class=60, model="mlp", width=48, batch_size=32,
-    train=TrainConfig(max_epochs=3, patience=1, pruning_step=0.25, tolerance=0.02,
-                      max_recovery_epochs=1, score_batches=4),
+    dataset="embedded",
+    limit_per_class=60,
+    model="mlp",
+    width=48,
+    batch_size=32,
+    train=TrainConfig(
+        max_epochs=3,
+        patience=1,
+        pruning_step=0.25,
+        tolerance=0.02,
+        max_recovery_epochs=1,
+        score_batches=4,
+    ),
     progress=False,
 )
-SMALL_ARGS = ["--limit-per-class", "60", "--width", "48", "--batch-size", "32", "--epochs", "3",
-              "--patience", "1", "--pruning-step", "0.25", "--tolerance", "0.02",
-              "--max-recovery-epochs", "1", "--no-progress"]
+SMALL_ARGS = [
+    "--limit-per-class",
+    "60",
+    "--width",
+    "48",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "3",
+    "--patience",
+    "1",
+    "--pruning-step",
+    "0.25",
+    "--tolerance",
+    "0.02",
+    "--max-recovery-epochs",
+    "1",
+    "--no-progress",
+]
 
 
 def _quiet(*_: object) -> None:
@@ -47,12 +73,20 @@ def test_every_task_keeps_its_accuracy_exactly_until_the_end_of_the_sequence() -
     assert result.summary["average_accuracy"] > 0.8
     assert result.router is not None and 0.0 <= result.router["class_incremental_accuracy"] <= 1.0
     assert result.router["oracle_task_incremental_accuracy"] == pytest.approx(
-        sum(result.final) / n, abs=0.01)
+        sum(result.final) / n, abs=0.01
+    )
 
 
 def test_a_slice_of_real_mnist_from_the_shared_data(mnist_root: Path) -> None:
-    config = RunConfig(**{**SMALL.__dict__, "dataset": "split-mnist", "data_root": str(mnist_root),
-                          "limit_per_class": 150, "router": False})
+    config = RunConfig(
+        **{
+            **SMALL.__dict__,
+            "dataset": "split-mnist",
+            "data_root": str(mnist_root),
+            "limit_per_class": 150,
+            "router": False,
+        }
+    )
     result = run(config, log=_quiet)
     for t in range(5):
         assert result.final[t] == result.after_finish[t][0]
@@ -76,8 +110,14 @@ def test_cyclical_revisits_retrain_a_task_and_leave_the_others_bit_identical() -
 def test_the_cli_runs_and_writes_results_history_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["run", *SMALL_ARGS, "--output-dir", str(out)]) == 0
-    for name in ("results.json", "history.csv", "summary.md", "accuracy_matrix.png", "capacity.png",
-                 "checkpoint.safetensors"):
+    for name in (
+        "results.json",
+        "history.csv",
+        "summary.md",
+        "accuracy_matrix.png",
+        "capacity.png",
+        "checkpoint.safetensors",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert len(results["accuracy_matrix"]) == 5
@@ -87,11 +127,27 @@ def test_the_cli_runs_and_writes_results_history_and_plots(tmp_path: Path) -> No
 
 
 def test_python_dash_m_and_help_document_every_option() -> None:
-    done = subprocess.run([sys.executable, "-m", "eidetic_func", "run", "--help"],
-                          capture_output=True, text=True, check=True)
-    for option in ("--dataset", "--model", "--method", "--pruning-type", "--pruning-step",
-                   "--no-forward-transfer", "--epochs", "--seed", "--device", "--data-root",
-                   "--output-dir", "--resume", "--cycles"):
+    done = subprocess.run(
+        [sys.executable, "-m", "eidetic_func", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for option in (
+        "--dataset",
+        "--model",
+        "--method",
+        "--pruning-type",
+        "--pruning-step",
+        "--no-forward-transfer",
+        "--epochs",
+        "--seed",
+        "--device",
+        "--data-root",
+        "--output-dir",
+        "--resume",
+        "--cycles",
+    ):
         assert option in done.stdout
 
 
@@ -106,6 +162,10 @@ def test_python_dash_m_and_help_document_every_option() -> None:
         (["--tolerance", "-0.1"], "tolerance"),
         (["--method", "nope"], "method must be one of"),
         (["--batch-size", "0"], "batch_size"),
+        (["--method", "ewc", "--method-option", "lambda=3"], "no option"),
+        (["--method", "ewc", "--method-option", "nokey"], "key=value"),
+        (["--method", "progressive", "--model", "convnet"], "MLP columns"),
+        (["--method", "er", "--cycles", "2"], "cycles"),
     ],
 )
 def test_bad_input_fails_clearly_before_any_training(
@@ -121,22 +181,84 @@ def test_bad_input_fails_clearly_before_any_training(
     assert not (tmp_path / "results.json").exists()
 
 
+def test_methods_are_listed_with_their_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "eidetic",
+        "ewc",
+        "online-ewc",
+        "si",
+        "mas",
+        "lwf",
+        "er",
+        "der",
+        "der++",
+        "agem",
+        "gem",
+        "packnet",
+        "progressive",
+        "finetune",
+        "joint",
+    ):
+        assert f"\n{name} " in f"\n{out}", name
+    assert "lambda_ewc=100.0" in out
+
+
+def test_a_baseline_runs_from_the_cli_with_its_options(tmp_path: Path) -> None:
+    out = tmp_path / "ewc"
+    assert (
+        main(
+            [
+                "run",
+                *SMALL_ARGS,
+                "--method",
+                "ewc",
+                "--method-option",
+                "lambda_ewc=50",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["method_options"] == {"lambda_ewc": 50}
+    assert results["router"] is None and results["extra_memory_bytes"] > 0
+
+
 def test_unknown_bench_preset_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "split-mnist-99"]) == 2
     assert "unknown preset" in capsys.readouterr().err
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "eidetic_func", "run", *SMALL_ARGS, "--output-dir", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "eidetic_func",
+        "run",
+        *SMALL_ARGS,
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
-def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["eidetic", "er"])
+def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
+    method: str, tmp_path: Path
+) -> None:
+    """EideticNet resumes after any pruning step; baselines from their last finished task."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    options = ["--method", method]
     reference = tmp_path / "reference"
-    subprocess.run(_cli(reference), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(_cli(reference, *options), check=True, env=env, capture_output=True, timeout=600)
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_cli(crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(crashed, *options), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoint = crashed / "checkpoint.safetensors"
     deadline = time.monotonic() + 300
     killed_mid_task = False
@@ -146,7 +268,8 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(tmp_p
                 meta = ef.load(checkpoint).meta
             except ef.CheckpointError:  # being replaced right now
                 continue
-            if meta["visit"] >= 1 and meta["progress"] is not None:
+            mid_task = meta["progress"] is not None if method == "eidetic" else True
+            if meta["visit"] >= 2 and mid_task:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_mid_task = True
                 break
@@ -158,8 +281,15 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(tmp_p
 
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((crashed / "results.json").read_text())
-    for key in ("accuracy_matrix", "accuracy_after_finish", "final_accuracy", "summary", "capacity",
-                "router"):
+    for key in (
+        "accuracy_matrix",
+        "accuracy_after_finish",
+        "final_accuracy",
+        "summary",
+        "capacity",
+        "router",
+        "extra_memory_bytes",
+    ):
         assert got[key] == expected[key], key
     a, b = ef.load(reference / "checkpoint.safetensors").state, ef.load(checkpoint).state
     for k in a.params:

@@ -39,7 +39,9 @@ def test_init_rejects_plain_batchnorm_and_convert_batchnorm_fixes_it() -> None:
         ef.init(plain)
     converted = ef.convert_batchnorm(plain)
     assert isinstance(converted[1], ef.TaskBatchNorm1d)
-    assert isinstance(plain[1], torch.nn.BatchNorm1d) and not isinstance(plain[1], ef.TaskBatchNorm1d)
+    assert isinstance(plain[1], torch.nn.BatchNorm1d) and not isinstance(
+        plain[1], ef.TaskBatchNorm1d
+    )
     ef.init(converted)
 
 
@@ -47,7 +49,11 @@ def test_state_is_a_pytree_in_optree_and_torch_with_static_task(model: MLP) -> N
     state = ef.init(model).replace(task=1, finished=(0,))
     leaves, spec = optree.tree_flatten(state, namespace=ef.NAMESPACE)
     t_leaves, t_spec = torch_pytree.tree_flatten(state)
-    assert len(leaves) == len(t_leaves) == 2 * len(state.params) + len(state.buffers) + len(state.owner)
+    assert (
+        len(leaves)
+        == len(t_leaves)
+        == 2 * len(state.params) + len(state.buffers) + len(state.owner)
+    )
     assert all(isinstance(x, torch.Tensor) for x in leaves)
     rebuilt = optree.tree_unflatten(spec, leaves)
     assert rebuilt.task == 1 and rebuilt.finished == (0,)

@@ -81,9 +81,21 @@ def test_tasks_out_of_order_or_out_of_range_are_refused(setup) -> None:
 def test_mismatched_inputs_are_refused(setup) -> None:
     model, state, opt = setup
     with pytest.raises(ef.ShapeError, match="8 features"):
-        ef.train_step(model, state, (torch.randn(4, 7), torch.zeros(4, dtype=torch.long)), optimizer=opt, task=0)
+        ef.train_step(
+            model,
+            state,
+            (torch.randn(4, 7), torch.zeros(4, dtype=torch.long)),
+            optimizer=opt,
+            task=0,
+        )
     with pytest.raises(ef.ShapeError, match="batch size"):
-        ef.train_step(model, state, (torch.randn(4, 8), torch.zeros(3, dtype=torch.long)), optimizer=opt, task=0)
+        ef.train_step(
+            model,
+            state,
+            (torch.randn(4, 8), torch.zeros(3, dtype=torch.long)),
+            optimizer=opt,
+            task=0,
+        )
     with pytest.raises(ef.ShapeError, match="empty"):
         ef.forward(model, state, torch.randn(0, 8), task=0, train=False)
     conv = ConvNet(3, [2], num_layers=1, width=2)
@@ -94,7 +106,7 @@ def test_mismatched_inputs_are_refused(setup) -> None:
 def test_an_optimizer_over_foreign_tensors_is_refused(setup) -> None:
     model, state, _ = setup
     foreign = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
-    with pytest.raises(ef.ConfigError, match="model.parameters"):
+    with pytest.raises(ef.ConfigError, match=r"model\.parameters"):
         ef.train_step(model, state, _batch(), optimizer=foreign, task=0)
 
 

@@ -62,5 +62,7 @@ def test_rows_and_columns_broadcast_channel_masks() -> None:
     w = torch.zeros(3, 4, 2, 2)
     assert ef.topology.rows(torch.tensor([True, False, True]), w).shape == (3, 1, 1, 1)
     assert ef.topology.columns(torch.ones(4, dtype=torch.bool), w).shape == (1, 4, 1, 1)
-    cols = ef.topology.reader_columns(ef.Reader("x", repeat=2, offset=1), torch.tensor([True, False]), 6)
+    cols = ef.topology.reader_columns(
+        ef.Reader("x", repeat=2, offset=1), torch.tensor([True, False]), 6
+    )
     assert cols.tolist() == [False, True, True, False, False, False]

@@ -33,9 +33,17 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
     model, state, topology, opt = _setup()
     data = _data(0)
     config = TrainConfig(max_epochs=15, patience=2, pruning_step=0.3, tolerance=0.05)
-    state, history = train_task(model, state, data, task=0, topology=topology, optimizer=opt,
-                                config=config, generator=torch.Generator().manual_seed(0),
-                                progress=False)
+    state, history = train_task(
+        model,
+        state,
+        data,
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     phases = [h["phase"] for h in history]
     assert phases[0] == "train" and "prune" in phases and phases[-1] == "finish"
     assert state.task == 1 and state.finished == (0,)
@@ -50,12 +58,25 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
 def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> None:
     model, state, topology, opt = _setup(width=8)
     data = _data(1, noise=0.2)
-    config = TrainConfig(max_epochs=6, patience=1, pruning_step=0.5, tolerance=0.0,
-                         max_recovery_epochs=1, finish=False)
+    config = TrainConfig(
+        max_epochs=6,
+        patience=1,
+        pruning_step=0.5,
+        tolerance=0.0,
+        max_recovery_epochs=1,
+        finish=False,
+    )
     checkpoints: list[tuple[ef.EideticState, TaskProgress]] = []
     final, history = train_task(
-        model, state, data, task=0, topology=topology, optimizer=opt, config=config,
-        generator=torch.Generator().manual_seed(0), progress=False,
+        model,
+        state,
+        data,
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
         checkpoint=lambda s, p, h: checkpoints.append((s, p)),
     )
     stops = [h for h in history if h["phase"] == "stop"]
@@ -67,36 +88,83 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
 
 def test_masking_ratio_bounds_the_pruned_share() -> None:
     model, state, topology, opt = _setup()
-    config = TrainConfig(max_epochs=3, patience=1, pruning_step=0.3, tolerance=0.5,
-                         max_masking_ratio=0.5, finish=False)
-    final, history = train_task(model, state, _data(2), task=0, topology=topology, optimizer=opt,
-                                config=config, generator=torch.Generator().manual_seed(0),
-                                progress=False)
+    config = TrainConfig(
+        max_epochs=3,
+        patience=1,
+        pruning_step=0.3,
+        tolerance=0.5,
+        max_masking_ratio=0.5,
+        finish=False,
+    )
+    final, history = train_task(
+        model,
+        state,
+        _data(2),
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert ef.capacity(final, topology).pruned_fraction <= 0.5 + 1e-9
     assert any("pruned fraction" in h.get("reason", "") for h in history if h["phase"] == "stop")
 
 
 def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
     model, state, topology, opt = _setup()
-    config = TrainConfig(max_epochs=3, patience=1, pruning_step=(0.2, 0.1), pruning_type=("l2", "random"),
-                         tolerance=0.5, max_masking_ratio=0.9, finish=False)
-    _, history = train_task(model, state, _data(3), task=0, topology=topology, optimizer=opt,
-                            config=config, generator=torch.Generator().manual_seed(0), progress=False)
+    config = TrainConfig(
+        max_epochs=3,
+        patience=1,
+        pruning_step=(0.2, 0.1),
+        pruning_type=("l2", "random"),
+        tolerance=0.5,
+        max_masking_ratio=0.9,
+        finish=False,
+    )
+    _, history = train_task(
+        model,
+        state,
+        _data(3),
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     prunes = [h for h in history if h["phase"] == "prune"]
     assert [p["method"] for p in prunes[:4]] == ["l2", "random", "l2", "random"]
     assert [p["step"] for p in prunes[:4]] == [0.2, 0.1, 0.2, 0.1]
     model, state, topology, opt = _setup()
-    _, history = train_task(model, state, _data(3), task=0, topology=topology, optimizer=opt,
-                            config=dataclasses.replace(config, last_task=True),
-                            generator=torch.Generator().manual_seed(0), progress=False)
+    _, history = train_task(
+        model,
+        state,
+        _data(3),
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=dataclasses.replace(config, last_task=True),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert not any(h["phase"] == "prune" for h in history)
 
 
 def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> None:
     model, state, topology, opt = _setup()
     config = TrainConfig(max_epochs=50, patience=10, lr_factor=0.5, last_task=True)
-    _, history = train_task(model, state, _data(4), task=0, topology=topology, optimizer=opt,
-                            config=config, generator=torch.Generator().manual_seed(0), progress=False)
+    _, history = train_task(
+        model,
+        state,
+        _data(4),
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     epochs = [h for h in history if h["phase"] == "train"]
     assert len(epochs) < 50
     assert any(h["metric"] == 1.0 for h in epochs)
@@ -104,7 +172,9 @@ def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> No
 
 
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result() -> None:
-    config = TrainConfig(max_epochs=4, patience=1, pruning_step=0.25, tolerance=0.05, max_recovery_epochs=1)
+    config = TrainConfig(
+        max_epochs=4, patience=1, pruning_step=0.25, tolerance=0.05, max_recovery_epochs=1
+    )
     data = _data(5)
 
     def fresh() -> tuple[MLP, ef.EideticState, torch.optim.Optimizer, torch.Generator]:
@@ -117,16 +187,36 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result() -> None:
     def keep(s: ef.EideticState, p: TaskProgress, h: list) -> None:
         saved.append((s, p, _opt_copy(opt), g.get_state()))
 
-    reference, _ = train_task(model, state, data, task=0, topology=model.topology(), optimizer=opt,
-                              config=config, generator=g, progress=False, checkpoint=keep)
+    reference, _ = train_task(
+        model,
+        state,
+        data,
+        task=0,
+        topology=model.topology(),
+        optimizer=opt,
+        config=config,
+        generator=g,
+        progress=False,
+        checkpoint=keep,
+    )
     mid = [entry for entry in saved if entry[1].phase == "prune" and entry[1].pruning_iteration > 0]
     assert mid, "expected a checkpoint after a pruning step"
     s, p, opt_state, g_state = mid[0]
     model, _, opt, g = fresh()
     opt.load_state_dict(opt_state)
     g.set_state(g_state)
-    resumed, _ = train_task(model, s, data, task=0, topology=model.topology(), optimizer=opt,
-                            config=config, generator=g, progress=False, resume=p)
+    resumed, _ = train_task(
+        model,
+        s,
+        data,
+        task=0,
+        topology=model.topology(),
+        optimizer=opt,
+        config=config,
+        generator=g,
+        progress=False,
+        resume=p,
+    )
     for k in reference.params:
         assert torch.equal(resumed.params[k], reference.params[k]), k
         assert torch.equal(resumed.owner[k], reference.owner[k]), k
@@ -140,9 +230,18 @@ def _opt_copy(opt: torch.optim.Optimizer) -> dict:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("pruning_step", 0.0), ("pruning_step", (0.1, 1.5)), ("pruning_type", "l3"), ("tolerance", 1.0),
-     ("max_masking_ratio", 0.0), ("max_epochs", 0), ("lr_factor", 2.0), ("pruning_type", ()),
-     ("max_recovery_epochs", -1), ("score_batches", 0)],
+    [
+        ("pruning_step", 0.0),
+        ("pruning_step", (0.1, 1.5)),
+        ("pruning_type", "l3"),
+        ("tolerance", 1.0),
+        ("max_masking_ratio", 0.0),
+        ("max_epochs", 0),
+        ("lr_factor", 2.0),
+        ("pruning_type", ()),
+        ("max_recovery_epochs", -1),
+        ("score_batches", 0),
+    ],
 )
 def test_invalid_pruning_settings_are_refused_before_training(field: str, value: object) -> None:
     with pytest.raises(ef.ConfigError, match=field.split("_")[0]):
@@ -152,5 +251,13 @@ def test_invalid_pruning_settings_are_refused_before_training(field: str, value:
 def test_an_empty_loader_is_a_clear_error() -> None:
     model, state, topology, opt = _setup()
     with pytest.raises(ef.DataError, match="empty"):
-        train_task(model, state, [], task=0, topology=topology, optimizer=opt,
-                   generator=torch.Generator(), progress=False)
+        train_task(
+            model,
+            state,
+            [],
+            task=0,
+            topology=topology,
+            optimizer=opt,
+            generator=torch.Generator(),
+            progress=False,
+        )

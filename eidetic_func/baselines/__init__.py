@@ -54,3 +54,40 @@ __all__ += [
     "sample_loader",
     "solve_gem_dual",
 ]
+
+# Regularization methods, bounds and the Synapse adapter (ewc.py, si.py, mas.py, lwf.py,
+# finetune.py, joint.py, synapse.py).
+from .ewc import EWC, EWCState, OnlineEWC, OnlineEWCState, fisher_diagonal  # noqa: E402
+from .finetune import FineTune  # noqa: E402
+from .joint import Joint, JointState  # noqa: E402
+from .lwf import LwF, LwFState, distillation_loss  # noqa: E402
+from .mas import MAS, MASState, mas_importance  # noqa: E402
+from .regularizer import RegularizedMethod, quadratic_penalty  # noqa: E402
+from .si import SI, SIState  # noqa: E402
+from .synapse import Synapse  # noqa: E402
+
+__all__ += [
+    "EWC",
+    "MAS",
+    "SI",
+    "EWCState",
+    "FineTune",
+    "Joint",
+    "JointState",
+    "LwF",
+    "LwFState",
+    "MASState",
+    "OnlineEWC",
+    "OnlineEWCState",
+    "RegularizedMethod",
+    "SIState",
+    "Synapse",
+    "distillation_loss",
+    "fisher_diagonal",
+    "mas_importance",
+    "quadratic_penalty",
+]
+
+from .registry import METHODS, create, decode_state, encode_state, parse_option, state_bytes  # noqa: E402
+
+__all__ += ["METHODS", "create", "decode_state", "encode_state", "parse_option", "state_bytes"]

@@ -28,7 +28,8 @@ class Method(Protocol):
       what happens once a task is learned (importance, anchors, memories, ownership).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only, so frozen dataclasses satisfy the protocol
 
     def init(self, model: nn.Module, state: EideticState) -> Any: ...
 

@@ -12,10 +12,15 @@ current task (through ``train_step``'s ``grad_transform``), never the loss:
   ``min ½‖g̃ − g‖² s.t. ⟨g̃, g_k⟩ ≥ 0 ∀k``, solved exactly through its dual
   (:func:`gem_project`, :func:`solve_gem_dual`).
 
+The guarantees are about the gradient handed to the optimizer: with SGD the update is
+``−lr · g̃`` and inherits them; momentum and adaptive optimizers (Adam rescales every
+coordinate) change the update's direction, so they hold only approximately — the papers
+use plain SGD.
+
 Gradients are flattened over every parameter, restricted to the entries a step may change
 (``eidetic_func.trainable``): frozen entries do not move, so they must not enter the
 constraints either. Memory samples run through their own task's head, in training mode
-(with BatchNorm they also update the running statistics, as in the papers' code).
+(with BatchNorm, those passes also update the running statistics).
 """
 
 from __future__ import annotations
@@ -66,33 +71,38 @@ def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
     """
     if g.shape != g_ref.shape or g.dim() != 1:
         raise ShapeError(f"g and g_ref must be 1-D of one shape, got {g.shape}, {g_ref.shape}")
-    dot = torch.dot(g, g_ref)
-    ref_sq = torch.dot(g_ref, g_ref)
-    # dot < 0 implies ref_sq > 0, so the clamp only keeps the unused branch finite
-    coef = torch.where(dot < 0, dot / ref_sq.clamp_min(torch.finfo(g.dtype).tiny), 0.0)
-    return g - coef * g_ref
+    # The projection does not depend on g_ref's scale: rescale it to max |entry| = 1 first,
+    # so that ⟨g_ref, g_ref⟩ neither underflows nor overflows (memory gradients can be tiny).
+    tiny = torch.finfo(g.dtype).tiny
+    r = g_ref / g_ref.abs().max().clamp_min(tiny)
+    dot = torch.dot(g, r)
+    # dot < 0 implies r ≠ 0, so ⟨r, r⟩ ≥ 1 there; the clamp only keeps the other branch finite
+    coef = torch.where(dot < 0, dot / torch.dot(r, r).clamp_min(tiny), 0.0)
+    return g - coef * r
 
 
-def solve_gem_dual(gram: Tensor, q: Tensor, *, margin: float = 0.0) -> Tensor:
+def solve_gem_dual(gram: Tensor, q: Tensor, *, margin: float | Tensor = 0.0) -> Tensor:
     """``argmin_{v ≥ margin} ½ vᵀPv + qᵀv`` for a PSD ``P = gram [K, K]``, ``q [K]`` (float64).
 
-    Substituting ``v = margin + w`` gives ``min_{w ≥ 0} ½ wᵀPw + cᵀw`` with
-    ``c = q + margin·P·1``: a non-negative least-squares problem in Gram form, solved by
-    the Lawson–Hanson active-set method (finite termination; each inner solve is a
-    ``|S|×|S|`` least-squares problem, rank-revealing so duplicate or collinear
-    constraints are fine). ``K`` — the number of finished tasks — is small.
+    ``margin`` is a number or a per-coordinate bound ``[K]`` (all ``≥ 0``). Substituting
+    ``v = margin + w`` gives ``min_{w ≥ 0} ½ wᵀPw + cᵀw`` with ``c = q + P·margin``: a
+    non-negative least-squares problem in Gram form, solved by the Lawson–Hanson
+    active-set method (finite termination; each inner solve is a ``|S|×|S|`` least-squares
+    problem, rank-revealing so duplicate or collinear constraints are fine). ``K`` — the
+    number of finished tasks — is small. Returned on the CPU.
     """
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or q.shape != (gram.shape[0],):
         raise ShapeError(
             f"gram must be [K, K] and q [K], got {tuple(gram.shape)}, {tuple(q.shape)}"
         )
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
+    K = gram.shape[0]
+    lower = torch.as_tensor(margin, dtype=torch.float64).cpu().expand(K)
+    if not bool((torch.isfinite(lower) & (lower >= 0)).all()):
+        raise ConfigError(f"margin must be finite and >= 0, got {margin!r}")
     P, q = gram.double().cpu(), q.double().cpu()
     if not (torch.isfinite(P).all() and torch.isfinite(q).all()):
         raise NonFiniteError("GEM's memory gradients are not finite")
-    K = P.shape[0]
-    c = q + margin * P.sum(1)
+    c = q + P @ lower
     scale = max(float(P.abs().max()), float(c.abs().max()), 1e-300)
     tol = 1e3 * K * torch.finfo(torch.float64).eps * scale
     w = torch.zeros(K, dtype=torch.float64)
@@ -121,7 +131,7 @@ def solve_gem_dual(gram: Tensor, q: Tensor, *, margin: float = 0.0) -> Tensor:
             w = torch.where(passive, w, 0.0)
             if not passive.any():
                 break
-    return margin + w
+    return lower + w
 
 
 def _solve_passive(gram: Tensor, c: Tensor, passive: Tensor) -> Tensor:
@@ -154,8 +164,15 @@ def gem_project(g: Tensor, memory_grads: Tensor, *, margin: float = 0.0) -> Tens
     dots = Gd @ gd
     if not bool((dots < 0).any()):
         return g
-    v = solve_gem_dual(Gd @ Gd.T, dots, margin=margin).to(Gd.device)
-    return (Gd.T @ v + gd).to(g.dtype)
+    # Constraints are scale-free: solve with unit rows N = G / ‖g_k‖ (a well-scaled Gram
+    # matrix even when one task's memory gradient is 10⁶ times smaller than another's).
+    # The dual is the same problem: Gᵀv = Nᵀu with u = ‖g_k‖·v, so v ≥ margin becomes
+    # u ≥ margin·‖g_k‖. Zero rows constrain nothing and are left out.
+    norms = Gd.norm(dim=1)
+    rows = norms > 0
+    N = Gd[rows] / norms[rows].unsqueeze(1)
+    u = solve_gem_dual(N @ N.T, N @ gd, margin=margin * norms[rows]).to(Gd.device)
+    return (N.T @ u + gd).to(g.dtype)
 
 
 # --------------------------------------------------------------------------- flat gradients

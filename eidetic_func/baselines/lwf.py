@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import validate
 from ..forward import train_mode
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply
 from ..train import Batch
 from .per_sample import call_logits
-from .regularizer import RegularizedMethod, check_nonnegative, check_positive
+from .regularizer import RegularizedMethod
 
 
 def distillation_loss(logits: Tensor, old_logits: Tensor, temperature: float) -> Tensor:
@@ -63,8 +64,8 @@ class LwF(RegularizedMethod):
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        check_nonnegative("lambda_o", self.lambda_o)
-        check_positive("temperature", self.temperature)
+        validate.number(self.lambda_o, "lambda_o", low=0.0)
+        validate.number(self.temperature, "temperature", low=0.0, low_open=True)
 
     def init(self, model: nn.Module, state: EideticState) -> LwFState:
         return LwFState(params=dict(state.params), buffers=dict(state.buffers))

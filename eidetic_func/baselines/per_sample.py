@@ -21,7 +21,7 @@ sample's loss does not depend on the other samples. Implementations, all exact:
 
 ``vmap`` and ``fast`` equal ``loop`` (tests compare them in float64). ``vmap`` holds
 ``chunk_size × |θ|`` gradient entries at once; by default chunks are sized so that one
-parameter's chunk stays below 8 MiB (large buffers are slow to allocate on CPU).
+parameter's chunk stays below 16 MiB (larger buffers are slow to allocate on CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import ConfigError, DataError, NonFiniteError, ShapeError
+from .. import validate
+from ..errors import DataError, NonFiniteError, ShapeError
 from ..forward import train_mode
 
 Batch = tuple[Tensor, Tensor]
@@ -45,7 +46,7 @@ Reduction = Literal["square", "abs"]
 Implementation = Literal["vmap", "fast", "loop"]
 IMPLEMENTATIONS: tuple[str, ...] = ("vmap", "fast", "loop")
 
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 16 << 20
 
 
 def call_logits(
@@ -83,7 +84,7 @@ def per_sample_sums(
     loss: SampleLoss,
     reduction: Reduction,
     weights: Tensor | None = None,
-    implementation: Implementation = "vmap",
+    implementation: Implementation = "fast",
     chunk_size: int | None = None,
 ) -> dict[str, Tensor]:
     """``{name: Σ_i w_i · r(∂ℓ_i/∂θ)}`` for every parameter in ``params`` (same shapes).
@@ -92,14 +93,10 @@ def per_sample_sums(
     not reach (other heads) get zeros. Runs the model in inference mode; ``params``,
     ``buffers`` and the model's own tensors are not modified.
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ConfigError(
-            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
-        )
-    if reduction not in ("square", "abs"):
-        raise ConfigError(f"reduction must be 'square' or 'abs', got {reduction!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    validate.choice(implementation, "implementation", IMPLEMENTATIONS)
+    validate.choice(reduction, "reduction", ("square", "abs"))
+    if chunk_size is not None:
+        validate.integer(chunk_size, "chunk_size", minimum=1)
     if x.dim() == 0 or x.shape[0] == 0 or targets.shape[:1] != x.shape[:1]:
         raise ShapeError(
             f"x and targets must be non-empty batches of equal size, got {tuple(x.shape)} "
@@ -159,10 +156,8 @@ def add_into(totals: dict[str, Tensor], sums: dict[str, Tensor]) -> dict[str, Te
 
 def take_samples(batches: Iterable[Batch], max_samples: int | None) -> list[Batch]:
     """The batches holding the first ``max_samples`` samples (all if None), last one cut."""
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ConfigError(
-            f"the number of samples must be a positive int or None, got {max_samples!r}"
-        )
+    if max_samples is not None:
+        validate.integer(max_samples, "max_samples", minimum=1)
     out: list[Batch] = []
     seen = 0
     for x, y in batches:
@@ -278,9 +273,12 @@ def _fast(
     taps: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in candidates}
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
 
-    def tap(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+    def tap(name: str) -> Callable[..., Tensor]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
             taps[name].append((args[0], output))
+            # The network continues with a copy: an in-place op downstream (ReLU(inplace=True)
+            # after BatchNorm) must not overwrite the tensor we differentiate with respect to.
+            return output.clone()
 
         return hook
 
@@ -291,25 +289,26 @@ def _fast(
     finally:
         for h in handles:
             h.remove()
-    covered: dict[str, tuple[str, Tensor, Tensor]] = {}
-    for name, calls in taps.items():
-        # A per-sample gradient is one outer product only for one call on 2-D input
-        # (Linear) or in inference mode with running statistics (BatchNorm).
-        if len(calls) == 1 and _separable(modules[name], calls[0][0]):
-            covered[name] = (name, calls[0][0], calls[0][1])
-    totals: dict[str, Tensor] = {}
-    if covered:
-        total = vmap(loss)(logits, targets).sum()
-        outs = [out for _, _, out in covered.values()]
-        gouts = torch.autograd.grad(total, outs, allow_unused=True)
-        for (name, inp, _), g in zip(covered.values(), gouts):
-            module = modules[name]
-            if g is None:  # the loss does not read this module (another head)
-                continue
-            totals.update(_module_stats(module, name, inp.detach(), g, w, reduce, buffers))
-    done = {
-        f"{n}.{leaf}" for n in covered for leaf, _ in modules[n].named_parameters(recurse=False)
+    # A per-sample gradient is one outer product only for one call on 2-D input (Linear)
+    # or in inference mode with running statistics (BatchNorm).
+    covered = {
+        name: calls[0]
+        for name, calls in taps.items()
+        if len(calls) == 1 and _separable(modules[name], calls[0][0])
     }
+    # Modules never called (other heads) have zero gradients, unless their parameters are
+    # read some other way: one backward tells.
+    uncalled = [_leaf_names(modules[n], n) for n, calls in taps.items() if not calls]
+    maybe_zero = [k for names in uncalled for k in names]
+    total = vmap(loss)(logits, targets).sum()
+    inputs = [out for _, out in covered.values()] + [leaves[k] for k in maybe_zero]
+    grads = torch.autograd.grad(total, inputs, allow_unused=True) if inputs else ()
+    totals: dict[str, Tensor] = {}
+    for (name, (inp, _)), g in zip(covered.items(), grads):
+        if g is not None:  # None: the loss does not read this module
+            totals.update(_module_stats(modules[name], name, inp.detach(), g, w, reduce, buffers))
+    unused = {k for k, g in zip(maybe_zero, grads[len(covered) :]) if g is None}
+    done = {k for n in covered for k in _leaf_names(modules[n], n)} | unused
     rest = [k for k in params if k not in done]
     if rest:
         totals.update(
@@ -318,6 +317,10 @@ def _fast(
     return {
         k: totals[k].detach() if k in totals else torch.zeros_like(v) for k, v in params.items()
     }
+
+
+def _leaf_names(module: nn.Module, name: str) -> list[str]:
+    return [f"{name}.{leaf}" for leaf, _ in module.named_parameters(recurse=False)]
 
 
 def _affine_modules(model: nn.Module, params: dict[str, Tensor]) -> list[str]:

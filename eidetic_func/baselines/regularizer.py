@@ -14,7 +14,6 @@ adapter, so a method behaves identically in ``train_method_task`` and in a user'
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -22,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
 from ..train import Batch
@@ -139,24 +137,3 @@ def state_batches(loader: Iterable[Batch], state: EideticState) -> Iterable[Batc
     """``loader``'s batches on the device of the state's parameters."""
     device = next(iter(state.params.values())).device
     return ((x.to(device), y.to(device)) for x, y in loader)
-
-
-def check_nonnegative(name: str, value: float) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number ``>= 0``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value!r}")
-
-
-def check_positive(name: str, value: float) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number ``> 0``."""
-    check_nonnegative(name, value)
-    if value == 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
-
-
-def check_samples(name: str, value: int | None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is None or a positive int."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{name} must be a positive int or None (all), got {value!r}")

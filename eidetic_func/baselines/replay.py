@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError, ShapeError
 from ..pytree import pytree_dataclass, static_field
@@ -116,15 +117,26 @@ def concat_samples(a: Samples, b: Samples) -> Samples:
     )
 
 
-def grouped_by_task(samples: Samples) -> list[tuple[int, Tensor]]:
+def grouped_by_task(samples: Samples, *, min_size: int = 1) -> list[tuple[int, Tensor]]:
     """``[(task, index)]``: the positions of each task's samples, tasks ascending.
 
     Task-incremental replay runs each group through its own head: ``apply(x[index], task)``.
+    Groups smaller than ``min_size`` are left out.
     """
     if len(samples) == 0:
         return []
     tasks = samples.task.unique(sorted=True).tolist()
-    return [(int(t), (samples.task == t).nonzero().squeeze(1)) for t in tasks]
+    groups = [(int(t), (samples.task == t).nonzero().squeeze(1)) for t in tasks]
+    return [(t, index) for t, index in groups if index.numel() >= min_size]
+
+
+def min_group(model: nn.Module) -> int:
+    """Smallest replayed group a step can run: BatchNorm in training mode needs two samples.
+
+    Replayed samples of a task run through the network together (their own head); with
+    BatchNorm a task drawn only once in a step is skipped.
+    """
+    return 2 if any(isinstance(m, _BatchNorm) for m in model.modules()) else 1
 
 
 def _pad(logits: Tensor, width: int) -> Tensor:
@@ -337,7 +349,7 @@ def generator_from(rng: Tensor) -> torch.Generator:
 
 
 def er_loss(
-    apply: Apply, x: Tensor, y: Tensor, task: int, replay: Samples
+    apply: Apply, x: Tensor, y: Tensor, task: int, replay: Samples, *, min_size: int = 1
 ) -> tuple[Tensor, Tensor]:
     """``(loss, logits of x)``: mean cross-entropy over the batch and the replayed samples.
 
@@ -346,9 +358,11 @@ def er_loss(
     """
     logits = apply(x, task)
     total = F.cross_entropy(logits, y, reduction="sum")
-    for t, index in grouped_by_task(replay):
+    count = y.shape[0]
+    for t, index in grouped_by_task(replay, min_size=min_size):
         total = total + F.cross_entropy(apply(replay.x[index], t), replay.y[index], reduction="sum")
-    return total / (y.shape[0] + len(replay)), logits
+        count += index.numel()
+    return total / count, logits
 
 
 def der_loss(
@@ -361,6 +375,7 @@ def der_loss(
     alpha: float,
     replay_ce: Samples | None = None,
     beta: float = 0.0,
+    min_size: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """``(loss, logits of x)`` of DER / DER++.
 
@@ -374,7 +389,7 @@ def der_loss(
     if len(replay) > 0:
         squared = logits.new_zeros(())
         count = 0
-        for t, index in grouped_by_task(replay):
+        for t, index in grouped_by_task(replay, min_size=min_size):
             out = apply(replay.x[index], t)
             target = replay.logits[index, : out.shape[1]]
             if target.shape[1] != out.shape[1]:
@@ -384,13 +399,16 @@ def der_loss(
                 )
             squared = squared + (out - target).pow(2).sum()
             count += out.numel()
-        loss = loss + alpha * squared / count
+        if count:
+            loss = loss + alpha * squared / count
     if replay_ce is not None and len(replay_ce) > 0:
-        total = logits.new_zeros(())
-        for t, index in grouped_by_task(replay_ce):
+        total, seen = logits.new_zeros(()), 0
+        for t, index in grouped_by_task(replay_ce, min_size=min_size):
             out = apply(replay_ce.x[index], t)
             total = total + F.cross_entropy(out, replay_ce.y[index], reduction="sum")
-        loss = loss + beta * total / len(replay_ce)
+            seen += index.numel()
+        if seen:
+            loss = loss + beta * total / seen
     return loss, logits
 
 
@@ -440,7 +458,7 @@ class ER:
         replay = buffer_sample(mstate.buffer, self.buffer_sample_size, generator=generator)
 
         def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            return er_loss(apply, x, y, task, replay)
+            return er_loss(apply, x, y, task, replay, min_size=min_group(model))
 
         state, metrics = train_step(
             model, state, batch, optimizer=optimizer, task=task, objective=objective
@@ -513,7 +531,15 @@ class DER:
 
         def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
             loss, logits = der_loss(
-                apply, x, y, task, replay, alpha=self.alpha, replay_ce=replay_ce, beta=self._beta
+                apply,
+                x,
+                y,
+                task,
+                replay,
+                alpha=self.alpha,
+                replay_ce=replay_ce,
+                beta=self._beta,
+                min_size=min_group(model),
             )
             seen.append(logits.detach())
             return loss, logits
