@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .batchnorm import _TaskBatchNorm
 from .errors import ConfigError, DataError, NonFiniteError, TopologyError
 from .forward import train_mode
 from .state import EideticState
 from .topology import Topology, Unit
+from .tracing import module_calls, redirect, returning, trace
 
 Batch = tuple[Tensor, Tensor]
 Implementation = Literal["fast", "vmap", "loop"]
@@ -46,28 +46,20 @@ Contributions = Callable[..., dict[str, Tensor]]
 Reduce = Callable[[dict[str, Tensor], int], tuple[dict[str, Tensor], int]]
 
 
-class _Tracer(fx.Tracer):
-    """Keeps Task BatchNorm opaque: its branches depend on tensor sizes, not on the trace."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _TaskBatchNorm) or super().is_leaf_module(m, module_qualified_name)
-
-
-def _trace(model: nn.Module, topology: Topology, task: int) -> tuple[fx.Graph, dict[str, fx.Node]]:
-    """The graph of ``model(x, task)`` and its producer call nodes, by module path."""
-    try:
-        graph = _Tracer().trace(model, concrete_args={"task": task})
-    except Exception as err:
-        raise TopologyError(
-            f"cannot trace {type(model).__name__} with torch.fx ({err}); score with "
-            "implementation='vmap' instead"
-        ) from err
+def _producer_calls(
+    model: nn.Module, topology: Topology, task: int
+) -> tuple[fx.Graph, dict[str, fx.Node]]:
+    """The graph of ``model(x, task)`` and the (single) call node of each producer."""
+    graph = trace(model, task)
     producers = {p for unit in topology.units for p in unit.producers}
-    nodes = {n.target: n for n in graph.nodes if n.op == "call_module" and n.target in producers}
-    missing = producers - nodes.keys()
+    calls = module_calls(graph, producers)
+    missing = sorted(name for name, nodes in calls.items() if not nodes)
     if missing:
-        raise TopologyError(f"producers never called in the forward pass: {sorted(missing)}")
-    return graph, {str(k): v for k, v in nodes.items()}
+        raise TopologyError(f"producers never called in the forward pass: {missing}")
+    shared = sorted(name for name, nodes in calls.items() if len(nodes) > 1)
+    if shared:
+        raise TopologyError(f"producers called more than once are not neurons: {shared}")
+    return graph, {name: nodes[0] for name, nodes in calls.items()}
 
 
 def tapped(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
@@ -76,11 +68,8 @@ def tapped(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
     Call it as ``tapped(x, task)``. Shares the model's parameters and buffers; the model
     itself is not modified.
     """
-    graph, nodes = _trace(model, topology, task)
-    output = next(n for n in graph.nodes if n.op == "output")
-    output.args = ((output.args[0], {name: nodes[name] for name in sorted(nodes)}),)
-    graph.lint()
-    return fx.GraphModule(model, graph)
+    graph, nodes = _producer_calls(model, topology, task)
+    return returning(model, graph, {name: nodes[name] for name in sorted(nodes)})
 
 
 def _apply_gate(z: Tensor, gate: Tensor) -> Tensor:
@@ -94,7 +83,7 @@ def gated(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
     Call it as ``gated(x, task, gates)`` with ``gates = {unit name: Tensor [B, C]}``; with
     all gates 1 it computes exactly the model's logits. Shares the model's tensors.
     """
-    graph, nodes = _trace(model, topology, task)
+    graph, nodes = _producer_calls(model, topology, task)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     with graph.inserting_after(placeholders[-1]):
         gates = graph.placeholder("gates", default_value=None)  # after task's default
@@ -105,13 +94,9 @@ def gated(model: nn.Module, topology: Topology, task: int) -> fx.GraphModule:
                 gate = graph.call_function(_getitem, (gates, unit.name))
             with graph.inserting_after(gate):
                 out = graph.call_function(_apply_gate, (node, gate))
-            node.replace_all_uses_with(out, delete_user_cb=_not(out))
+            redirect(node, out)
     graph.lint()
     return fx.GraphModule(model, graph)
-
-
-def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
-    return lambda user: user is not node
 
 
 def _getitem(mapping: dict[str, Tensor], key: str) -> Tensor:

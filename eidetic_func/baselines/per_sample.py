@@ -16,8 +16,10 @@ sample's loss does not depend on the other samples. Implementations, all exact:
   gradient ``g_i x_iᵀ``, so ``Σ_i w_i (g_i x_iᵀ)² = (w·g²)ᵀ(x²)`` and ``Σ_i w_i |g_i x_iᵀ| =
   (w·|g|)ᵀ|x|``: one matrix product. BatchNorm in inference mode is affine per channel
   (``γ x̂ + β``), so its per-sample gradients are ``Σ_positions g x̂`` and ``Σ_positions g``.
-  The output gradients of all samples come from one backward of ``Σ_i ℓ_i``. Parameters of
-  any other module (or of a module called more than once) fall back to ``vmap``.
+  The output gradients of all samples come from one backward of ``Σ_i ℓ_i``: the model is
+  traced with ``torch.fx`` into a graph that also returns those layers' inputs and outputs
+  (no hooks). Parameters of any other module (or of a module called more than once, or of
+  a model fx cannot trace) fall back to ``vmap``.
 
 ``vmap`` and ``fast`` equal ``loop`` (tests compare them in float64). ``vmap`` holds
 ``chunk_size × |θ|`` gradient entries at once; by default chunks are sized so that one
@@ -31,13 +33,15 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import validate
-from ..errors import DataError, NonFiniteError, ShapeError
+from ..errors import DataError, NonFiniteError, ShapeError, TopologyError
 from ..forward import train_mode
+from ..tracing import detach_uses, module_calls, returning, trace
 
 Batch = tuple[Tensor, Tensor]
 # loss(logits [C] of one sample, its target) -> scalar
@@ -269,46 +273,38 @@ def _fast(
     chunk_size: int | None,
 ) -> dict[str, Tensor]:
     reduce = _reducer(reduction)
-    candidates = _affine_modules(model, params)
-    taps: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in candidates}
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-
-    def tap(name: str) -> Callable[..., Tensor]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            taps[name].append((args[0], output))
-            # The network continues with a copy: an in-place op downstream (ReLU(inplace=True)
-            # after BatchNorm) must not overwrite the tensor we differentiate with respect to.
-            return output.clone()
-
-        return hook
-
     modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(tap(n)) for n in candidates]
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     try:
-        logits = call_logits(model, leaves, buffers, x, task)
-    finally:
-        for h in handles:
-            h.remove()
+        traced, io_names = _traced_io(model, _affine_modules(model, params), task)
+    except TopologyError:  # not traceable: every parameter the reference way
+        return _chunked(
+            model, params, buffers, x, targets, w, task, loss, reduction, chunk_size, list(params)
+        )
+    names = {n for n, _ in traced.named_parameters()} | {n for n, _ in traced.named_buffers()}
+    args = (x, task) if takes_task(model) else (x,)
+    logits, io = functional_call(
+        traced,
+        (
+            {k: v for k, v in leaves.items() if k in names},
+            {k: v for k, v in buffers.items() if k in names},
+        ),
+        args,
+    )
     # A per-sample gradient is one outer product only for one call on 2-D input (Linear)
     # or in inference mode with running statistics (BatchNorm).
-    covered = {
-        name: calls[0]
-        for name, calls in taps.items()
-        if len(calls) == 1 and _separable(modules[name], calls[0][0])
-    }
-    # Modules never called (other heads) have zero gradients, unless their parameters are
-    # read some other way: one backward tells.
-    uncalled = [_leaf_names(modules[n], n) for n, calls in taps.items() if not calls]
-    maybe_zero = [k for names in uncalled for k in names]
+    covered = {n: io[n] for n in io_names if _separable(modules[n], io[n][0])}
     total = vmap(loss)(logits, targets).sum()
-    inputs = [out for _, out in covered.values()] + [leaves[k] for k in maybe_zero]
-    grads = torch.autograd.grad(total, inputs, allow_unused=True) if inputs else ()
+    outputs = [out for _, out in covered.values()]
+    grads = torch.autograd.grad(total, outputs, allow_unused=True) if outputs else ()
     totals: dict[str, Tensor] = {}
     for (name, (inp, _)), g in zip(covered.items(), grads):
         if g is not None:  # None: the loss does not read this module
             totals.update(_module_stats(modules[name], name, inp.detach(), g, w, reduce, buffers))
-    unused = {k for k, g in zip(maybe_zero, grads[len(covered) :]) if g is None}
-    done = {k for n in covered for k in _leaf_names(modules[n], n)} | unused
+    # parameters the traced graph never reads (other heads) have zero gradients
+    done = {k for n in covered for k in _leaf_names(modules[n], n)} | {
+        k for k in params if k not in names
+    }
     rest = [k for k in params if k not in done]
     if rest:
         totals.update(
@@ -317,6 +313,19 @@ def _fast(
     return {
         k: totals[k].detach() if k in totals else torch.zeros_like(v) for k, v in params.items()
     }
+
+
+def _traced_io(model: nn.Module, names: list[str], task: int) -> tuple[fx.GraphModule, list[str]]:
+    """``model`` returning ``(logits, {name: (input, output)})`` for modules called once."""
+    graph = trace(model, task if takes_task(model) else None)
+    io = {}
+    for name, nodes in module_calls(graph, names).items():
+        if len(nodes) == 1 and nodes[0].args:
+            # downstream reads a copy: an in-place op after the module (ReLU(inplace=True)
+            # after BatchNorm) must not overwrite the output we differentiate against
+            detach_uses(graph, nodes[0])
+            io[name] = (nodes[0].args[0], nodes[0])
+    return returning(model, graph, io), sorted(io)
 
 
 def _leaf_names(module: nn.Module, name: str) -> list[str]:
