@@ -66,12 +66,13 @@ class _TaskBatchNorm(_BatchNorm):
         )
         with torch.no_grad():
             frozen = torch.zeros_like(mean).index_fill_(0, self.frozen_channels, 1.0)
-            self.running_mean.copy_(torch.lerp(new_mean, mean, frozen))
-            self.running_var.copy_(torch.lerp(new_var, var, frozen))
+            self.running_mean.copy_(torch.where(frozen.bool(), mean, new_mean))
+            self.running_var.copy_(torch.where(frozen.bool(), var, new_var))
             # Frozen channels: inference-mode normalization with the frozen statistics, an
-            # affine map applied once; its scale and shift are constants (frozen weights get
-            # no gradient). Free channels: the batch-normalized output. The blend is exact:
-            # each channel takes one side times 1 plus the other side times 0.
+            # affine map applied once. An owned channel is computed from owned entries only
+            # (owned rows read nothing else), so no trainable parameter can change it: its
+            # values are constants for this step's gradients. Free channels: the
+            # batch-normalized output. The blend is exact (one side times 1, the other 0).
             scale = torch.rsqrt(var + self.eps)
             if self.weight is not None:
                 scale = scale * self.weight
@@ -79,9 +80,11 @@ class _TaskBatchNorm(_BatchNorm):
             if self.bias is not None:
                 shift = shift + self.bias
             shape = (1, -1) + (1,) * (input.dim() - 2)
-            scale, shift = (scale * frozen).view(shape), (shift * frozen).view(shape)
+            constant = torch.addcmul(
+                (shift * frozen).view(shape), input, (scale * frozen).view(shape)
+            )
             free = (1 - frozen).view(shape)
-        return torch.addcmul(shift, input, scale).addcmul_(batch_normalized, free)
+        return torch.addcmul(constant, batch_normalized, free)
 
 
 class TaskBatchNorm1d(_TaskBatchNorm, nn.BatchNorm1d):
