@@ -45,7 +45,15 @@ def freeze(new: EideticState, old: EideticState) -> EideticState:
     updating in place cannot reach it).
     """
     bits = _trainable_bits(old)
-    params = {k: _select(bits[k], p.detach(), old.params[k]) for k, p in new.params.items()}
+    coverage = _coverage(bits)
+    params = {}
+    for k, p in new.params.items():
+        if coverage[k] is False:  # nothing may change: the old tensor itself (immutable)
+            params[k] = old.params[k]
+        elif coverage[k] is True:  # everything may change: a copy, half the memory traffic
+            params[k] = p.detach().clone()
+        else:
+            params[k] = _select(bits[k], p.detach(), old.params[k])
     buffers = {}
     for k, b in new.buffers.items():
         own = old.owner.get(k)
@@ -84,6 +92,7 @@ def _mask(bits: Tensor, t: Tensor) -> Tensor:
 # training step: cache them for the exact (unmodified) owner and keep tensors.
 _BITS = TensorMemo()
 _ANCHORS = TensorMemo()
+_COVERAGE = TensorMemo()
 
 
 def _trainable_bits(state: EideticState) -> dict[str, Tensor]:
@@ -96,3 +105,20 @@ def _trainable_bits(state: EideticState) -> dict[str, Tensor]:
             bits[k] = mask if int_dtype is None else mask.to(int_dtype).neg_()
         _BITS.put(sources, bits)
     return bits
+
+
+def _coverage(bits: dict[str, Tensor]) -> dict[str, bool | None]:
+    """Per parameter: True if every entry is trainable, False if none is, None if mixed.
+
+    Whole frozen layers (common once a task owns a layer) then cost no memory traffic.
+    Cached like the masks, so a GPU synchronizes once per pruning step, not per step.
+    """
+    sources = list(bits.values())
+    coverage = _COVERAGE.get(sources)
+    if coverage is None:
+        coverage = {}
+        for k, b in bits.items():
+            mask = b.bool()
+            coverage[k] = True if bool(mask.all()) else False if not bool(mask.any()) else None
+        _COVERAGE.put(sources, coverage)
+    return coverage

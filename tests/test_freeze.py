@@ -52,6 +52,21 @@ def test_freeze_restores_owned_entries_bit_for_bit_whatever_the_new_values(seed:
             assert torch.equal(frozen.buffers[k][own >= 0], old.buffers[k][own >= 0])
 
 
+def test_freeze_shares_wholly_frozen_tensors_and_never_aliases_the_new_ones() -> None:
+    _, old = _finished_state()
+    new = old.replace(params={k: p.detach().clone().add_(1.0) for k, p in old.params.items()})
+    frozen = ef.freeze(new, old)
+    trainable = ef.trainable(old)
+    assert any(not bool(m.any()) for m in trainable.values()), "fixture: a wholly frozen tensor"
+    assert any(bool(m.all()) for m in trainable.values()), "fixture: a wholly free tensor"
+    for k, p in frozen.params.items():
+        assert p.untyped_storage().data_ptr() != new.params[k].untyped_storage().data_ptr()
+        if not bool(trainable[k].any()):
+            assert p is old.params[k]  # immutable, so sharing is safe and costs nothing
+        if bool(trainable[k].all()):
+            assert torch.equal(p, new.params[k])
+
+
 def test_freeze_grads_zeroes_exactly_the_entries_that_may_not_change() -> None:
     _, state = _finished_state()
     grads = {k: torch.ones_like(p) for k, p in state.params.items()}
