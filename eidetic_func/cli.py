@@ -301,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the preset's run checkpointed in its output directory",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -325,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=args.progress,
         )
         output = args.output_dir or Path("benchmarks/results") / args.preset
-        result = run(config, output_dir=output)
+        result = run(config, output_dir=output, resume=args.resume)
         _report(result, output)
         return 0
     except EideticError as err:

@@ -232,6 +232,14 @@ def test_unknown_bench_preset_is_refused(capsys: pytest.CaptureFixture[str]) -> 
     assert "unknown preset" in capsys.readouterr().err
 
 
+def test_bench_resume_without_a_checkpoint_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "split-mnist", "--resume", "--output-dir", str(tmp_path / "none")]
+    assert main(args) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
 def _cli(out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
