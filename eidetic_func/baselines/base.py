@@ -58,7 +58,8 @@ class Method(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class BaseMethod:
-    """Defaults: plain cross-entropy steps (``penalty`` adds a term), nothing at task end."""
+    """Defaults: cross-entropy steps plus :meth:`regularizer` (by default :meth:`penalty`),
+    nothing at task end."""
 
     name: str = "finetune"
 
@@ -68,6 +69,18 @@ class BaseMethod:
     def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
         """A regularizer on the parameters (differentiable), or None."""
         return None
+
+    def regularizer(
+        self,
+        model: nn.Module,
+        mstate: Any,
+        apply: Apply,
+        params: dict[str, Tensor],
+        batch: Batch,
+        task: int,
+    ) -> Tensor | None:
+        """The extra loss term (differentiable in ``params``), or None. Default: ``penalty``."""
+        return self.penalty(mstate, params, task)
 
     def step(
         self,
@@ -84,7 +97,7 @@ class BaseMethod:
         def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
             logits = apply(x, task)
             loss = F.cross_entropy(logits, y)
-            extra = self.penalty(mstate, params, task)
+            extra = self.regularizer(model, mstate, apply, params, batch, task)
             return (loss if extra is None else loss + extra), logits
 
         state, metrics = train_step(

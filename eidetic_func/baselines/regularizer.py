@@ -44,21 +44,10 @@ def quadratic_penalty(
 
 @dataclasses.dataclass(frozen=True)
 class RegularizedMethod(BaseMethod):
-    """Cross-entropy on the current task plus :meth:`regularizer`; see the module docstring."""
+    """Cross-entropy on the current task plus :meth:`regularizer` (see the module docstring);
+    with ``observes``, the step also reports the task-loss gradient to :meth:`observe`."""
 
     observes: ClassVar[bool] = False
-
-    def regularizer(
-        self,
-        model: nn.Module,
-        mstate: Any,
-        apply: Apply,
-        params: dict[str, Tensor],
-        batch: Batch,
-        task: int,
-    ) -> Tensor | None:
-        """The extra loss term (differentiable in ``params``), or None. Default: ``penalty``."""
-        return self.penalty(mstate, params, task)
 
     def observe(
         self,
@@ -81,20 +70,9 @@ class RegularizedMethod(BaseMethod):
         optimizer: torch.optim.Optimizer,
         task: int,
     ) -> tuple[EideticState, Any, StepMetrics]:
-        x, y = batch
         if not self.observes:
-
-            def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-                logits = apply(x, task)
-                loss = F.cross_entropy(logits, y)
-                extra = self.regularizer(model, mstate, apply, params, batch, task)
-                return (loss if extra is None else loss + extra), logits
-
-            new, metrics = train_step(
-                model, state, batch, optimizer=optimizer, task=task, objective=objective
-            )
-            return new, mstate, metrics
-
+            return super().step(model, state, mstate, batch, optimizer=optimizer, task=task)
+        x, y = batch
         recorded: dict[str, Tensor] = {}
 
         def task_loss(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
