@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from baseline_runs import plain_mlp, run_sequence
 from torch import Tensor
 
 import eidetic_func as ef
@@ -16,11 +17,7 @@ from eidetic_func.baselines import (
     own_column,
     own_entries,
     packnet_prunable,
-    train_method_task,
 )
-from eidetic_func.data import load_sequence, loaders
-from eidetic_func.metrics import evaluate
-from eidetic_func.train import TrainConfig
 from models import MLP
 from models.progressive import ProgressiveMLP
 
@@ -262,44 +259,12 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
 # --------------------------------------------------------------------------- end to end
 
 
-def _run(method, model_factory, seed: int = 0) -> tuple[float, float]:
-    """Mean test accuracy on the earlier tasks and on the last task, after the sequence."""
-    seq = load_sequence("embedded", classes=[(1, 7), (4, 9), (3, 5)])
-    torch.manual_seed(seed)
-    model = model_factory(seq.num_classes)
-    state = ef.init(model)
-    mstate = method.init(model, state)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    generator = torch.Generator().manual_seed(seed)
-    task_loaders = [loaders(task, 32, seed=seed + i) for i, task in enumerate(seq)]
-    for t in range(len(seq)):
-        state, mstate, _ = train_method_task(
-            model,
-            state,
-            mstate,
-            task_loaders[t].train,
-            method=method,
-            task=t,
-            optimizer=optimizer,
-            config=TrainConfig(max_epochs=2, patience=2),
-            generator=generator,
-            progress=False,
-        )
-    accs = [evaluate(model, state, task_loaders[t].test, task=t) for t in range(len(seq))]
-    return sum(accs[:-1]) / (len(accs) - 1), accs[-1]
-
-
-def _mlp(num_classes) -> MLP:
-    # no BatchNorm: fine-tuning and PackNet share the same plain network
-    return MLP(784, list(num_classes), num_layers=2, width=100, bn=False)
-
-
 @pytest.mark.slow
 def test_isolation_methods_forget_less_than_fine_tuning_on_split_mnist() -> None:
     # Split MNIST (embedded subset), interfering pairs 1/7, 4/9, 3/5; one epoch per task.
-    finetune, _ = _run(BaseMethod(), _mlp)
-    packnet, packnet_last = _run(PackNet(), _mlp)
-    progressive, progressive_last = _run(
+    finetune, _ = run_sequence(BaseMethod(), plain_mlp)
+    packnet, packnet_last = run_sequence(PackNet(), plain_mlp)
+    progressive, progressive_last = run_sequence(
         Progressive(), lambda classes: ProgressiveMLP(784, list(classes), width=100)
     )
     assert packnet > finetune + 0.05, (packnet, finetune)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from baseline_runs import plain_mlp, run_sequence
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
@@ -29,12 +30,8 @@ from eidetic_func.baselines import (
     reservoir_init,
     sample_loader,
     solve_gem_dual,
-    train_method_task,
 )
 from eidetic_func.baselines.replay import der_loss, er_loss
-from eidetic_func.data import load_sequence, loaders
-from eidetic_func.metrics import evaluate
-from eidetic_func.train import TrainConfig
 from models import MLP
 
 # --------------------------------------------------------------------------- reservoir
@@ -470,40 +467,9 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
 # --------------------------------------------------------------------------- end to end
 
 
-def _run(method, model_factory, seed: int = 0) -> tuple[float, float]:
-    """Mean test accuracy on the earlier tasks and on the last task, after the sequence."""
-    seq = load_sequence("embedded", classes=[(1, 7), (4, 9), (3, 5)])
-    torch.manual_seed(seed)
-    model = model_factory(seq.num_classes)
-    state = ef.init(model)
-    mstate = method.init(model, state)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    generator = torch.Generator().manual_seed(seed)
-    task_loaders = [loaders(task, 32, seed=seed + i) for i, task in enumerate(seq)]
-    for t in range(len(seq)):
-        state, mstate, _ = train_method_task(
-            model,
-            state,
-            mstate,
-            task_loaders[t].train,
-            method=method,
-            task=t,
-            optimizer=optimizer,
-            config=TrainConfig(max_epochs=2, patience=2),
-            generator=generator,
-            progress=False,
-        )
-    accs = [evaluate(model, state, task_loaders[t].test, task=t) for t in range(len(seq))]
-    return sum(accs[:-1]) / (len(accs) - 1), accs[-1]
-
-
-def _mlp(num_classes) -> MLP:
-    return MLP(784, list(num_classes), num_layers=2, width=100, bn=False)
-
-
 @pytest.fixture(scope="module")
 def finetune_accuracy() -> tuple[float, float]:
-    return _run(BaseMethod(), _mlp)
+    return run_sequence(BaseMethod(), plain_mlp)
 
 
 @pytest.mark.slow
@@ -513,7 +479,7 @@ def test_replay_methods_forget_less_than_fine_tuning_on_split_mnist(
 ) -> None:
     # Split MNIST (embedded subset), pairs chosen to interfere: 1/7, 4/9, 3/5; one epoch
     # each with SGD + momentum (the optimizer of the GEM/A-GEM papers and of Mammoth).
-    earlier, last = _run(method, _mlp)
+    earlier, last = run_sequence(method, plain_mlp)
     finetune_earlier, _ = finetune_accuracy
     assert earlier > finetune_earlier + 0.05, (earlier, finetune_earlier)
     assert last > 0.9

@@ -1,0 +1,53 @@
+"""The short real-data sequence the baseline end-to-end tests share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+import eidetic_func as ef
+from eidetic_func.baselines import train_method_task
+from eidetic_func.data import load_sequence, loaders
+from eidetic_func.metrics import evaluate
+from eidetic_func.train import TrainConfig
+from models import MLP
+
+
+def run_sequence(
+    method: Any, model_factory: Callable[[Sequence[int]], torch.nn.Module], seed: int = 0
+) -> tuple[float, float]:
+    """Mean test accuracy on the earlier tasks and on the last task, after the sequence.
+
+    Split MNIST (embedded subset) with the interfering pairs 1/7, 4/9, 3/5, two epochs per
+    task, one SGD optimizer (momentum) reused across tasks.
+    """
+    seq = load_sequence("embedded", classes=[(1, 7), (4, 9), (3, 5)])
+    torch.manual_seed(seed)
+    model = model_factory(seq.num_classes)
+    state = ef.init(model)
+    mstate = method.init(model, state)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    task_loaders = [loaders(task, 32, seed=seed + i) for i, task in enumerate(seq)]
+    for t in range(len(seq)):
+        state, mstate, _ = train_method_task(
+            model,
+            state,
+            mstate,
+            task_loaders[t].train,
+            method=method,
+            task=t,
+            optimizer=optimizer,
+            config=TrainConfig(max_epochs=2, patience=2),
+            generator=generator,
+            progress=False,
+        )
+    accs = [evaluate(model, state, task_loaders[t].test, task=t) for t in range(len(seq))]
+    return sum(accs[:-1]) / (len(accs) - 1), accs[-1]
+
+
+def plain_mlp(num_classes: Sequence[int]) -> MLP:
+    """MLP 784-100-100 without BatchNorm, one head per task."""
+    return MLP(784, list(num_classes), num_layers=2, width=100, bn=False)
