@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from baseline_runs import plain_mlp, run_sequence
+from small_runs import plain_mlp, run_sequence
 from torch import Tensor
 
 import eidetic_func as ef

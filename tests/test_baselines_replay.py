@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from baseline_runs import plain_mlp, run_sequence
 from hypothesis import given
 from hypothesis import strategies as st
+from small_runs import plain_mlp, run_sequence
 from torch import Tensor
 from torch.func import functional_call
 

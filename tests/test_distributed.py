@@ -13,31 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
 
 pytestmark = pytest.mark.slow
 
-ARGS = [
-    "--limit-per-class",
-    "60",
-    "--width",
-    "48",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "3",
-    "--patience",
-    "1",
-    "--pruning-step",
-    "0.25",
-    "--tolerance",
-    "0.02",
-    "--max-recovery-epochs",
-    "1",
-    "--no-progress",
-    "--no-router",
-]
+ARGS = [*SMALL_ARGS, "--no-router"]
 
 
 def _torchrun(*args: str) -> list[str]:

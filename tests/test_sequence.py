@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
 from eidetic_func.cli import main
@@ -36,25 +37,6 @@ SMALL = RunConfig(
     ),
     progress=False,
 )
-SMALL_ARGS = [
-    "--limit-per-class",
-    "60",
-    "--width",
-    "48",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "3",
-    "--patience",
-    "1",
-    "--pruning-step",
-    "0.25",
-    "--tolerance",
-    "0.02",
-    "--max-recovery-epochs",
-    "1",
-    "--no-progress",
-]
 
 
 def _quiet(*_: object) -> None:

@@ -1,4 +1,4 @@
-"""The short real-data sequence the baseline end-to-end tests share."""
+"""Small real-data runs shared by the end-to-end tests (CLI arguments, a baseline sequence)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,27 @@ from eidetic_func.data import load_sequence, loaders
 from eidetic_func.metrics import evaluate
 from eidetic_func.train import TrainConfig
 from models import MLP
+
+# `eidetic-func run` arguments for a run of seconds on the embedded data.
+SMALL_ARGS = [
+    "--limit-per-class",
+    "60",
+    "--width",
+    "48",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "3",
+    "--patience",
+    "1",
+    "--pruning-step",
+    "0.25",
+    "--tolerance",
+    "0.02",
+    "--max-recovery-epochs",
+    "1",
+    "--no-progress",
+]
 
 
 def run_sequence(
