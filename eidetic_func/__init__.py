@@ -30,7 +30,7 @@ from .forward import forward
 from .freeze import freeze, freeze_grads, trainable
 from .lifecycle import finish_task, recycle, revisit
 from .mask import apply_task_mask, task_entries
-from .prune import prune
+from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import METHODS, prunable, score
 from .sequence import RunConfig, RunResult, run
@@ -84,6 +84,7 @@ __all__ = [
     "metrics",
     "prunable",
     "prune",
+    "prune_neurons",
     "recycle",
     "revisit",
     "run",

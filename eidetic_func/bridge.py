@@ -12,12 +12,15 @@ from .topology import Topology, check_topology, columns, neuron_alive, reader_co
 def bridge(state: EideticState, topology: Topology) -> EideticState:
     """Make the pruning mask consistent; idempotent, and it only ever removes.
 
-    A neuron is pruned when one of its producer rows has no kept entry left. Then, for
-    every free entry: all its producers' rows (residual streams are pruned on both sides),
-    their biases, its BatchNorm channel (weight and bias) and the input columns that read
-    it in every reader (conv → linear: the channel's whole spatial block) are removed
-    (``keep = False``). A neuron whose inputs are all removed is removed too, until
-    nothing changes. Every removed free entry ends up zero; owned entries are never touched.
+    A neuron is dead when none of its own entries is kept (the liveness rule of
+    :func:`eidetic_func.topology.neuron_alive`). For every dead neuron, every free entry
+    that belongs to it or reads it is removed (``keep = False``): all its producers' rows
+    (residual streams are pruned on both sides), their biases, its BatchNorm channel and
+    the input columns that read it in every reader (conv → linear: the channel's whole
+    spatial block). A neuron left with no kept weight, bias or BatchNorm entry is dead in
+    turn, until nothing changes; one that keeps only a bias or a BatchNorm shift stays
+    alive (its readers still see it). Every removed free entry ends up zero; owned
+    entries are never touched.
     """
     check_topology(topology, state.params, state.buffers)
     keep, params = dict(state.keep), dict(state.params)

@@ -77,6 +77,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--no-bn", dest="bn", action="store_false", help="build the model without BatchNorm"
     )
+    model.add_argument(
+        "--dropout",
+        type=float,
+        default=DEFAULT.dropout,
+        help="dropout after every hidden layer (MLP, ConvNet; default %(default)s)",
+    )
     method = p.add_argument_group("method")
     method.add_argument(
         "--method",
@@ -113,6 +119,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TRAIN.tolerance,
         help="stop pruning when accuracy < best × (1 − tolerance) (default: %(default)s)",
+    )
+    method.add_argument(
+        "--holdout",
+        type=float,
+        default=DEFAULT.holdout,
+        help="hold out this fraction of each task's training data and decide when to stop "
+        "training and pruning by eval-mode accuracy on it (default %(default)s: the running "
+        "training accuracy, the original's rule)",
     )
     method.add_argument(
         "--max-recovery-epochs",
@@ -237,6 +251,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         method=args.method,
         method_options=dict(parse_option(o) for o in args.method_option),
         bn=args.bn,
+        dropout=args.dropout,
+        holdout=args.holdout,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -295,6 +311,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
     bench.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    bench.add_argument("--lr", type=float, default=None, help="override the preset's rate")
+    bench.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="override the preset's holdout fraction (the stopping metric's data)",
+    )
+    bench.add_argument(
+        "--num-tasks", type=int, default=None, help="run only the first N tasks of the preset"
+    )
+    bench.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=None,
+        help="use only this many training images per class (a smaller, quicker form)",
+    )
     bench.add_argument(
         "--output-dir", type=Path, default=None, help="default: benchmarks/results/<preset>"
     )
@@ -322,12 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, entry in PRESETS.items():
                 print(f"{name:24s} {entry['about']}")
             return 0
+        given = {
+            "lr": args.lr,
+            "holdout": args.holdout,
+            "num_tasks": args.num_tasks,
+            "limit_per_class": args.limit_per_class,
+        }
+        overrides = {k: v for k, v in given.items() if v is not None}
         config = preset(
             args.preset,
             data_root=args.data_root,
             device=args.device,
             seed=args.seed,
             progress=args.progress,
+            **overrides,
         )
         output = args.output_dir or Path("benchmarks/results") / args.preset
         result = run(config, output_dir=output, resume=args.resume)

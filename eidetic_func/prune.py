@@ -11,7 +11,7 @@ from . import validate
 from .errors import ConfigError, NonFiniteError, NothingToPrune
 from .score import GLOBAL_METHODS, METHODS, prunable
 from .state import EideticState
-from .topology import Topology, check_topology, rows
+from .topology import Topology, check_topology, neuron_owner, neuron_vector_keys, rows
 
 
 def prune(
@@ -34,9 +34,10 @@ def prune(
     - ``l1`` / ``l2`` / ``random``: per unit, ``floor(fraction × its candidates)`` (or of
       its size with ``constant_step``).
 
-    Only producer rows change here; :func:`eidetic_func.bridge` then removes their biases,
-    BatchNorm channels and the columns that read them. Raises :class:`NothingToPrune`
-    when the rule selects no neuron.
+    A chosen neuron loses all its own entries (producer rows, biases, BatchNorm scale and
+    shift: see :func:`eidetic_func.topology.neuron_alive`); :func:`eidetic_func.bridge`
+    then removes the columns that read it. Raises :class:`NothingToPrune` when the rule
+    selects no neuron.
     """
     fraction = validate.fraction(fraction, "fraction")
     validate.choice(method, "method", METHODS)
@@ -70,13 +71,36 @@ def prune(
             f"no neuron to prune: {remaining} candidate neurons remain (each unit keeps at "
             f"least one) and fraction={fraction} selects none"
         )
+    return prune_neurons(state, topology, chosen)
+
+
+def prune_neurons(
+    state: EideticState, topology: Topology, neurons: dict[str, Tensor]
+) -> EideticState:
+    """The state with the given neurons removed: ``neurons`` maps unit names to ``[C]`` bools.
+
+    Each chosen neuron loses all its own entries (``keep = False``, value zero): its
+    producer rows, biases and BatchNorm scale and shift. Units not named are untouched.
+    Call :func:`eidetic_func.bridge` next to remove the columns that read them. Raises
+    :class:`ConfigError` for an unknown unit, a wrong shape or an owned neuron.
+    """
     keep, params = dict(state.keep), dict(state.params)
-    for unit in topology.units:
-        dead = chosen[unit.name]
+    for name, dead in neurons.items():
+        unit = topology.unit(name)
+        owner = neuron_owner(unit, state.owner)
+        if not isinstance(dead, Tensor) or dead.dtype != torch.bool or dead.shape != owner.shape:
+            raise ConfigError(
+                f"neurons[{name!r}] must be a bool tensor of shape {tuple(owner.shape)}"
+            )
+        dead = dead.to(owner.device)
+        if bool((dead & (owner >= 0)).any()):
+            raise ConfigError(f"unit {name!r}: owned neurons cannot be pruned")
         if not bool(dead.any()):
             continue
-        for layer in unit.producers:
-            key = f"{layer}.weight"
+        keys = [f"{layer}.weight" for layer in unit.producers] + list(neuron_vector_keys(unit))
+        for key in keys:
+            if key not in keep:
+                continue
             mask = rows(dead, keep[key])
             keep[key] = keep[key] & ~mask
             params[key] = torch.where(mask, torch.zeros_like(params[key]), params[key])

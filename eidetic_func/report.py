@@ -36,7 +36,10 @@ def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
         return written
     written["accuracy_plot"] = plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
     if result.capacity is not None:
-        written["capacity_plot"] = plot_capacity(result.capacity, output_dir / "capacity.png")
+        names = list(result.task_names) + (["router"] if result.router is not None else [])
+        written["capacity_plot"] = plot_capacity(
+            result.capacity, output_dir / "capacity.png", task_names=names
+        )
     return written
 
 
@@ -100,18 +103,26 @@ def plot_accuracy_matrix(result: RunResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_capacity(report: dict[str, Any], path: Path) -> Path:
-    """Stacked bars per unit: neurons owned by each task, pruned, and free."""
+def plot_capacity(
+    report: dict[str, Any], path: Path, *, task_names: list[str] | None = None
+) -> Path:
+    """Stacked bars per unit: neurons owned by each task, pruned, and free.
+
+    ``task_names[t]`` labels task ``t`` (e.g. its classes, or ``"router"``); the legend
+    stands beside the bars, never over them.
+    """
     import matplotlib.pyplot as plt
 
     units = report["units"]
     tasks = sorted({int(t) for u in units for t in u["owned"]})
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(units) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(units) + 2) + 2.2, 3.5))
     bottom = [0.0] * len(units)
     cmap = plt.get_cmap("tab10")
     for t in tasks:
         share = [u["owned"].get(str(t), 0) / u["size"] for u in units]
-        ax.bar(range(len(units)), share, bottom=bottom, label=f"task {t}", color=cmap(t % 10))
+        name = task_names[t] if task_names is not None and t < len(task_names) else None
+        label = f"task {t}" if name is None else (name if name == "router" else f"{t}: {name}")
+        ax.bar(range(len(units)), share, bottom=bottom, label=label, color=cmap(t % 10))
         bottom = [b + s for b, s in zip(bottom, share)]
     free = [(u["free"] + u["pruned"]) / u["size"] for u in units]
     ax.bar(range(len(units)), free, bottom=bottom, label="free", color="lightgrey")
@@ -120,7 +131,9 @@ def plot_capacity(report: dict[str, Any], path: Path) -> Path:
     )
     ax.set_ylabel("share of neurons")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=2, loc="upper right")
+    # reversed, so the legend reads top to bottom like the stacks
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.set_title("Capacity owned per task")
     return _save(fig, path)
 

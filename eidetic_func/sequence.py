@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from . import baselines, metrics, validate
 from . import data as data_module
@@ -53,6 +53,7 @@ class RunConfig:
     width: int | None = None
     layers: int = 2
     bn: bool = True
+    dropout: float = 0.0
     method: str = "eidetic"
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     optimizer: str = "adam"
@@ -61,6 +62,7 @@ class RunConfig:
     batch_size: int = 64
     eval_batch_size: int = 512
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    holdout: float = 0.0
     cycles: int = 1
     router: bool = True
     seed: int = 0
@@ -84,6 +86,10 @@ class RunConfig:
                 validate.integer(getattr(self, name), name, minimum=1)
         validate.number(self.lr, "lr", low=0.0, low_open=True)
         validate.number(self.weight_decay, "weight_decay", low=0.0)
+        validate.number(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
+        validate.number(self.holdout, "holdout", low=0.0, high=1.0, high_open=True)
+        if self.dropout and (self.model not in ("mlp", "convnet") or self.method == "progressive"):
+            raise ConfigError("dropout is an option of the MLP and the ConvNet (not progressive)")
         for name in ("router", "progress", "bn"):
             validate.boolean(getattr(self, name), name)
         if not isinstance(self.method_options, dict):
@@ -187,11 +193,17 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
             heads,
             num_layers=config.layers,
             width=config.width or 400,
+            dropout=config.dropout,
             bn=config.bn,
         )
     if config.model == "convnet":
         return ConvNet(
-            channels, heads, num_layers=config.layers, width=config.width or 32, bn=config.bn
+            channels,
+            heads,
+            num_layers=config.layers,
+            width=config.width or 32,
+            dropout=config.dropout,
+            bn=config.bn,
         )
     blocks = {
         "resnet18": ([2, 2, 2, 2], 1),
@@ -294,19 +306,26 @@ def run(
         torch.Generator().manual_seed(config.seed * 1000 + t) for t in range(num_tasks + 1)
     ]
     core = torch.Generator().manual_seed(config.seed + 1)
+    # with a holdout, a stratified split of each task's training data decides when to stop
     loaders = [
         data_module.loaders(
-            task, config.batch_size, generator=generators[t], eval_batch_size=config.eval_batch_size
+            task,
+            config.batch_size,
+            generator=generators[t],
+            eval_batch_size=config.eval_batch_size,
+            val_fraction=config.holdout,
+            seed=config.seed * 1000 + t,
         )
         for t, task in enumerate(sequence)
     ]
     tests = [lo.test for lo in loaders]
+    holdouts = [lo.val for lo in loaders]
     # with data parallelism each process trains on its shard of every task
     trains: list[Any] = [
         lo.train
         if parallel is None
-        else parallel.shard(task.train, config.batch_size, seed=config.seed * 1000 + t)
-        for t, (lo, task) in enumerate(zip(loaders, sequence))
+        else parallel.shard(lo.train.dataset, config.batch_size, seed=config.seed * 1000 + t)
+        for t, lo in enumerate(loaders)
     ]
     schedule = [t for _ in range(config.cycles) for t in range(num_tasks)]
     first = init(model)
@@ -346,7 +365,9 @@ def run(
     b = bookkeeping
     while b.visit < len(schedule):
         task = schedule[b.visit]
-        last = b.visit == len(schedule) - 1
+        # with the router, it is the last task and the only unpruned one (as the original's
+        # experiments): every real task is pruned and leaves its capacity to the router
+        last = b.visit == len(schedule) - 1 and not uses_router(config)
         train_config = dataclasses.replace(config.train, last_task=last)
         if b.progress is None and task in b.state.finished and topology is not None:
             b.state = revisit(
@@ -388,6 +409,7 @@ def run(
                 checkpoint=on_checkpoint,
                 parallel=parallel,
                 resume=b.progress,
+                stop_loader=holdouts[task],
             )
         row = metrics.accuracy_row(model, state, tests, range(num_tasks))
         b.state, b.progress = state, None
@@ -401,18 +423,18 @@ def run(
 
     if uses_router(config) and b.router is None:
         assert topology is not None
-        b.state, b.router, router_history = _train_router(
+        b.state, router_history = _train_router(
             model,
             b.state,
-            sequence,
+            loaders,
             topology,
             optimizer,
             config,
             generators[num_tasks],
             core,
-            tests,
             parallel,
         )
+        b.router = route_and_classify(model, b.state, sequence, tests, router=num_tasks)
         b.history = b.history + router_history
         if config.checkpoint_every != "never":
             checkpoint(b)
@@ -488,8 +510,31 @@ def _silent(message: str) -> None:
     """The log of processes other than the main one."""
 
 
-class _TaskIds(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
-    """A task's training images labelled with the task id (the router's targets)."""
+def task_id_dataset(datasets: list[data_module.ImageDataset]) -> Dataset[tuple[Tensor, Tensor]]:
+    """The union of ``datasets`` labelled with their position (the router's targets).
+
+    Batched like the tasks' own data when every part views the same images the same way
+    (split datasets); otherwise item by item.
+    """
+    first = datasets[0]
+    same_view = all(
+        d.images is first.images
+        and (d.mean, d.std) == (first.mean, first.std)
+        and d.permutation is None
+        and first.permutation is None
+        for d in datasets
+    )
+    ids = torch.cat([torch.full((len(d),), t, dtype=torch.int64) for t, d in enumerate(datasets)])
+    if same_view:
+        index = torch.cat([d.index for d in datasets])
+        return data_module.ImageDataset(
+            first.images, ids, index=index, mean=first.mean, std=first.std
+        )
+    return ConcatDataset([_TaskIds(d, t) for t, d in enumerate(datasets)])
+
+
+class _TaskIds(Dataset[tuple[Tensor, Tensor]]):
+    """A task's images labelled with the task id."""
 
     def __init__(self, dataset: data_module.ImageDataset, task: int) -> None:
         self.dataset, self.task = dataset, task
@@ -504,29 +549,38 @@ class _TaskIds(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
 def _train_router(
     model: nn.Module,
     state: EideticState,
-    sequence: data_module.TaskSequence,
+    loaders: list[data_module.TaskLoaders],
     topology: Topology,
     optimizer: torch.optim.Optimizer,
     config: RunConfig,
     generator: torch.Generator,
     core: torch.Generator,
-    tests: list[DataLoader[tuple[Tensor, Tensor]]],
     parallel: Parallel | None,
-) -> tuple[EideticState, dict[str, float], list[dict[str, Any]]]:
+) -> tuple[EideticState, list[dict[str, Any]]]:
     """Train the extra head that predicts the task id, on every task's training data.
 
-    It is one more task (the last head) over the frozen features of all tasks; it needs
-    the data of all tasks at the end (a relaxation, as the original's task classifier).
+    It is the last task: every real task was pruned, and it takes the capacity they left
+    (unpruned); it needs the data of all tasks at the end (a relaxation, as the original's
+    task classifier). With a holdout, it stops on the union of the tasks' holdouts.
     """
-    router = len(sequence)
-    union: ConcatDataset[tuple[Tensor, Tensor]] = ConcatDataset(
-        [_TaskIds(task.train, t) for t, task in enumerate(sequence)]
-    )
+    router = len(loaders)
+    union = task_id_dataset([lo.train.dataset for lo in loaders])  # type: ignore[misc]
+    # a last batch of one sample cannot be batch-normalized in training mode
     loader: Any = (
-        DataLoader(union, config.batch_size, shuffle=True, generator=generator)
+        DataLoader(
+            union,
+            config.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=len(union) % config.batch_size == 1,  # type: ignore[arg-type]
+        )
         if parallel is None
         else parallel.shard(union, config.batch_size, seed=config.seed * 1000 + router)
     )
+    stop = None
+    if config.holdout:
+        held = task_id_dataset([lo.val.dataset for lo in loaders])  # type: ignore[union-attr, misc]
+        stop = DataLoader(held, config.eval_batch_size)
     router_config = dataclasses.replace(config.train, last_task=True)
     state, history = train_task(
         model,
@@ -539,8 +593,9 @@ def _train_router(
         generator=core,
         progress=config.progress,
         parallel=parallel,
+        stop_loader=stop,
     )
-    return state, route_and_classify(model, state, sequence, tests, router=router), history
+    return state, history
 
 
 def route_and_classify(

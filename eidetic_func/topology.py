@@ -87,13 +87,29 @@ def unit_size(unit: Unit, params: dict[str, Tensor]) -> int:
 
 
 def neuron_alive(unit: Unit, keep: dict[str, Tensor]) -> Tensor:
-    """``[C]`` bool: True where every producer row still has a kept entry."""
-    alive: Tensor | None = None
+    """``[C]`` bool: True where a reader can still see the neuron — the one liveness rule.
+
+    A neuron is alive while any of its own entries is kept: a weight of a producer row, a
+    producer bias, or its BatchNorm scale or shift. A neuron whose weights are all masked
+    (with forward transfer off, every input it could read may belong to another task)
+    still outputs its bias or BatchNorm shift, so it is alive: finishing the task keeps
+    it. Pruning removes all of a neuron's entries at once (:func:`eidetic_func.prune`).
+    """
+    size = keep[f"{unit.producers[0]}.weight"].shape[0]
+    alive = torch.zeros(size, dtype=torch.bool, device=keep[f"{unit.producers[0]}.weight"].device)
     for p in unit.producers:
-        row_alive = keep[f"{p}.weight"].flatten(1).any(1)
-        alive = row_alive if alive is None else alive & row_alive
-    assert alive is not None
+        alive = alive | keep[f"{p}.weight"].flatten(1).any(1)
+    for key in neuron_vector_keys(unit):
+        if key in keep:
+            alive = alive | keep[key]
     return alive
+
+
+def neuron_vector_keys(unit: Unit) -> tuple[str, ...]:
+    """Keys of the unit's per-neuron vectors that readers see: producer biases, norm affine."""
+    return tuple(f"{p}.bias" for p in unit.producers) + tuple(
+        f"{n}.{leaf}" for n in unit.norms for leaf in ("weight", "bias")
+    )
 
 
 def neuron_owner(unit: Unit, owner: dict[str, Tensor]) -> Tensor:
@@ -196,6 +212,7 @@ __all__ = [
     "flatten_repeat",
     "neuron_alive",
     "neuron_owner",
+    "neuron_vector_keys",
     "reader_columns",
     "rows",
 ]

@@ -31,6 +31,7 @@ from .bridge import bridge
 from .capacity import capacity
 from .errors import ConfigError, DataError, NothingToPrune
 from .lifecycle import finish_task, recycle
+from .metrics import evaluate
 from .prune import prune
 from .score import DATA_METHODS, METHODS, score
 from .state import EideticState
@@ -53,7 +54,8 @@ class TrainConfig:
     ``pruning_step`` and ``pruning_type`` may be sequences, used in turn and cycled.
     ``tolerance`` is relative: pruning stops when accuracy < ``best × (1 − tolerance)``.
     ``max_masking_ratio`` bounds the pruned share of the neurons this task may use.
-    ``lr_factor`` multiplies the learning rate before pruning (1.0: unchanged).
+    ``lr_factor`` multiplies the learning rate once before pruning (1.0: unchanged); the
+    task's starting rate is restored when it ends, so every task starts at the same rate.
     ``score_batches`` caps the batches used for data-driven scores (None: all).
     ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
     """
@@ -103,6 +105,11 @@ class TaskProgress:
     best_epoch: int = 0
     metric: float = 0.0
     pruning_iteration: int = 0
+    lrs: tuple[float, ...] = ()  # the optimizer's learning rates when the task started
+    lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +134,7 @@ def train_task(
     checkpoint: Checkpoint | None = None,
     resume: TaskProgress | None = None,
     parallel: Parallel | None = None,
+    stop_loader: Iterable[Batch] | None = None,
 ) -> tuple[EideticState, list[Record]]:
     """Train, prune and (by default) finish task ``task``; return the new state and history.
 
@@ -135,6 +143,11 @@ def train_task(
     ``generator`` drives random pruning and recycling. ``checkpoint(state, progress,
     history)`` is called after the training phase, after every kept pruning step and at
     the end; pass the progress back as ``resume`` (with that state) to continue.
+
+    The stopping metric (plateau, pruning tolerance) is the running training accuracy of
+    each epoch, the original's rule; with ``stop_loader`` (a held-out split of the task's
+    training data) it is the eval-mode accuracy on that split after each epoch, and the
+    training accuracy is kept in the history as ``train_metric``.
 
     Works with any ``torch.optim`` optimizer built over ``model.parameters()``; one may
     serve the whole sequence. Returns the state ready for the next task (finished and
@@ -146,14 +159,22 @@ def train_task(
     check_trainable(state, task)
     config = config or TrainConfig()
     progress_state = resume or TaskProgress()
+    if not progress_state.lrs:
+        progress_state = dataclasses.replace(progress_state, lrs=learning_rates(optimizer))
     history: list[Record] = []
     steps = itertools.cycle(_as_list(config.pruning_step))
     kinds = itertools.cycle(_as_list(config.pruning_type))
     for _ in range(progress_state.pruning_iteration):  # resume the cycles where they were
         next(steps), next(kinds)
 
+    latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
+
     def record(phase: str, **fields: Any) -> None:
-        history.append({"task": task, "phase": phase, "time": time.time(), **fields})
+        lr = optimizer.param_groups[0]["lr"]
+        extra = latest if phase in ("train", "recover") else {}
+        history.append(
+            {"task": task, "phase": phase, "time": time.time(), "lr": lr, **extra, **fields}
+        )
 
     device = _device(state)
     progress = progress and (parallel is None or parallel.is_main)
@@ -173,7 +194,7 @@ def train_task(
         return parallel.sync_buffers(new, s), metrics
 
     def epoch(s: EideticState, label: str) -> tuple[EideticState, float, float]:
-        return run_epoch(
+        s, accuracy, loss = run_epoch(
             step,
             s,
             loader,
@@ -182,12 +203,20 @@ def train_task(
             progress=progress,
             combine=None if parallel is None else parallel.sum_metrics,
         )
+        if stop_loader is None:
+            return s, accuracy, loss
+        latest["train_metric"] = accuracy
+        return s, evaluate(model, s, stop_loader, task=task), loss
 
     p = progress_state
     if p.phase == "train":
         state, p = train_until_plateau(
             epoch, state, p, config=config, optimizer=optimizer, record=record
         )
+        if not config.last_task and not p.lr_lowered and config.lr_factor < 1.0:
+            # max_epochs ended training before a plateau: still prune at the lowered rate
+            _scale_lr(optimizer, config.lr_factor)
+            p = dataclasses.replace(p, lr_lowered=True)
         p = dataclasses.replace(p, phase="done" if config.last_task else "prune", metric=p.best)
         if checkpoint is not None:
             checkpoint(state, p, history)
@@ -211,6 +240,7 @@ def train_task(
             reduce=None if parallel is None else parallel.reduce,
         )
 
+    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
     if config.finish:
         state = finish_task(state, topology, task=task, forward_transfer=config.forward_transfer)
         state = recycle(state, generator=generator)
@@ -331,8 +361,10 @@ def train_until_plateau(
     """Run epochs until the training accuracy plateaus (the original EideticNet rule).
 
     Stop at 100%, or once the accuracy is below the best for more than ``patience``
-    epochs since the best; then one more epoch (at the lowered learning rate, if asked).
-    At most ``max_epochs`` epochs. ``epoch(carry, label)`` returns ``(carry, accuracy, loss)``.
+    epochs since the best; then one more epoch (at the learning rate lowered by
+    ``lr_factor``, if asked: ``lr_lowered`` in the returned progress; the caller restores
+    the rate). At most ``max_epochs`` epochs. ``epoch(carry, label)`` returns
+    ``(carry, accuracy, loss)``.
     """
     p = progress
     do_stop = False
@@ -351,8 +383,9 @@ def train_until_plateau(
         if do_stop:
             break
         do_stop = metric >= 1.0 or (metric < p.best and p.epoch - p.best_epoch > config.patience)
-        if do_stop and config.lr_factor < 1.0:
+        if do_stop and config.lr_factor < 1.0 and not p.lr_lowered:
             _scale_lr(optimizer, config.lr_factor)
+            p = dataclasses.replace(p, lr_lowered=True)
         if metric > p.best:
             p = dataclasses.replace(p, best=metric, best_epoch=p.epoch)
     return carry, p
@@ -393,6 +426,21 @@ def _take(data: Iterable[Batch], n: int | None, device: torch.device) -> list[Ba
 
 def _device(state: EideticState) -> torch.device:
     return next(iter(state.params.values())).device
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> tuple[float, ...]:
+    """The learning rate of every parameter group."""
+    return tuple(float(group["lr"]) for group in optimizer.param_groups)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
+    """Set every parameter group's learning rate (``lrs`` from :func:`learning_rates`)."""
+    if len(lrs) != len(optimizer.param_groups):
+        raise ConfigError(
+            f"{len(lrs)} learning rates for {len(optimizer.param_groups)} parameter groups"
+        )
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
 
 
 def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -35,11 +35,16 @@ class ModelSpec:
             return ConvNet(2, heads, num_layers=1, width=self.width, bn=self.bn, image_size=8)
         if self.kind == "resnet":
             return ResNet(2, heads, n_blocks=[1, 2], width=self.width, bn=self.bn)
+        if self.kind == "resnet_bottleneck":
+            return ResNet(2, heads, n_blocks=[1, 1], expansion=4, width=self.width, bn=self.bn)
         raise ValueError(self.kind)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (12,) if self.kind == "mlp" else (2, 8, 8)
+
+
+ALL_KINDS = ("mlp", "convnet", "convnet_flat", "resnet", "resnet_bottleneck")
 
 
 def model_specs(kinds: tuple[str, ...] = ("mlp", "convnet")) -> st.SearchStrategy[ModelSpec]:
@@ -95,9 +100,46 @@ def prune_free_neurons(
     return ef.bridge(pruned, topology)
 
 
+# How a task prunes each unit (cycled over tasks and units): the corners of ownership.
+KEEP_ALL, PRUNE_SOME, KEEP_ONE = 0, 1, 2
+
+
+def pruning_plans() -> st.SearchStrategy[tuple[int, ...]]:
+    """Per (task, unit) pruning choices; ``KEEP_ALL`` makes a layer wholly owned by its task,
+    which leaves the next layer's free neurons bias-only when forward transfer is off."""
+    return st.lists(st.sampled_from((KEEP_ALL, PRUNE_SOME, KEEP_ONE)), min_size=1, max_size=8).map(
+        tuple
+    )
+
+
+def prune_by_plan(
+    state: ef.EideticState,
+    topology: ef.Topology,
+    plan: tuple[int, ...],
+    generator: torch.Generator,
+) -> ef.EideticState:
+    """Prune each unit as ``plan`` says (``ef.prune_neurons`` + ``ef.bridge``)."""
+    candidates = ef.prunable(state, topology)
+    chosen = {}
+    for i, unit in enumerate(topology.units):
+        free = candidates[unit.name]
+        choice = plan[(state.task * len(topology.units) + i) % len(plan)]
+        if choice == KEEP_ALL or int(free.sum()) < 2:
+            continue
+        if choice == PRUNE_SOME:
+            chosen[unit.name] = free & (torch.rand(free.shape, generator=generator) < 0.4)
+        else:  # KEEP_ONE: every free neuron but the first
+            first = int(free.nonzero()[0])
+            chosen[unit.name] = free & (torch.arange(free.numel()) != first)
+    if not chosen:  # a task that prunes nothing (as an unpruned last task): no bridge either
+        return state
+    return ef.bridge(ef.prune_neurons(state, topology, chosen), topology)
+
+
 @dataclass
 class Event:
-    """One point of a task sequence: after a step, a finish or a recycle."""
+    """One point of a task sequence: after a step, a prune, just before a finish
+    (``finishing``), after a finish or a recycle."""
 
     kind: str
     task: int
@@ -113,8 +155,13 @@ def run_sequence(
     steps: int,
     forward_transfer: bool,
     prune_fraction: float = 0.4,
+    plan: tuple[int, ...] | None = None,
 ) -> Iterator[Event]:
-    """Train every task of ``spec`` in order with one optimizer; yield after every change."""
+    """Train every task of ``spec`` in order with one optimizer; yield after every change.
+
+    Without ``plan`` every task prunes ``prune_fraction`` of its neurons at random; with
+    one, each unit is pruned as :func:`prune_by_plan` says.
+    """
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
     state = ef.init(model)
@@ -126,8 +173,12 @@ def run_sequence(
                 )
                 yield Event("step", task, state)
             if phase == 0:
-                state = prune_free_neurons(state, topology, generator, prune_fraction)
+                if plan is None:
+                    state = prune_free_neurons(state, topology, generator, prune_fraction)
+                else:
+                    state = prune_by_plan(state, topology, plan, generator)
                 yield Event("prune", task, state)
+        yield Event("finishing", task, state)
         state = ef.finish_task(state, topology, task=task, forward_transfer=forward_transfer)
         yield Event("finish", task, state)
         state = ef.recycle(state, generator=generator)
@@ -146,3 +197,14 @@ def assert_owned_unchanged(
     values = {**state.params, **state.buffers}
     for k, (mask, old) in snapshot.items():
         assert torch.equal(values[k][mask], old[mask]), f"owned entries of {k} moved ({where})"
+
+
+def prune_rows(
+    state: ef.EideticState, topology: ef.Topology, weight_key: str, indices: list[int]
+) -> ef.EideticState:
+    """Prune neurons ``indices`` of the unit produced by ``weight_key``'s layer, then bridge."""
+    layer = weight_key.removesuffix(".weight")
+    unit = next(u for u in topology.units if layer in u.producers)
+    dead = torch.zeros(state.params[weight_key].shape[0], dtype=torch.bool)
+    dead[indices] = True
+    return ef.bridge(ef.prune_neurons(state, topology, {unit.name: dead}), topology)

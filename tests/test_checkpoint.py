@@ -17,6 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
+from strategies import prune_rows
 from torch import Tensor
 
 import eidetic_func as ef
@@ -68,14 +69,7 @@ def _train_from_scratch(
     topology = model.topology()
     opt = opt_cls(model.parameters(), **(opt_kwargs or {"lr": 1e-2, "weight_decay": 0.1}))
     state = _train(model, ef.init(model), opt, _batches(4, seed=1))
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][[1, 4]] = False
-    params = dict(state.params)
-    params["blocks.0.linear.weight"] = torch.where(
-        keep["blocks.0.linear.weight"], params["blocks.0.linear.weight"], 0.0
-    )
-    state = ef.bridge(state.replace(keep=keep, params=params), topology)
+    state = prune_rows(state, topology, "blocks.0.linear.weight", [1, 4])
     state = ef.finish_task(state, topology, task=0, forward_transfer=False)
     state = _train(model, state, opt, _batches(3, seed=2))
     return model, state, opt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import prune_rows
 
 import eidetic_func as ef
 from models import MLP
@@ -19,10 +20,7 @@ def _finished_state(seed: int = 0) -> tuple[MLP, ef.EideticState]:
     for _ in range(3):
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
     topology = model.topology()
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][:2] = False
-    state = ef.bridge(state.replace(keep=keep), topology)
+    state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
     state = ef.finish_task(state, topology, task=0)
     return model, ef.recycle(state, generator=torch.Generator().manual_seed(seed))
 

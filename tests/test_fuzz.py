@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import prune_rows
 
 import eidetic_func as ef
 from eidetic_func.sequence import RunConfig
@@ -24,10 +25,7 @@ TOPOLOGY = MODEL.topology()
 def _state() -> ef.EideticState:
     torch.manual_seed(0)
     state = ef.init(MODEL)
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][0] = False
-    state = ef.bridge(state.replace(keep=keep), TOPOLOGY)
+    state = prune_rows(state, TOPOLOGY, "blocks.0.linear.weight", [0])
     return ef.recycle(
         ef.finish_task(state, TOPOLOGY, task=0), generator=torch.Generator().manual_seed(0)
     )

@@ -1,8 +1,10 @@
 """DESIGN.md invariants 1-4 as Hypothesis properties over models, optimizers and sequences.
 
-Every example trains a small MLP or ConvNet (with or without BatchNorm) through a whole
-task sequence with ONE optimizer object reused across tasks, pruning, finishing and
-recycling each task, with forward transfer on or off.
+Every example trains a small model of every family (MLP, ConvNet, ResNet basic and
+bottleneck; with or without BatchNorm) through a whole task sequence with ONE optimizer
+object reused across tasks, pruning, finishing and recycling each task, with forward
+transfer on or off. Pruning is random or follows a plan that reaches the corners: layers
+wholly owned by an earlier task, neurons left with only a bias or BatchNorm shift.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import (
+    ALL_KINDS,
+    KEEP_ALL,
+    KEEP_ONE,
     OPTIMIZERS,
     ModelSpec,
     assert_owned_unchanged,
@@ -21,29 +26,36 @@ from strategies import (
     model_specs,
     optimizer_names,
     owned_snapshot,
+    pruning_plans,
     run_sequence,
 )
 
 import eidetic_func as ef
 
 SEQUENCE = {
-    "spec": model_specs(),
+    "spec": model_specs(ALL_KINDS),
     "optimizer": optimizer_names(),
     "forward_transfer": st.booleans(),
     "seed": st.integers(0, 2**16),
     "steps": st.integers(1, 4),
+    "plan": st.none() | pruning_plans(),
 }
 
 
 @given(**SEQUENCE)
 def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimizer(
-    spec: ModelSpec, optimizer: str, forward_transfer: bool, seed: int, steps: int
+    spec: ModelSpec,
+    optimizer: str,
+    forward_transfer: bool,
+    seed: int,
+    steps: int,
+    plan: tuple[int, ...] | None,
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     snapshot = None
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer
+        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
     ):
         if snapshot is not None:
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
@@ -52,34 +64,85 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
 
 
 @given(**SEQUENCE)
+@example(
+    spec=ModelSpec("resnet", True, width=4, num_layers=2, num_tasks=2),
+    optimizer="adam",
+    forward_transfer=False,
+    seed=0,
+    steps=2,
+    plan=(KEEP_ONE, KEEP_ALL),
+)
 def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
-    spec: ModelSpec, optimizer: str, forward_transfer: bool, seed: int, steps: int
+    spec: ModelSpec,
+    optimizer: str,
+    forward_transfer: bool,
+    seed: int,
+    steps: int,
+    plan: tuple[int, ...] | None,
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     probe = batch(spec, torch.Generator().manual_seed(seed + 1), size=5)[0]
     expected: dict[int, torch.Tensor] = {}
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer
+        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
     ):
         for task, out in expected.items():
             now, _ = ef.forward(model, event.state, probe, task=task, train=False)
             assert torch.equal(now, out), f"task {task} changed at {event.kind} of {event.task}"
-        if event.kind == "finish":
+        if event.kind == "finishing":  # the outputs it was trained to, before finish_task
             expected[event.task], _ = ef.forward(
                 model, event.state, probe, task=event.task, train=False
             )
 
 
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@given(
+    bn=st.booleans(),
+    forward_transfer=st.booleans(),
+    seed=st.integers(0, 2**16),
+    plan=pruning_plans(),
+)
+# the corners, always tried: a layer wholly owned by task 0 before (or after) a layer it
+# prunes to one neuron, so that without forward transfer task 1's free neurons there read
+# only task 0's neurons and keep nothing but a bias or a BatchNorm shift
+@example(bn=False, forward_transfer=False, seed=0, plan=(KEEP_ALL, KEEP_ONE))
+@example(bn=False, forward_transfer=False, seed=0, plan=(KEEP_ONE, KEEP_ALL))
+@example(bn=True, forward_transfer=False, seed=0, plan=(KEEP_ONE, KEEP_ALL))
+@example(bn=True, forward_transfer=False, seed=0, plan=(KEEP_ALL, KEEP_ONE, KEEP_ONE))
+def test_finishing_a_task_leaves_its_eval_outputs_bit_identical(
+    kind: str, bn: bool, forward_transfer: bool, seed: int, plan: tuple[int, ...]
+) -> None:
+    spec = ModelSpec(kind, bn, width=4, num_layers=2, num_tasks=2)
+    model = spec.build(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = batch(spec, torch.Generator().manual_seed(seed + 1), size=5)[0]
+    before = None
+    for event in run_sequence(
+        model, spec, opt, seed=seed, steps=2, forward_transfer=forward_transfer, plan=plan
+    ):
+        out, _ = ef.forward(model, event.state, probe, task=event.task, train=False)
+        if event.kind == "finishing":
+            before = out
+        elif event.kind in ("finish", "recycle"):
+            assert before is not None
+            assert torch.equal(out, before), f"{event.kind} of task {event.task} changed it"
+
+
 @given(**SEQUENCE)
 def test_owner_only_grows(
-    spec: ModelSpec, optimizer: str, forward_transfer: bool, seed: int, steps: int
+    spec: ModelSpec,
+    optimizer: str,
+    forward_transfer: bool,
+    seed: int,
+    steps: int,
+    plan: tuple[int, ...] | None,
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     previous = None
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer
+        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
     ):
         owner = event.state.owner
         if previous is not None:
@@ -156,14 +219,21 @@ def test_forward_with_all_channels_free_equals_the_plain_module(
             assert torch.equal(buffers[k], v), k
 
 
-@given(spec=model_specs(), seed=st.integers(0, 2**16), optimizer=optimizer_names())
+@given(
+    spec=model_specs(ALL_KINDS),
+    seed=st.integers(0, 2**16),
+    optimizer=optimizer_names(),
+    plan=st.none() | pruning_plans(),
+)
 def test_without_forward_transfer_other_tasks_entries_do_not_affect_a_task(
-    spec: ModelSpec, seed: int, optimizer: str
+    spec: ModelSpec, seed: int, optimizer: str, plan: tuple[int, ...] | None
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     final = None
-    for event in run_sequence(model, spec, opt, seed=seed, steps=2, forward_transfer=False):
+    for event in run_sequence(
+        model, spec, opt, seed=seed, steps=2, forward_transfer=False, plan=plan
+    ):
         final = event.state
     assert final is not None
     probe = batch(spec, torch.Generator().manual_seed(seed + 7))[0]

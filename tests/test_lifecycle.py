@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from strategies import prune_rows
 
 import eidetic_func as ef
 from models import MLP
@@ -17,11 +18,7 @@ def _model() -> MLP:
 def _prune_rows(
     state: ef.EideticState, key: str, rows: list[int], topology: ef.Topology
 ) -> ef.EideticState:
-    keep = dict(state.keep)
-    keep[key] = keep[key].clone()
-    keep[key][rows] = False
-    params = {**state.params, key: torch.where(keep[key], state.params[key], 0.0)}
-    return ef.bridge(state.replace(keep=keep, params=params), topology)
+    return prune_rows(state, topology, key, rows)
 
 
 def test_finish_task_owns_survivors_whole_rows_and_the_head_and_frees_pruned_neurons() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import OPTIMIZERS, ModelSpec, batch, model_specs, prune_free_neurons
+from strategies import OPTIMIZERS, ModelSpec, batch, model_specs, prune_free_neurons, prune_rows
 
 import eidetic_func as ef
 from eidetic_func.topology import neuron_alive, reader_columns
@@ -91,14 +91,20 @@ def test_after_bridge_no_live_weight_reads_a_pruned_neuron_and_bridge_is_idempot
 ) -> None:
     _model, state, topology = _random_partial_state(spec, seed)
     g = torch.Generator().manual_seed(seed + 1)
-    # prune rows only (no bridge) at random, then bridge
+    # prune whole neurons at random, and mask the weight rows of others on one side only
+    # (those keep a bias or BatchNorm entry, so they stay alive), then bridge
+    dead_sets, rows_only = {}, {}
+    for unit in topology.units:
+        size = state.params[f"{unit.producers[0]}.weight"].shape[0]
+        free = ef.topology.neuron_owner(unit, state.owner) < 0
+        draw = torch.rand(size, generator=g)
+        dead_sets[unit.name] = (draw < 0.3) & free
+        rows_only[unit.name] = (draw > 0.8) & free
+    state = ef.prune_neurons(state, topology, dead_sets)
     keep = dict(state.keep)
     for unit in topology.units:
-        dead = torch.rand(keep[f"{unit.producers[0]}.weight"].shape[0], generator=g) < 0.3
-        free = ef.topology.neuron_owner(unit, state.owner) < 0
-        for layer in unit.producers[:1]:  # one side only: bridge must prune the tied ones
-            key = f"{layer}.weight"
-            keep[key] = keep[key] & ~ef.topology.rows(dead & free, keep[key])
+        key = f"{unit.producers[0]}.weight"
+        keep[key] = keep[key] & ~ef.topology.rows(rows_only[unit.name], keep[key])
     rough = state.replace(keep=keep)
     bridged = ef.bridge(rough, topology)
     for k in keep:
@@ -170,11 +176,9 @@ def test_random_and_lp_pruning_never_reach_frozen_neurons_when_few_free_remain()
     model = spec.build(0)
     topology = model.topology()
     state = ef.init(model)
-    keep = dict(state.keep)
     for key in ("blocks.0.linear.weight", "blocks.1.linear.weight"):
-        keep[key] = keep[key].clone()
-        keep[key][:2] = False  # only 2 neurons per layer stay free after task 0
-    state = ef.finish_task(ef.bridge(state.replace(keep=keep), topology), topology, task=0)
+        state = prune_rows(state, topology, key, [0, 1])  # 2 stay free after task 0
+    state = ef.finish_task(state, topology, task=0)
     g = torch.Generator().manual_seed(0)
     for method in ("random", "l1", "l2"):
         scores = ef.score(model, state, None, method=method, task=1, topology=topology, generator=g)
@@ -200,14 +204,9 @@ def test_capacity_counts_owned_pruned_and_free_neurons() -> None:
     model = spec.build(0)
     topology = model.topology()
     state = ef.init(model)
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][:2] = False
-    state = ef.finish_task(ef.bridge(state.replace(keep=keep), topology), topology, task=0)
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][0] = False
-    report = ef.capacity(state.replace(keep=keep), topology)
+    state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
+    state = ef.finish_task(state, topology, task=0)
+    report = ef.capacity(prune_rows(state, topology, "blocks.0.linear.weight", [0]), topology)
     first = report.units[0]
     assert (first.size, first.owned, first.pruned, first.free) == (6, {0: 4}, 1, 1)
     assert (
@@ -215,3 +214,22 @@ def test_capacity_counts_owned_pruned_and_free_neurons() -> None:
     )
     assert report.pruned_fraction == 0.5
     assert report.to_dict()["owned"] == {"0": 10}
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_a_neuron_with_only_its_bias_or_batchnorm_shift_left_stays_alive(bn: bool) -> None:
+    spec = ModelSpec("mlp", bn=bn, width=4, num_layers=2, num_tasks=2)
+    model = spec.build(0)
+    topology = model.topology()
+    state = ef.init(model)
+    keep = dict(state.keep)
+    keep["blocks.1.linear.weight"] = torch.zeros_like(keep["blocks.1.linear.weight"])
+    bridged = ef.bridge(state.replace(keep=keep), topology)
+    # every input column is gone, but readers still see the bias (or BN shift): alive
+    assert bool(neuron_alive(topology.units[1], bridged.keep).all())
+    assert bool(bridged.keep["heads.0.weight"].all())
+    assert int(ef.capacity(bridged, topology).units[1].free) == 4
+    # pruning removes a neuron's every entry, and then the head no longer reads it
+    pruned = prune_rows(state, topology, "blocks.1.linear.weight", [0])
+    assert not bool(neuron_alive(topology.units[1], pruned.keep)[0])
+    assert not bool(pruned.keep["heads.0.weight"][:, 0].any())

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import prune_rows
 
 import eidetic_func as ef
 from models import MLP, ConvNet, ResNet
@@ -88,15 +89,9 @@ def test_owned_and_already_pruned_neurons_score_infinity() -> None:
     model = MLP(6, [2, 2], num_layers=2, width=6)
     topology = model.topology()
     state = ef.init(model)
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][[0, 1]] = False
-    state = ef.bridge(state.replace(keep=keep), topology)
+    state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
     state = ef.finish_task(state, topology, task=0)  # neurons 2..5 owned, 0 and 1 free
-    keep = dict(state.keep)
-    keep["blocks.0.linear.weight"] = keep["blocks.0.linear.weight"].clone()
-    keep["blocks.0.linear.weight"][0] = False  # pruned in task 1
-    state = state.replace(keep=keep)
+    state = prune_rows(state, topology, "blocks.0.linear.weight", [0])  # pruned in task 1
     data = [(torch.randn(4, 6), torch.randint(0, 2, (4,)))]
     g = torch.Generator().manual_seed(0)
     for method in ef.METHODS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -57,6 +58,27 @@ def test_every_task_keeps_its_accuracy_exactly_until_the_end_of_the_sequence() -
     assert result.router["oracle_task_incremental_accuracy"] == pytest.approx(
         sum(result.final) / n, abs=0.01
     )
+
+
+def test_with_the_router_every_real_task_is_pruned_and_the_router_takes_what_is_left() -> None:
+    result = run(dataclasses.replace(SMALL, num_tasks=2), log=_quiet)
+    n = len(result.task_names)
+    pruned = {h["task"] for h in result.history if h["phase"] == "prune"}
+    assert pruned == set(range(n)), "every real task, the last one included, is pruned"
+    assert result.capacity is not None
+    owned = result.capacity["owned"]
+    assert int(owned[str(n)]) > 0, "the router (the last task) owns the capacity left to it"
+    assert result.capacity["free"] == 0 and result.capacity["pruned"] == 0
+
+
+def test_a_holdout_decides_when_to_stop_and_shrinks_the_training_data() -> None:
+    config = dataclasses.replace(SMALL, num_tasks=2, holdout=0.25, router=True)
+    result = run(config, log=_quiet)
+    epochs = [h for h in result.history if h["phase"] in ("train", "recover")]
+    assert epochs and all("train_metric" in h for h in epochs)
+    assert any(h["metric"] != h["train_metric"] for h in epochs)
+    assert result.summary["backward_transfer"] == 0.0
+    assert result.router is not None
 
 
 def test_a_slice_of_real_mnist_from_the_shared_data(mnist_root: Path) -> None:

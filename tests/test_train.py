@@ -168,7 +168,37 @@ def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> No
     epochs = [h for h in history if h["phase"] == "train"]
     assert len(epochs) < 50
     assert any(h["metric"] == 1.0 for h in epochs)
-    assert opt.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert epochs[0]["lr"] == 1e-2 and epochs[-1]["lr"] == 5e-3  # the epoch after the plateau
+    assert opt.param_groups[0]["lr"] == 1e-2, "the next task starts at the task's rate"
+
+
+@pytest.mark.parametrize("max_epochs", [1, 30])
+def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_at_its_rate(
+    max_epochs: int,
+) -> None:
+    # max_epochs=1 ends training before any plateau: pruning still runs at the lowered rate
+    model, state, topology, opt = _setup()
+    config = TrainConfig(
+        max_epochs=max_epochs, patience=1, pruning_step=0.3, tolerance=0.05, lr_factor=0.5
+    )
+    for task in range(2):
+        state, history = train_task(
+            model,
+            state,
+            _data(task),
+            task=task,
+            topology=topology,
+            optimizer=opt,
+            config=config,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )
+        train = [h["lr"] for h in history if h["phase"] == "train"]
+        pruning = [h["lr"] for h in history if h["phase"] in ("prune", "recover")]
+        assert train[0] == 1e-2, f"task {task} started at {train[0]}"
+        assert set(train[:-1]) <= {1e-2}, "lowered only for the epoch after the plateau"
+        assert pruning and set(pruning) == {5e-3}, "lowered once, not compounded"
+        assert opt.param_groups[0]["lr"] == 1e-2
 
 
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result() -> None:
@@ -261,3 +291,24 @@ def test_an_empty_loader_is_a_clear_error() -> None:
             generator=torch.Generator(),
             progress=False,
         )
+
+
+def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None:
+    model, state, topology, opt = _setup()
+    data = _data(0)
+    flipped = [(x, 1 - y) for x, y in data]  # held-out labels the model cannot fit
+    _, history = train_task(
+        model,
+        state,
+        data,
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=TrainConfig(max_epochs=6, patience=1, pruning_step=0.3, tolerance=0.05),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        stop_loader=flipped,
+    )
+    train = [h for h in history if h["phase"] == "train"]
+    assert all(0.0 <= h["metric"] <= 1.0 for h in train)
+    assert train[-1]["train_metric"] > 0.8 and train[-1]["metric"] < 0.3

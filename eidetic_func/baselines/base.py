@@ -13,7 +13,16 @@ from torch import Tensor, nn
 
 from ..state import EideticState
 from ..step import Apply, StepMetrics, check_trainable, train_step
-from ..train import Batch, Record, TaskProgress, TrainConfig, run_epoch, train_until_plateau
+from ..train import (
+    Batch,
+    Record,
+    TaskProgress,
+    TrainConfig,
+    learning_rates,
+    run_epoch,
+    set_learning_rates,
+    train_until_plateau,
+)
 
 
 @runtime_checkable
@@ -176,12 +185,14 @@ def train_method_task(
             progress=progress,
         )
 
+    lrs = learning_rates(optimizer)
     (state, mstate), _ = train_until_plateau(
         epoch, (state, mstate), TaskProgress(), config=config, optimizer=optimizer, record=record
     )
     start = time.perf_counter()
     state, mstate = method.end_task(model, state, mstate, loader, task=task, generator=generator)
     record("end_task", seconds=time.perf_counter() - start)
+    set_learning_rates(optimizer, lrs)  # every task starts at the same rate
     if state.task == task:  # the method did not finish the task itself
         state = advance(state, task)
     return state, mstate, history
