@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from . import validate
 from .errors import CheckpointError
 from .state import OWNER_DTYPE, EideticState
 
@@ -211,9 +213,10 @@ def load(
     path = Path(path)
     if sys.byteorder != "little":
         raise CheckpointError("reading checkpoints needs a little-endian host")
+    location = validate.device(map_location, "map_location", allow_meta=True)
     header, data = _read_verified(path)
     manifest = _manifest(path, header)
-    tensors = _tensors(path, header, manifest, data, torch.device(map_location))
+    tensors = _tensors(path, header, manifest, data, location)
     del data
     try:
         checkpoint = _decode_checkpoint(manifest, tensors)
@@ -383,7 +386,10 @@ def _write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         mode = os.stat(tmp).st_mode & 0o777
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        try:
+            safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+        except safetensors.SafetensorError as e:  # e.g. a full disk, reported by the writer
+            raise OSError(f"cannot write the checkpoint {path}: {e}") from e
         os.chmod(tmp, mode)  # safetensors recreates the file as 0o600
         _seal(tmp)
         os.replace(tmp, path)

@@ -8,13 +8,27 @@ a laptop CPU, prints the accuracy matrix and writes results, history and plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import rundir
 from .baselines.registry import parse_option
 from .errors import EideticError
-from .sequence import CHECKPOINT_EVERY, MODELS, OPTIMIZERS, RunConfig, RunResult, run, write_outputs
+from .sequence import (
+    CHECKPOINT_EVERY,
+    CHECKPOINT_FILE,
+    MODELS,
+    OPTIMIZERS,
+    RunConfig,
+    RunResult,
+    is_main_process,
+    run,
+    saved_run,
+    write_outputs,
+)
 from .train import TrainConfig
 
 DEFAULT = RunConfig()
@@ -220,10 +234,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run_group.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run checkpointed in --output-dir (its saved settings are used)",
+        help="continue the run checkpointed in --output-dir (its saved settings are used; "
+        "options that would change them are refused)",
+    )
+    run_group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output-dir that holds a run's checkpoint (it is deleted)",
     )
     run_group.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+    run_group.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT.dist_timeout,
+        metavar="SECONDS",
+        help="with torchrun: how long a process waits for a stopped or hung peer before the "
+        "run fails with an error naming the rank (default: %(default)s)",
     )
 
 
@@ -264,18 +292,60 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         progress=args.progress,
+        dist_timeout=args.dist_timeout,
     )
 
 
-def _report(result: RunResult, output_dir: Path) -> None:
+def _report(result: RunResult, output_dir: Path) -> int:
+    """Print the summary and write the results; if ``output_dir`` fails, write them to a
+    fresh temporary directory and say where (exit status 1): a finished run is never lost."""
     from .report import summary_markdown
 
     if not result.is_main:  # data parallel: one process writes
-        return
-    paths = write_outputs(result, output_dir)
+        return 0
     print()
     print(summary_markdown(result))
+    try:
+        paths = write_outputs(result, output_dir)
+    except OSError as e:
+        fallback = Path(tempfile.mkdtemp(prefix="eidetic-func-results-"))
+        paths = write_outputs(result, fallback)
+        print(
+            f"eidetic-func: cannot write the results to {output_dir} ({e}); they were "
+            f"written to {fallback} instead",
+            file=sys.stderr,
+        )
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 1
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_and_report(config: RunConfig, output: Path, resume: bool, overwrite: bool) -> int:
+    """Run and write the results while holding the output directory (rank 0 of a launch)."""
+    if not is_main_process():
+        return _report(run(config, output_dir=output, resume=resume), output)
+    with rundir.hold(output, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite):
+        result = run(config, output_dir=output, resume=resume, overwrite=overwrite)
+        return _report(result, output)
+
+
+def _resume_config(args: argparse.Namespace, defaults: argparse.Namespace) -> RunConfig:
+    """The saved run's config, with the options given on this command line put in (``run``
+    then refuses those that change what the run computes)."""
+    given, default = config_from_args(args), config_from_args(defaults)
+    saved, _ = saved_run(args.output_dir / CHECKPOINT_FILE, device=given.device)
+    top = {
+        f.name: getattr(given, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if f.name != "train" and getattr(given, f.name) != getattr(default, f.name)
+    }
+    train = {
+        f.name: getattr(given.train, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(given.train, f.name) != getattr(default.train, f.name)
+    }
+    return dataclasses.replace(saved, **top, train=dataclasses.replace(saved.train, **train))
 
 
 def _list_methods() -> None:
@@ -338,13 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="continue the preset's run checkpointed in its output directory",
     )
+    bench.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output directory that holds a run's checkpoint",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            config = config_from_args(args)
-            result = run(config, output_dir=args.output_dir, resume=args.resume)
-            _report(result, args.output_dir)
-            return 0
+            if args.resume:
+                config = _resume_config(args, run_parser.parse_args([]))
+            else:
+                config = config_from_args(args)
+            return _run_and_report(config, args.output_dir, args.resume, args.overwrite)
         if args.command == "methods":
             _list_methods()
             return 0
@@ -370,9 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **overrides,
         )
         output = args.output_dir or Path("benchmarks/results") / args.preset
-        result = run(config, output_dir=output, resume=args.resume)
-        _report(result, output)
-        return 0
+        return _run_and_report(config, output, args.resume, args.overwrite)
     except EideticError as err:
         print(f"eidetic-func: error: {err}", file=sys.stderr)
         return 2

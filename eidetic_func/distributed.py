@@ -15,22 +15,50 @@ Collective operations only; gloo on CPU, NCCL on GPUs::
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import datetime
+import functools
 import hashlib
 import os
-from collections.abc import Iterator
-from typing import Any
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .errors import StateMismatchError
+from .errors import DistributedError, EideticError, StateMismatchError
 from .freeze import freeze
 from .state import EideticState
 from .step import Apply
+
+T = TypeVar("T")
+
+
+def _collective(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn a failed collective (a peer that stopped, hung past the timeout, or crashed)
+    into a :class:`DistributedError` that names this rank and the operation."""
+
+    @functools.wraps(method)
+    def wrapped(self: Parallel, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except EideticError:
+            raise
+        except RuntimeError as e:  # torch.distributed.DistError and raw gloo/NCCL errors
+            raise DistributedError(
+                f"rank {self.rank} of {self.world_size}: {method.__name__} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); another "
+                "process of the run stopped, crashed or hung past the timeout (--dist-timeout). "
+                "Resume the run with the same number of processes (--resume)"
+            ) from e
+
+    return wrapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +73,7 @@ class Parallel:
         """Only the main process writes files and shows progress."""
         return self.rank == 0
 
+    @_collective
     def average_grads(
         self, grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
     ) -> dict[str, Tensor]:
@@ -60,6 +89,7 @@ class Parallel:
             offset += size
         return out
 
+    @_collective
     def sync_buffers(self, new: EideticState, old: EideticState) -> EideticState:
         """``new`` with floating buffers averaged over processes; owned statistics from ``old``."""
         names = [k for k, v in new.buffers.items() if v.is_floating_point()]
@@ -76,6 +106,7 @@ class Parallel:
         # the average of equal values is not always bit-equal: restore owned entries
         return freeze(new.replace(buffers=buffers), old)
 
+    @_collective
     def reduce(self, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:
         """Sum per-unit partial sums and the sample count over processes (for scoring)."""
         names = sorted(sums)
@@ -95,12 +126,14 @@ class Parallel:
             offset += size
         return out, int(flat[-1].item())
 
+    @_collective
     def sum_metrics(self, correct: int, count: int, loss_sum: float) -> tuple[int, int, float]:
         """Epoch metrics over all shards, so every process takes the same decisions."""
         t = torch.tensor([float(correct), float(count), loss_sum], dtype=torch.float64)
         dist.all_reduce(t)
         return int(t[0]), int(t[1]), float(t[2])
 
+    @_collective
     def check_identical(self, state: EideticState, where: str) -> str:
         """Raise :class:`StateMismatchError` unless every process holds the same state."""
         mine = digest(state)
@@ -129,7 +162,11 @@ class ShardedLoader:
         self.sampler: DistributedSampler[Any] = DistributedSampler(
             dataset, num_replicas=parallel.world_size, rank=parallel.rank, shuffle=True, seed=seed
         )
-        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler)
+        # every rank's shard has the same length, so all ranks drop a last batch of one
+        # sample (it cannot be batch-normalized in training mode) together
+        self.loader = DataLoader(
+            dataset, batch_size, sampler=self.sampler, drop_last=len(self.sampler) % batch_size == 1
+        )
         self.epoch = 0
 
     def __iter__(self) -> Iterator[Any]:
@@ -139,6 +176,15 @@ class ShardedLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def _end_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this process when its parent (the launcher) dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def digest(state: EideticState) -> str:
@@ -152,14 +198,31 @@ def digest(state: EideticState) -> str:
     return h.hexdigest()
 
 
-def from_environment(device: torch.device) -> Parallel | None:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else None."""
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def from_environment(
+    device: torch.device, *, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Parallel | None:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else None.
+
+    A collective that waits longer than ``timeout_s`` for a peer fails with
+    :class:`DistributedError`. On Linux each worker also ends when its launcher dies
+    (``PR_SET_PDEATHSIG``), so killing ``torchrun`` alone leaves no worker behind.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
+    _end_with_parent()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+        try:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as e:
+            raise DistributedError(
+                f"rank {os.environ.get('RANK', '?')} of {world}: cannot join the process "
+                f"group ({type(e).__name__}: {e})"
+            ) from e
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Parallel(rank=dist.get_rank(), world_size=dist.get_world_size())

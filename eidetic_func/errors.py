@@ -46,3 +46,12 @@ class DataError(EideticError, ValueError):
 
 class CheckpointError(EideticError, ValueError):
     """A checkpoint file is corrupt, foreign, or does not fit the model."""
+
+
+class OutputDirError(EideticError, OSError):
+    """An output directory cannot be used: held by another run, not writable, not a directory,
+    or holding a run that would be overwritten."""
+
+
+class DistributedError(EideticError, RuntimeError):
+    """A collective operation failed: another process of the run stopped, hung or diverged."""

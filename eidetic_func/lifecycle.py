@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import validate
 from .errors import TaskError
 from .state import BN_STATS, FREE, EideticState, bn_prefixes
 from .topology import (
@@ -101,6 +102,7 @@ def recycle(state: EideticState, *, generator: torch.Generator) -> EideticState:
     bias 0, running mean 0, running variance 1. Free entries masked out for the current
     task (``keep == False``) are set to zero. Owned entries are untouched.
     """
+    validate.generator(generator)
     norms = set(bn_prefixes(state))
     params = {}
     for key, p in state.params.items():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,18 +155,37 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> Path:
     columns: list[str] = []
     for record in history:
         columns.extend(k for k in record if k not in columns)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
+
+    def write(f: Any) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
-    return path
+
+    return _atomic_write(path, write)
 
 
 def _atomic_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], object]) -> Path:
+    """Write through a temporary file beside ``path`` and rename it over ``path``; the file
+    gets the mode a plainly created one would (mkstemp's is 0600); nothing is left behind
+    when a write fails (e.g. a full disk)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask

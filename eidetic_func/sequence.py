@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from . import baselines, metrics, validate
+from . import baselines, metrics, rundir, validate
 from . import data as data_module
 from .baselines import train_method_task
 from .capacity import capacity
 from .checkpoint import load, save
-from .distributed import Parallel, from_environment
-from .errors import CheckpointError, ConfigError
+from .distributed import DEFAULT_TIMEOUT_S, Parallel, from_environment
+from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
 from .lifecycle import revisit
 from .state import EideticState, init
@@ -69,6 +70,7 @@ class RunConfig:
     device: str = "cpu"
     checkpoint_every: str = "pruning-step"
     progress: bool = True
+    dist_timeout: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         from .data import SEQUENCE_NAMES
@@ -81,6 +83,8 @@ class RunConfig:
         for name in ("batch_size", "eval_batch_size", "cycles", "layers"):
             validate.integer(getattr(self, name), name, minimum=1)
         validate.integer(self.seed, "seed", minimum=0)
+        if self.seed > validate.MAX_SEED:
+            raise ConfigError(f"seed must be at most {validate.MAX_SEED}, got {self.seed}")
         for name in ("width", "num_tasks", "limit_per_class"):
             if getattr(self, name) is not None:
                 validate.integer(getattr(self, name), name, minimum=1)
@@ -88,6 +92,7 @@ class RunConfig:
         validate.number(self.weight_decay, "weight_decay", low=0.0)
         validate.number(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
         validate.number(self.holdout, "holdout", low=0.0, high=1.0, high_open=True)
+        validate.number(self.dist_timeout, "dist_timeout", low=0.0, low_open=True)
         if self.dropout and (self.model not in ("mlp", "convnet") or self.method == "progressive"):
             raise ConfigError("dropout is an option of the MLP and the ConvNet (not progressive)")
         for name in ("router", "progress", "bn"):
@@ -110,12 +115,7 @@ class RunConfig:
             raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(
-                f"device must name a torch device (cpu, cuda, cuda:1, ...), got {self.device!r}"
-            ) from None
+        validate.device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,34 +253,134 @@ class _Run:
     seconds: float = 0.0
 
 
+# settings a resumed run may change: they do not change what it computes
+OPERATIONAL = ("progress", "device", "checkpoint_every", "dist_timeout")
+
+
 def run(
-    config: RunConfig,
+    config: RunConfig | None,
     *,
     output_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Train ``config``'s task sequence end to end and measure it.
 
-    With ``output_dir``, a checkpoint is written there (atomically) after every finished
-    task, and after every kept pruning step unless ``checkpoint_every`` says otherwise.
-    ``resume=True`` continues from that checkpoint (the saved config is used; it must
-    match ``config``'s data, model and method). On CPU, a resumed run gives exactly the
-    results of an uninterrupted one.
+    With ``output_dir``, the directory is held for this run (another run writing it is
+    refused, see :mod:`eidetic_func.rundir`), and a checkpoint is written there
+    (atomically) after every finished task, and after every kept pruning step unless
+    ``checkpoint_every`` says otherwise. A fresh run refuses to replace an existing
+    checkpoint unless ``overwrite``. ``resume=True`` continues from that checkpoint with
+    its saved config: ``config=None`` takes it as it is; a given ``config`` must equal it
+    except in ``progress``, ``device`` and ``checkpoint_every`` (else
+    :class:`CheckpointError` lists the differences), and the number of processes must be
+    the one that wrote it. On CPU, a resumed run gives exactly the results of an
+    uninterrupted one.
     """
+    if output_dir is None or not is_main_process():
+        return _run(config, output_dir, resume=resume, log=log)
+    with rundir.hold(
+        output_dir, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite, log=log
+    ):
+        return _run(config, output_dir, resume=resume, log=log)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch (or a plain process): the one that writes files."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def saved_run(path: Path, *, device: str | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """The config and bookkeeping of the run checkpointed at ``path``; CheckpointError if
+    there is none, or the file holds something else (a state saved with ``ef.save``).
+
+    ``device`` replaces the saved device (a CUDA run may be resumed on another machine)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"nothing to resume: {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"nothing to resume: cannot read {path}: {e.strerror}") from e
+    meta = load(path).meta
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("config"), dict)
+        or "visit" not in meta
+    ):
+        raise CheckpointError(
+            f"{path} is not the checkpoint of a run (it has no run configuration; a state "
+            "saved with ef.save is loaded with ef.load): nothing to resume"
+        )
+    saved = dict(meta["config"])
+    if device is not None:
+        saved["device"] = device
+    try:
+        return RunConfig.from_dict(saved), meta
+    except (TypeError, ValueError, EideticError) as e:
+        raise CheckpointError(f"{path}: the saved run configuration is not valid here: {e}") from e
+
+
+def config_conflicts(given: RunConfig, saved: RunConfig) -> list[str]:
+    """``"field: given X, saved Y"`` for every setting (``train.*`` too) that differs,
+    except the operational ones a resumed run may change."""
+    a, b = _flat(given.to_dict()), _flat(saved.to_dict())
+    return [
+        f"{k}: given {a.get(k)!r}, saved {b.get(k)!r}"
+        for k in sorted(a.keys() | b.keys())
+        if k not in OPERATIONAL and a.get(k) != b.get(k)
+    ]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k == "train":
+            out.update(_flat(v, f"{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _run(
+    config: RunConfig | None,
+    output_dir: str | Path | None,
+    *,
+    resume: bool,
+    log: Callable[[str], None],
+) -> RunResult:
     started = time.perf_counter()
     path = Path(output_dir) / CHECKPOINT_FILE if output_dir is not None else None
+    saved_world_size = 1
     if resume:
-        if path is None or not path.exists():
-            raise CheckpointError(f"nothing to resume: {path} does not exist")
-        config = RunConfig.from_dict(load(path).meta["config"])
+        if path is None:
+            raise CheckpointError("nothing to resume: no output directory was given")
+        saved, meta = saved_run(path, device=None if config is None else config.device)
+        if config is not None:
+            conflicts = config_conflicts(config, saved)
+            if conflicts:
+                raise CheckpointError(
+                    f"the run in {path.parent} was started with other settings; resume it "
+                    "without them (or start a new run elsewhere):\n  " + "\n  ".join(conflicts)
+                )
+            saved = dataclasses.replace(saved, **{k: getattr(config, k) for k in OPERATIONAL})
+        config = saved
+        saved_world_size = int(meta.get("world_size", 1))
+    if config is None:
+        raise ConfigError("config is required unless resuming (resume=True)")
     device = torch.device(config.device)
-    parallel = from_environment(device)
+    parallel = from_environment(device, timeout_s=config.dist_timeout)
     if parallel is not None:
         if device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
         if not parallel.is_main:
             log = _silent
+    world_size = 1 if parallel is None else parallel.world_size
+    if resume and world_size != saved_world_size:
+        raise CheckpointError(
+            f"the run in {output_dir} was checkpointed by {saved_world_size} process(es); "
+            f"resume it with {saved_world_size}, not {world_size} (the data shards differ)"
+        )
     torch.manual_seed(config.seed)
     sequence = data_module.load_sequence(
         config.dataset,
@@ -289,7 +389,13 @@ def run(
         num_tasks=config.num_tasks,
         limit_per_class=config.limit_per_class,
     )
-    model = build_model(config, sequence).to(device)
+    try:
+        model = build_model(config, sequence).to(device)
+    except (RuntimeError, MemoryError) as e:  # e.g. a width whose weights cannot be allocated
+        raise ConfigError(
+            f"cannot build the {config.model} (width {config.width}) on {device}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     method = (
         None
         if config.method == "eidetic"
@@ -333,13 +439,19 @@ def run(
     if resume:
         assert path is not None
         bookkeeping = _restore(path, model, optimizer, generators, core, trains)
-        log(f"resuming at visit {bookkeeping.visit + 1}/{len(schedule)}")
+        if bookkeeping.visit < len(schedule):
+            log(f"resuming at visit {bookkeeping.visit + 1}/{len(schedule)}")
+        elif uses_router(config) and bookkeeping.router is None:
+            log(f"resuming: all {len(schedule)} visits done, training the task router")
+        else:
+            log(f"the run is complete ({len(schedule)}/{len(schedule)} visits): nothing to train")
 
     def checkpoint(run_state: _Run) -> None:
         if path is None or (parallel is not None and not parallel.is_main):
             return
         meta = {
             "config": config.to_dict(),
+            "world_size": world_size,
             "visit": run_state.visit,
             "progress": None if run_state.progress is None else run_state.progress.to_dict(),
             "matrix": run_state.matrix,

@@ -112,12 +112,20 @@ def train_step(
         )
         return logits
 
-    if objective is None:
-        logits = apply(x, task)
-        _check_labels(logits, y)
-        loss = loss_fn(logits, y)
-    else:
-        loss, logits = objective(apply, workspace)
+    try:
+        if objective is None:
+            logits = apply(x, task)
+            y = _check_labels(logits, y, loss_fn)
+            loss = loss_fn(logits, y)
+        else:
+            loss, logits = objective(apply, workspace)
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ShapeError(
+            f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; use "
+            "batches of at least 2 (the library's loaders drop such a last batch)"
+        ) from None
     if loss.dim() != 0:
         raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
     if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
@@ -141,14 +149,53 @@ def train_step(
             if p.grad is not None:
                 _mask(bits[k], p.grad)
     optimizer.step()
+    _check_finite_step(workspace, task)
     new = freeze(state.replace(params=workspace, buffers=buffers[0]), state)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
 
-def _check_labels(logits: Tensor, y: Tensor) -> None:
-    """Class indices must be within the head: caught here, not as a CUDA device assert."""
-    if logits.dim() != 2 or y.is_floating_point() or y.dtype == torch.bool:
+def _check_finite_step(workspace: dict[str, Tensor], task: int) -> None:
+    """Raise if the optimizer wrote a non-finite value into a parameter it stepped.
+
+    One fused reduction over the stepped parameters (one host sync per step); a NaN caught
+    here is never frozen into a finished task.
+    """
+    stepped = [(k, p) for k, p in workspace.items() if p.grad is not None]
+    if not stepped:
         return
+    counts = torch.stack([(~torch.isfinite(p)).sum() for _, p in stepped]).tolist()
+    bad = {k: int(n) for (k, _), n in zip(stepped, counts) if n}
+    if bad:
+        shown = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        raise NonFiniteError(
+            f"the optimizer step of task {task} produced {sum(bad.values())} non-finite "
+            f"parameters: {shown}{' ...' if len(bad) > 3 else ''}. The state you passed is "
+            "unchanged; the optimizer's statistics were updated by this step (rebuild the "
+            "optimizer or reload a checkpoint), and consider a lower learning rate or float32"
+        )
+
+
+def _check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
+    """Targets for the loss: class indices within the head (int64), checked here rather
+    than failing as a raw torch error or a CUDA device assert.
+
+    With the default cross-entropy, targets are integer class indices of shape ``[B]``
+    (any integer dtype, converted to int64) or class probabilities shaped like the logits;
+    a custom ``loss_fn`` gets its targets as given.
+    """
+    default_loss = loss_fn is F.cross_entropy
+    if default_loss and (y.dtype == torch.bool or y.is_complex()):
+        raise ShapeError(f"targets must be integer class indices, got {y.dtype}")
+    if y.is_floating_point():
+        if default_loss and y.shape != logits.shape:
+            raise ShapeError(
+                f"targets must be integer class indices of shape [B], or class probabilities "
+                f"of the logits' shape {tuple(logits.shape)}; got {y.dtype} "
+                f"{tuple(y.shape)}"
+            )
+        return y
+    if logits.dim() != 2 or y.dtype == torch.bool:
+        return y
     if y.dim() != 1:
         raise ShapeError(f"class targets must be 1-D, got shape {tuple(y.shape)}")
     low, high = (int(v) for v in torch.aminmax(y))
@@ -157,9 +204,18 @@ def _check_labels(logits: Tensor, y: Tensor) -> None:
             f"targets must be class indices in 0..{logits.shape[1] - 1} for this head, got "
             f"{low}..{high} (are labels remapped per task?)"
         )
+    return y.long() if default_loss else y
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tensor]) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ConfigError(
+            "LBFGS needs a closure that re-evaluates the loss several times per step; "
+            "train_step takes one optimizer step per batch without a closure: use SGD, Adam, "
+            "AdamW, RMSprop or another optimizer that steps without one"
+        )
     known = {id(p) for p in workspace.values()}
     for group in optimizer.param_groups:
         for p in group["params"]:

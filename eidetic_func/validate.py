@@ -6,7 +6,12 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
+import torch
+
 from .errors import ConfigError, TaskError
+
+# run seeds derive generator seeds as ``seed * 1000 + t``: they must stay within int64
+MAX_SEED = (2**63 - 1) // 1000 - 1
 
 
 def task_id(value: Any, *, name: str = "task", num_tasks: int | None = None) -> int:
@@ -66,4 +71,39 @@ def boolean(value: Any, name: str) -> bool:
 def choice(value: Any, name: str, options: tuple[str, ...] | list[str]) -> str:
     if not isinstance(value, str) or value not in options:
         raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
+    return value
+
+
+def device(value: Any, name: str = "device", *, allow_meta: bool = False) -> torch.device:
+    """``value`` as a torch device this process can use, else ConfigError.
+
+    Refuses names torch does not know, CUDA / MPS devices that are not available here,
+    and (unless ``allow_meta``: shapes without data) the ``meta`` device.
+    """
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"{name} must name a torch device (cpu, cuda, cuda:1, ...), got {value!r}"
+        ) from None
+    if dev.type == "meta" and not allow_meta:
+        raise ConfigError(f"{name} 'meta' holds no data: train on cpu or cuda")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{name} {str(dev)!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{name} {str(dev)!r}: this machine has {count} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name} 'mps' is not available on this machine")
+    return dev
+
+
+def generator(value: Any, name: str = "generator") -> torch.Generator:
+    """``value`` if it is a ``torch.Generator``, else ConfigError."""
+    if not isinstance(value, torch.Generator):
+        raise ConfigError(
+            f"{name} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
+            f"got {value!r}"
+        )
     return value

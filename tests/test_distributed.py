@@ -183,3 +183,19 @@ def test_parallel_helpers_in_a_single_process_group() -> None:
         assert ef.distributed.digest(state) != ef.distributed.digest(state.replace(task=1))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_shard_whose_last_batch_holds_one_sample_trains(tmp_path: Path) -> None:
+    # 120 images per task, 60 per rank, in batches of 59: the one left over is dropped
+    out = tmp_path / "out"
+    done = subprocess.run(
+        _torchrun(
+            "-m", "eidetic_func", "run", *ARGS, "--batch-size", "59", "--output-dir", str(out)
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["parallel"]["world_size"] == 2

@@ -171,3 +171,47 @@ def test_wrong_model_for_a_checkpoint(tmp_path: Path) -> None:
     ef.save(tmp_path / "c.safetensors", STATE)
     with pytest.raises(ef.CheckpointError, match="does not fit the model"):
         ef.load(tmp_path / "c.safetensors", model=MLP(6, [2, 3], num_layers=2, width=7))
+
+
+weird_labels = st.one_of(
+    st.builds(lambda n: torch.zeros(n), st.integers(1, 3)),  # float class indices
+    st.builds(lambda n: torch.zeros(n, dtype=torch.bool), st.integers(1, 3)),
+    st.builds(lambda n: torch.zeros(n, dtype=torch.int32), st.integers(1, 3)),
+    st.builds(lambda n: torch.zeros(n, dtype=torch.uint8), st.integers(1, 3)),
+    st.builds(lambda n: torch.full((n,), 7), st.integers(1, 3)),  # out of the head's range
+    st.builds(lambda n: torch.zeros(n, 3), st.integers(1, 3)),  # probabilities, wrong width
+)
+
+
+@given(labels=weird_labels)
+@settings(max_examples=20)
+def test_train_step_with_bad_label_dtypes_and_single_samples(labels: Any) -> None:
+    opt = torch.optim.SGD(MODEL.parameters(), lr=0.1)
+    x = torch.randn(labels.shape[0], 6)
+    _call_safely(lambda: ef.train_step(MODEL, STATE, (x, labels), optimizer=opt, task=1))
+
+
+@given(
+    device=st.one_of(
+        st.sampled_from(["meta", "cuda", "cuda:7", "mps", "bogus", "", "cpu:x"]), weird_numbers
+    )
+)
+@settings(max_examples=20)
+def test_devices_that_cannot_train_here_are_refused(device: Any) -> None:
+    if isinstance(device, str) and device.startswith("cuda") and torch.cuda.is_available():
+        return
+    with contextlib.suppress(ef.EideticError):
+        RunConfig(device=device)
+    with contextlib.suppress(ef.EideticError):
+        ef.load(Path("no-such-file.safetensors"), map_location=device)
+
+
+@given(generator=st.one_of(weird_numbers, st.just(torch.Generator().manual_seed(0))))
+def test_recycle_with_bad_generators(generator: Any) -> None:
+    _call_safely(lambda: ef.recycle(STATE, generator=generator))
+
+
+@given(seed=st.one_of(st.integers(-(2**70), 2**70), weird_numbers))
+def test_seeds_beyond_what_generators_hold_are_refused(seed: Any) -> None:
+    with contextlib.suppress(ef.EideticError):
+        RunConfig(seed=seed)
