@@ -199,3 +199,32 @@ def test_a_shard_whose_last_batch_holds_one_sample_trains(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["parallel"]["world_size"] == 2
+
+
+def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path: Path) -> None:
+    script = tmp_path / "peer.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time, torch
+            import eidetic_func as ef
+            parallel = ef.distributed.from_environment(torch.device("cpu"), timeout_s=3)
+            if parallel.rank == 1:
+                time.sleep(20)  # a peer that stopped answering
+                sys.exit(0)
+            try:
+                parallel.sum_metrics(1, 2, 0.5)
+            except ef.DistributedError as e:
+                print("CAUGHT", e, flush=True)
+                os._exit(0)
+            """
+        )
+    )
+    done = subprocess.run(
+        _torchrun(str(script)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "CAUGHT rank 0 of 2: sum_metrics failed" in done.stdout, done.stderr[-2000:]
