@@ -39,6 +39,7 @@ from .sequence import RunConfig, RunResult, run
 from .state import FREE, EideticState, init
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
+from .traced_topology import trace_topology
 from .train import TaskProgress, TrainConfig, train_task
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "save",
     "score",
     "task_entries",
+    "trace_topology",
     "train_step",
     "train_task",
     "trainable",
