@@ -32,6 +32,7 @@ from .forward import forward
 from .freeze import freeze, freeze_grads, trainable
 from .lifecycle import finish_task, recycle, revisit
 from .mask import apply_task_mask, task_entries
+from .multihead import MultiHead, multihead
 from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import METHODS, prunable, score
@@ -54,6 +55,7 @@ __all__ = [
     "DistributedError",
     "EideticError",
     "EideticState",
+    "MultiHead",
     "NonFiniteError",
     "NothingToPrune",
     "OutputDirError",
@@ -87,6 +89,7 @@ __all__ = [
     "init",
     "load",
     "metrics",
+    "multihead",
     "prunable",
     "prune",
     "prune_neurons",

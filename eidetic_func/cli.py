@@ -74,7 +74,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     model = p.add_argument_group("model")
     model.add_argument(
-        "--model", default=DEFAULT.model, choices=MODELS, help="network (default: %(default)s)"
+        "--model",
+        default=DEFAULT.model,
+        metavar="MODEL",
+        help=f"network: {', '.join(MODELS)}, or torchvision:NAME for any torchvision "
+        "classifier made multi-head (e.g. torchvision:resnet18; weights=None) "
+        "(default: %(default)s)",
     )
     model.add_argument(
         "--width",

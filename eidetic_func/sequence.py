@@ -11,6 +11,7 @@ interrupted run resumes where it stopped (:func:`run` with ``resume=True``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -32,11 +33,13 @@ from .distributed import DEFAULT_TIMEOUT_S, Parallel, from_environment
 from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
 from .lifecycle import revisit
+from .multihead import multihead
 from .state import EideticState, init
 from .topology import Topology
 from .train import TaskProgress, TrainConfig, train_task
 
 MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
+TORCHVISION = "torchvision:"  # "torchvision:resnet18": any torchvision classifier, multi-head
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT_EVERY = ("pruning-step", "task", "never")
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -76,7 +79,10 @@ class RunConfig:
         from .data import SEQUENCE_NAMES
 
         validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-        validate.choice(self.model, "model", MODELS)
+        if not (isinstance(self.model, str) and self.model.startswith(TORCHVISION)):
+            validate.choice(self.model, "model", MODELS)
+        else:
+            torchvision_classifier(self.model.removeprefix(TORCHVISION))
         validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
         validate.choice(self.method, "method", method_names())
         validate.choice(self.checkpoint_every, "checkpoint_every", CHECKPOINT_EVERY)
@@ -187,6 +193,9 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
             num_layers=config.layers,
             width=config.width or 100,
         )
+    if config.model.startswith(TORCHVISION):
+        backbone = torchvision_classifier(config.model.removeprefix(TORCHVISION))(weights=None)
+        return multihead(backbone, heads, input_shape=sequence.input_shape)
     if config.model == "mlp":
         return MLP(
             math.prod(sequence.input_shape),
@@ -221,6 +230,21 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
         low_res=low_res,
         bn=config.bn,
     )
+
+
+def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
+    """The builder of torchvision's classification model ``name``; ConfigError if none."""
+    import torchvision.models
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        close = difflib.get_close_matches(str(name), names, n=3)
+        raise ConfigError(
+            f"torchvision has no classification model {name!r}"
+            + (f" (similar: {', '.join(close)})" if close else "")
+            + "; see torchvision.models.list_models()"
+        )
+    return torchvision.models.get_model_builder(name)
 
 
 def uses_router(config: RunConfig) -> bool:

@@ -251,6 +251,8 @@ class _Walk:
         x = self._input(node, 0)
         if name in PASS_METHODS:
             return x
+        if name in ("expand", "repeat") and all(s.source == INPUT for s in x):
+            return [Segment(INPUT, self._shape(node)[1])]  # e.g. grey images into RGB
         if name in RESHAPE_METHODS:
             return self._reshape(node, x)
         if name in REDUCE_METHODS:
