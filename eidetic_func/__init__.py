@@ -9,7 +9,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 """
 
-from . import baselines, data, distributed, metrics
+from . import baselines, data, distributed, metrics, task_split
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
@@ -99,6 +99,7 @@ __all__ = [
     "save",
     "score",
     "task_entries",
+    "task_split",
     "trace_topology",
     "train_step",
     "train_task",

@@ -55,8 +55,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--dataset",
         default=DEFAULT.dataset,
-        choices=SEQUENCE_NAMES,
-        help="task sequence (default: %(default)s, needs no download)",
+        metavar="DATASET",
+        help=f"task sequence: {', '.join(SEQUENCE_NAMES)}, or imagefolder:DIR (class folders "
+        "read from disk: DIR/train/<class>, DIR/test/<class>, or one folder per task with "
+        "train/ and test/ inside) (default: %(default)s, needs no download)",
+    )
+    data.add_argument(
+        "--classes-per-task",
+        type=int,
+        default=None,
+        help="imagefolder: classes per task (the sorted class folders, in groups)",
+    )
+    data.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="imagefolder: images are resized and center-cropped to this size (default 64)",
+    )
+    data.add_argument(
+        "--augment",
+        action="store_true",
+        help="imagefolder: train on RandomResizedCrop + horizontal flips (the original's option)",
+    )
+    data.add_argument(
+        "--num-workers",
+        type=int,
+        default=DEFAULT.num_workers,
+        help="DataLoader worker processes that read data from disk (default: %(default)s)",
     )
     data.add_argument(
         "--data-root",
@@ -286,6 +311,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         bn=args.bn,
         dropout=args.dropout,
         holdout=args.holdout,
+        classes_per_task=args.classes_per_task,
+        image_size=args.image_size,
+        augment=args.augment,
+        num_workers=args.num_workers,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

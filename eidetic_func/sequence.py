@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import json
 import math
 import os
@@ -35,10 +36,14 @@ from .forward import forward
 from .lifecycle import revisit
 from .multihead import multihead
 from .state import EideticState, init
+from .task_split import image_folder
 from .topology import Topology
+from .traced_topology import trace_topology
 from .train import TaskProgress, TrainConfig, train_task
 
 MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
+IMPORT = "import:"  # "import:package.module:factory": a user's own network
+IMAGEFOLDER = "imagefolder:"  # "imagefolder:DIR": class folders read from disk per item
 TORCHVISION = "torchvision:"  # "torchvision:resnet18": any torchvision classifier, multi-head
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT_EVERY = ("pruning-step", "task", "never")
@@ -67,6 +72,10 @@ class RunConfig:
     eval_batch_size: int = 512
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     holdout: float = 0.0
+    classes_per_task: int | None = None
+    image_size: int | None = None
+    augment: bool = False
+    num_workers: int = 0
     cycles: int = 1
     router: bool = True
     seed: int = 0
@@ -78,11 +87,34 @@ class RunConfig:
     def __post_init__(self) -> None:
         from .data import SEQUENCE_NAMES
 
-        validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-        if not (isinstance(self.model, str) and self.model.startswith(TORCHVISION)):
-            validate.choice(self.model, "model", MODELS)
+        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
+            if not self.dataset.removeprefix(IMAGEFOLDER):
+                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
+            if self.limit_per_class is not None:
+                raise ConfigError("limit_per_class applies to the built-in datasets")
         else:
+            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
+            for name in ("classes_per_task", "image_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to imagefolder: datasets")
+            if self.augment:
+                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
+        for name in ("classes_per_task", "image_size"):
+            if getattr(self, name) is not None:
+                validate.integer(getattr(self, name), name, minimum=1)
+        validate.integer(self.num_workers, "num_workers", minimum=0)
+        validate.boolean(self.augment, "augment")
+        if isinstance(self.model, str) and self.model.startswith(TORCHVISION):
             torchvision_classifier(self.model.removeprefix(TORCHVISION))
+        elif isinstance(self.model, str) and self.model.startswith(IMPORT):
+            module, _, attribute = self.model.removeprefix(IMPORT).rpartition(":")
+            if not module or not attribute:
+                raise ConfigError(
+                    f"model {self.model!r}: write import:package.module:factory (the factory "
+                    "is called with num_classes=[...] and input_shape=(C, H, W))"
+                )
+        else:
+            validate.choice(self.model, "model", MODELS)
         validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
         validate.choice(self.method, "method", method_names())
         validate.choice(self.checkpoint_every, "checkpoint_every", CHECKPOINT_EVERY)
@@ -193,6 +225,8 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
             num_layers=config.layers,
             width=config.width or 100,
         )
+    if config.model.startswith(IMPORT):
+        return _import_model(config.model.removeprefix(IMPORT), heads, sequence.input_shape)
     if config.model.startswith(TORCHVISION):
         backbone = torchvision_classifier(config.model.removeprefix(TORCHVISION))(weights=None)
         return multihead(backbone, heads, input_shape=sequence.input_shape)
@@ -230,6 +264,51 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
         low_res=low_res,
         bn=config.bn,
     )
+
+
+def _import_model(spec: str, heads: list[int], input_shape: tuple[int, ...]) -> nn.Module:
+    """A user's network: ``package.module:factory`` called with the heads and input shape."""
+    module_name, _, attribute = spec.rpartition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import the model factory {spec!r}: {e}") from e
+    model = factory(num_classes=heads, input_shape=input_shape)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def model_topology(model: nn.Module, sequence: data_module.TaskSequence) -> Topology:
+    """The model's declared topology (``model.topology()``), else one traced on a zero batch."""
+    declared = getattr(model, "topology", None)
+    if callable(declared):
+        return declared()
+    device = next(model.parameters()).device
+    return trace_topology(model, torch.zeros(2, *sequence.input_shape, device=device))
+
+
+def load_run_sequence(config: RunConfig) -> data_module.TaskSequence:
+    """``config``'s task sequence: a built-in one, or an image folder (``imagefolder:DIR``)."""
+    if not config.dataset.startswith(IMAGEFOLDER):
+        return data_module.load_sequence(
+            config.dataset,
+            config.data_root,
+            seed=config.seed,
+            num_tasks=config.num_tasks,
+            limit_per_class=config.limit_per_class,
+        )
+    sequence = image_folder(
+        config.dataset.removeprefix(IMAGEFOLDER),
+        classes_per_task=config.classes_per_task,
+        image_size=config.image_size or 64,
+        augment=config.augment,
+    )
+    if config.num_tasks is not None:
+        if config.num_tasks > len(sequence):
+            raise ConfigError(f"num_tasks={config.num_tasks}, but the folder makes {len(sequence)}")
+        sequence = dataclasses.replace(sequence, tasks=sequence.tasks[: config.num_tasks])
+    return sequence
 
 
 def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
@@ -406,13 +485,7 @@ def _run(
             f"resume it with {saved_world_size}, not {world_size} (the data shards differ)"
         )
     torch.manual_seed(config.seed)
-    sequence = data_module.load_sequence(
-        config.dataset,
-        config.data_root,
-        seed=config.seed,
-        num_tasks=config.num_tasks,
-        limit_per_class=config.limit_per_class,
-    )
+    sequence = load_run_sequence(config)
     try:
         model = build_model(config, sequence).to(device)
     except (RuntimeError, MemoryError) as e:  # e.g. a width whose weights cannot be allocated
@@ -428,7 +501,7 @@ def _run(
     if method is not None and parallel is not None:
         raise ConfigError("data parallelism is for EideticNet runs; run baselines in one process")
     topology: Topology | None = (
-        None if config.method == "progressive" else model.topology()  # type: ignore[operator]
+        None if config.method == "progressive" else model_topology(model, sequence)
     )
     optimizer = build_optimizer(config, model)
     num_tasks = len(sequence)
@@ -445,6 +518,7 @@ def _run(
             eval_batch_size=config.eval_batch_size,
             val_fraction=config.holdout,
             seed=config.seed * 1000 + t,
+            num_workers=config.num_workers,
         )
         for t, task in enumerate(sequence)
     ]
@@ -653,7 +727,7 @@ def task_id_dataset(datasets: list[data_module.ImageDataset]) -> Dataset[tuple[T
     (split datasets); otherwise item by item.
     """
     first = datasets[0]
-    same_view = all(
+    same_view = all(isinstance(d, data_module.ImageDataset) for d in datasets) and all(
         d.images is first.images
         and (d.mean, d.std) == (first.mean, first.std)
         and d.permutation is None

@@ -158,7 +158,7 @@ def test_python_dash_m_and_help_document_every_option() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dataset", "mnist-5"], "invalid choice"),
+        (["--dataset", "mnist-5"], "dataset must be one of"),
         (["--dataset", "split-mnist", "--data-root", "/nonexistent"], "train-images-idx3-ubyte.gz"),
         (["--num-tasks", "3"], "classes"),
         (["--pruning-step", "1.5"], "pruning_step"),
