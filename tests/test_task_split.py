@@ -76,25 +76,32 @@ def test_an_image_folder_trains_from_the_cli_with_augmentation_and_a_holdout(
     out = tmp_path / "run"
     # the small-run arguments without --limit-per-class (a built-in datasets' option)
     i = SMALL_ARGS.index("--limit-per-class")
-    small = SMALL_ARGS[:i] + SMALL_ARGS[i + 2 :]
     args = [
-        *small,
+        *SMALL_ARGS[:i],
+        *SMALL_ARGS[i + 2 :],
+        *_folder_args(root),
+        "--augment",
+        "--holdout",
+        "0.25",
+    ]
+    assert main(["run", *args, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == 3 and results["summary"]["backward_transfer"] == 0.0
+    assert results["router"] is not None
+
+
+def _folder_args(root: Path) -> list[str]:
+    """CLI arguments for the test image folder: 3 tasks of 2 classes, 8×8 images."""
+    return [
         "--dataset",
         f"imagefolder:{root}",
         "--classes-per-task",
         "2",
         "--image-size",
         "8",
-        "--augment",
-        "--holdout",
-        "0.25",
         "--batch-size",
         "8",
     ]
-    assert main(["run", *args, "--output-dir", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["accuracy_matrix"]) == 3 and results["summary"]["backward_transfer"] == 0.0
-    assert results["router"] is not None
 
 
 USER_NET = """
@@ -133,12 +140,7 @@ def test_a_users_own_network_runs_a_three_task_sequence_from_the_cli(
     args = [
         "--model",
         "import:user_net:build",
-        "--dataset",
-        f"imagefolder:{root}",
-        "--classes-per-task",
-        "2",
-        "--image-size",
-        "8",
+        *_folder_args(root),
         "--epochs",
         "2",
         "--patience",
@@ -147,8 +149,6 @@ def test_a_users_own_network_runs_a_three_task_sequence_from_the_cli(
         "0.3",
         "--max-recovery-epochs",
         "1",
-        "--batch-size",
-        "8",
         "--no-router",
         "--no-progress",
     ]
