@@ -92,16 +92,16 @@ def test_torchvision_resnet18_runs_a_three_task_sequence_from_the_cli(
         assert all(row[t] == matrix[t][t] for row in matrix[t:]), f"task {t} changed"
 
 
-@pytest.mark.parametrize("method", ["ewc", "packnet"])
+@pytest.mark.parametrize("method", [m for m in ef.baselines.METHODS if m != "progressive"])
 def test_baselines_run_on_a_torchvision_backbone(method: str, mnist_root: Path) -> None:
     config = RunConfig(
         dataset="permuted-mnist",
         data_root=str(mnist_root),
         num_tasks=2,
-        limit_per_class=3,
+        limit_per_class=2,
         model="torchvision:resnet18",
         method=method,
-        batch_size=15,
+        batch_size=10,
         train=TrainConfig(max_epochs=1, patience=0),
         progress=False,
     )
@@ -121,3 +121,8 @@ def test_a_classifier_without_a_linear_head_or_with_grouped_convs_is_refused() -
         model.topology()
     with pytest.raises(ef.ConfigError, match="torchvision has no classification model"):
         RunConfig(model="torchvision:resnet19")
+
+
+def test_progressive_networks_refuse_a_torchvision_backbone() -> None:
+    with pytest.raises(ef.ConfigError, match="MLP columns"):
+        RunConfig(model="torchvision:resnet18", method="progressive")

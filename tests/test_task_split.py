@@ -83,6 +83,8 @@ def test_an_image_folder_trains_from_the_cli_with_augmentation_and_a_holdout(
         "--augment",
         "--holdout",
         "0.25",
+        "--num-workers",
+        "1",
     ]
     assert main(["run", *args, "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
