@@ -61,6 +61,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "train/ and test/ inside) (default: %(default)s, needs no download)",
     )
     data.add_argument(
+        "--task-order",
+        default=None,
+        help="train the tasks in another order: reverse, random:SEED, or a permutation "
+        "such as 4,3,2,1,0 (default: the dataset's order)",
+    )
+    data.add_argument(
         "--classes-per-task",
         type=int,
         default=None,
@@ -315,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         image_size=args.image_size,
         augment=args.augment,
         num_workers=args.num_workers,
+        task_order=args.task_order,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

@@ -76,6 +76,7 @@ class RunConfig:
     image_size: int | None = None
     augment: bool = False
     num_workers: int = 0
+    task_order: str | None = None
     cycles: int = 1
     router: bool = True
     seed: int = 0
@@ -103,6 +104,8 @@ class RunConfig:
             if getattr(self, name) is not None:
                 validate.integer(getattr(self, name), name, minimum=1)
         validate.integer(self.num_workers, "num_workers", minimum=0)
+        if self.task_order is not None:
+            parse_task_order(self.task_order)
         validate.boolean(self.augment, "augment")
         if isinstance(self.model, str) and self.model.startswith(TORCHVISION):
             torchvision_classifier(self.model.removeprefix(TORCHVISION))
@@ -288,8 +291,54 @@ def model_topology(model: nn.Module, sequence: data_module.TaskSequence) -> Topo
     return trace_topology(model, torch.zeros(2, *sequence.input_shape, device=device))
 
 
+def parse_task_order(text: str) -> str | int | list[int]:
+    """``"reverse"``, ``"random:SEED"`` (the seed) or ``"2,0,1"`` (a permutation)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"task_order must be a string, got {text!r}")
+    if text == "reverse":
+        return text
+    if text.startswith("random:"):
+        seed = text.removeprefix("random:")
+        if not seed.isdigit():
+            raise ConfigError(f"task_order {text!r}: write random:SEED with an integer seed")
+        return int(seed)
+    try:
+        order = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"task_order {text!r}: write reverse, random:SEED or a permutation like 2,0,1"
+        ) from None
+    if sorted(order) != list(range(len(order))):
+        raise ConfigError(f"task_order {text!r} is not a permutation of 0..{len(order) - 1}")
+    return order
+
+
+def reorder(sequence: data_module.TaskSequence, task_order: str) -> data_module.TaskSequence:
+    """``sequence`` with its tasks in ``task_order`` (see :func:`parse_task_order`).
+
+    Tasks keep their names (their classes); ``index`` becomes the training position.
+    """
+    parsed, n = parse_task_order(task_order), len(sequence)
+    if parsed == "reverse":
+        order = list(range(n))[::-1]
+    elif isinstance(parsed, int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(parsed)).tolist()
+    else:
+        order = list(parsed)  # type: ignore[arg-type]
+        if len(order) != n:
+            raise ConfigError(f"task_order {task_order!r} orders {len(order)} tasks, not {n}")
+    tasks = tuple(dataclasses.replace(sequence[t], index=i) for i, t in enumerate(order))
+    return dataclasses.replace(sequence, tasks=tasks)
+
+
 def load_run_sequence(config: RunConfig) -> data_module.TaskSequence:
-    """``config``'s task sequence: a built-in one, or an image folder (``imagefolder:DIR``)."""
+    """``config``'s task sequence: a built-in one, or an image folder (``imagefolder:DIR``),
+    in ``config.task_order``."""
+    sequence = _load_sequence(config)
+    return sequence if config.task_order is None else reorder(sequence, config.task_order)
+
+
+def _load_sequence(config: RunConfig) -> data_module.TaskSequence:
     if not config.dataset.startswith(IMAGEFOLDER):
         return data_module.load_sequence(
             config.dataset,

@@ -319,3 +319,17 @@ def test_one_seed_reproduces_a_run_exactly_and_another_seed_differs() -> None:
         assert torch.equal(first.state.params[k], second.state.params[k]), k
     other = run(RunConfig(**{**config.__dict__, "seed": 1}), log=_quiet)
     assert other.matrix != first.matrix
+
+
+def test_task_order_reverses_or_permutes_the_tasks_and_keeps_them_frozen() -> None:
+    config = dataclasses.replace(SMALL, num_tasks=None, router=False, task_order="reverse")
+    result = run(config, log=_quiet)
+    assert result.task_names == [f"classes {2 * t},{2 * t + 1}" for t in range(5)][::-1]
+    assert result.summary["backward_transfer"] == 0.0
+    shuffled = ef.sequence.reorder(ef.data.load_sequence("embedded"), "random:3")
+    again = ef.sequence.reorder(ef.data.load_sequence("embedded"), "random:3")
+    assert [t.name for t in shuffled] == [t.name for t in again]
+    assert [t.index for t in shuffled] == list(range(5))
+    for bad in ("2,0", "0,0,1,2,3", "sideways", "random:x"):
+        with pytest.raises(ef.ConfigError, match="task_order"):
+            ef.sequence.reorder(ef.data.load_sequence("embedded"), bad)
