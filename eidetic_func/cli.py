@@ -282,6 +282,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     run_group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's, shared among torchrun's local "
+        "processes). Two torch processes on one machine slow each other several-fold when "
+        "both use every core: give each a share, e.g. --threads 1 on 2 cores",
+    )
+    run_group.add_argument(
         "--dist-timeout",
         type=float,
         default=DEFAULT.dist_timeout,
@@ -334,6 +342,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_every=args.checkpoint_every,
         progress=args.progress,
         dist_timeout=args.dist_timeout,
+        threads=args.threads,
     )
 
 
@@ -422,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
     bench.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    bench.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (see run --help)"
+    )
     bench.add_argument("--lr", type=float, default=None, help="override the preset's rate")
     bench.add_argument(
         "--holdout",
@@ -476,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "holdout": args.holdout,
             "num_tasks": args.num_tasks,
             "limit_per_class": args.limit_per_class,
+            "threads": args.threads,
         }
         overrides = {k: v for k, v in given.items() if v is not None}
         config = preset(

@@ -84,6 +84,7 @@ class RunConfig:
     checkpoint_every: str = "pruning-step"
     progress: bool = True
     dist_timeout: float = DEFAULT_TIMEOUT_S
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         from .data import SEQUENCE_NAMES
@@ -134,6 +135,8 @@ class RunConfig:
         validate.number(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
         validate.number(self.holdout, "holdout", low=0.0, high=1.0, high_open=True)
         validate.number(self.dist_timeout, "dist_timeout", low=0.0, low_open=True)
+        if self.threads is not None:
+            validate.integer(self.threads, "threads", minimum=1)
         if self.dropout and (self.model not in ("mlp", "convnet") or self.method == "progressive"):
             raise ConfigError("dropout is an option of the MLP and the ConvNet (not progressive)")
         for name in ("router", "progress", "bn"):
@@ -406,7 +409,7 @@ class _Run:
 
 
 # settings a resumed run may change: they do not change what it computes
-OPERATIONAL = ("progress", "device", "checkpoint_every", "dist_timeout")
+OPERATIONAL = ("progress", "device", "checkpoint_every", "dist_timeout", "threads")
 
 
 def run(
@@ -436,6 +439,15 @@ def run(
         output_dir, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite, log=log
     ):
         return _run(config, output_dir, resume=resume, log=log)
+
+
+def cpu_threads(threads: int | None) -> int:
+    """CPU threads for this process: ``threads``, else torch's default divided among the
+    processes ``torchrun`` started on this machine (so they do not oversubscribe the cores)."""
+    if threads is not None:
+        return threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, torch.get_num_threads() // max(local, 1))
 
 
 def is_main_process() -> bool:
@@ -527,6 +539,7 @@ def _run(
             device = torch.device("cuda", torch.cuda.current_device())
         if not parallel.is_main:
             log = _silent
+    torch.set_num_threads(cpu_threads(config.threads))
     world_size = 1 if parallel is None else parallel.world_size
     if resume and world_size != saved_world_size:
         raise CheckpointError(

@@ -333,3 +333,13 @@ def test_task_order_reverses_or_permutes_the_tasks_and_keeps_them_frozen() -> No
     for bad in ("2,0", "0,0,1,2,3", "sideways", "random:x"):
         with pytest.raises(ef.ConfigError, match="task_order"):
             ef.sequence.reorder(ef.data.load_sequence("embedded"), bad)
+
+
+def test_threads_default_to_a_share_of_the_cores_under_torchrun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert ef.sequence.cpu_threads(3) == 3
+    assert ef.sequence.cpu_threads(None) == max(1, torch.get_num_threads() // 2)
+    with pytest.raises(ef.ConfigError, match="threads"):
+        RunConfig(threads=0)
