@@ -108,9 +108,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT.model,
         metavar="MODEL",
-        help=f"network: {', '.join(MODELS)}, or torchvision:NAME for any torchvision "
-        "classifier made multi-head (e.g. torchvision:resnet18; weights=None) "
-        "(default: %(default)s)",
+        help=f"network: {', '.join(MODELS)}; torchvision:NAME for any torchvision "
+        "classifier made multi-head (e.g. torchvision:resnet18; weights=None); or "
+        "import:package.module:factory for your own (called with num_classes=[...] and "
+        "input_shape=(C, H, W); topology traced) (default: %(default)s)",
     )
     model.add_argument(
         "--width",

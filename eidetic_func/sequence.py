@@ -428,7 +428,8 @@ def run(
     ``checkpoint_every`` says otherwise. A fresh run refuses to replace an existing
     checkpoint unless ``overwrite``. ``resume=True`` continues from that checkpoint with
     its saved config: ``config=None`` takes it as it is; a given ``config`` must equal it
-    except in ``progress``, ``device`` and ``checkpoint_every`` (else
+    except in the :data:`OPERATIONAL` settings (progress, device, checkpointing, timeout,
+    threads; else
     :class:`CheckpointError` lists the differences), and the number of processes must be
     the one that wrote it. On CPU, a resumed run gives exactly the results of an
     uninterrupted one.
