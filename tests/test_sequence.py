@@ -203,6 +203,7 @@ def test_methods_are_listed_with_their_options(capsys: pytest.CaptureFixture[str
         "packnet",
         "progressive",
         "finetune",
+        "dgr",
         "joint",
     ):
         assert f"\n{name} " in f"\n{out}", name

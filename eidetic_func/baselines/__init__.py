@@ -88,6 +88,11 @@ __all__ += [
     "quadratic_penalty",
 ]
 
+# Generative replay and online meta-learning (dgr.py, oml.py).
+from .dgr import DGR, DGRState  # noqa: E402
+
+__all__ += ["DGR", "DGRState"]
+
 from .registry import METHODS, create, decode_state, encode_state, parse_option, state_bytes  # noqa: E402
 
 __all__ += ["METHODS", "create", "decode_state", "encode_state", "parse_option", "state_bytes"]

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .base import Method
+from .dgr import DGR
 from .ewc import EWC, OnlineEWC
 from .finetune import FineTune
 from .gem import AGEM, GEM
@@ -37,6 +38,7 @@ METHODS: dict[str, type] = {
         DERPP,
         AGEM,
         GEM,
+        DGR,
         PackNet,
         Progressive,
     )
