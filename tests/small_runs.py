@@ -72,3 +72,27 @@ def run_sequence(
 def plain_mlp(num_classes: Sequence[int]) -> MLP:
     """MLP 784-100-100 without BatchNorm, one head per task."""
     return MLP(784, list(num_classes), num_layers=2, width=100, bn=False)
+
+
+def embedded_summaries(
+    methods: Sequence[str], *, limit_per_class: int, epochs: int
+) -> dict[str, dict[str, Any]]:
+    """``{method: summary}`` of ``eidetic_func.run`` on the embedded Split-MNIST with an MLP
+    784-100-100 without BN, batch 32, ``epochs`` per task, no router."""
+    from eidetic_func.sequence import RunConfig, run
+
+    summaries = {}
+    for method in methods:
+        config = RunConfig(
+            dataset="embedded",
+            limit_per_class=limit_per_class,
+            width=100,
+            bn=False,
+            method=method,
+            batch_size=32,
+            train=TrainConfig(max_epochs=epochs, patience=epochs),
+            router=False,
+            progress=False,
+        )
+        summaries[method] = run(config, log=lambda _: None).summary
+    return summaries

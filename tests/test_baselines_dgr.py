@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_runs import embedded_summaries
 
 import eidetic_func as ef
 from eidetic_func.baselines.dgr import DGR, adam_init, adam_update, vae_init, vae_loss
-from eidetic_func.sequence import RunConfig, run
-from eidetic_func.train import TrainConfig
 from models import MLP
 
 
@@ -69,19 +68,6 @@ def test_dgr_needs_a_model_whose_inputs_it_can_generate() -> None:
 
 @pytest.mark.slow
 def test_dgr_forgets_less_than_fine_tuning_on_split_mnist() -> None:
-    results = {}
-    for method in ("finetune", "dgr"):
-        config = RunConfig(
-            dataset="embedded",
-            limit_per_class=600,
-            width=100,
-            bn=False,
-            method=method,
-            batch_size=32,
-            train=TrainConfig(max_epochs=3, patience=3),
-            router=False,
-            progress=False,
-        )
-        results[method] = run(config, log=lambda _: None).summary
+    results = embedded_summaries(("finetune", "dgr"), limit_per_class=600, epochs=3)
     assert results["dgr"]["backward_transfer"] > results["finetune"]["backward_transfer"] + 0.02
     assert results["dgr"]["average_accuracy"] > results["finetune"]["average_accuracy"]

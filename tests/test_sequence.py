@@ -204,6 +204,7 @@ def test_methods_are_listed_with_their_options(capsys: pytest.CaptureFixture[str
         "progressive",
         "finetune",
         "dgr",
+        "oml",
         "joint",
     ):
         assert f"\n{name} " in f"\n{out}", name

@@ -90,8 +90,9 @@ __all__ += [
 
 # Generative replay and online meta-learning (dgr.py, oml.py).
 from .dgr import DGR, DGRState  # noqa: E402
+from .oml import OML, OMLState, adapt  # noqa: E402
 
-__all__ += ["DGR", "DGRState"]
+__all__ += ["DGR", "OML", "DGRState", "OMLState", "adapt"]
 
 from .registry import METHODS, create, decode_state, encode_state, parse_option, state_bytes  # noqa: E402
 

@@ -18,6 +18,7 @@ from .gem import AGEM, GEM
 from .joint import Joint
 from .lwf import LwF
 from .mas import MAS
+from .oml import OML
 from .packnet import PackNet
 from .progressive import Progressive
 from .replay import DER, DERPP, ER
@@ -39,6 +40,7 @@ METHODS: dict[str, type] = {
         AGEM,
         GEM,
         DGR,
+        OML,
         PackNet,
         Progressive,
     )
