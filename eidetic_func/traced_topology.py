@@ -228,6 +228,8 @@ class _Walk:
 
     def _function(self, node: fx.Node) -> list[Segment] | None:
         target = node.target
+        if target is getattr and node.args[1] in ("shape", "dtype", "device", "ndim"):
+            return None  # a size or a property, not a feature tensor
         if target is operator.getitem or target is getattr:
             return None if self.values.get(node.args[0]) is None else self._refuse_op(node)  # type: ignore[arg-type]
         if target in PASS_FUNCTIONS:
@@ -315,8 +317,8 @@ class _Walk:
 
     def _reshape(self, node: fx.Node, x: list[Segment]) -> list[Segment]:
         before, after = self._shape(node.args[0]), self._shape(node)  # type: ignore[arg-type]
-        if before == after:
-            return x
+        if before == after or (len(after) > 2 and after[:2] == before[:2]):
+            return x  # row-major: equal leading dims keep every channel where it was
         if len(after) == 2 and after[0] == before[0] and len(before) > 2:
             spatial = 1
             for d in before[2:]:
@@ -334,10 +336,15 @@ class _Walk:
         return self._reshape(node, x)
 
     def _reduce(self, node: fx.Node, x: list[Segment]) -> list[Segment]:
-        before, after = self._shape(node.args[0]), self._shape(node)  # type: ignore[arg-type]
-        if len(after) >= 2 and after[:2] == before[:2]:
-            return x  # a reduction over spatial dims keeps the channels
-        raise self._refuse(node, "a reduction over the channel dimension mixes channels")
+        before = self._shape(node.args[0])  # type: ignore[arg-type]
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = (dims,) if isinstance(dims, int) else dims
+        if not isinstance(dims, tuple | list) or not dims:
+            raise self._refuse(node, "a reduction over every dimension mixes channels")
+        axes = {int(d) % len(before) for d in dims}
+        if 0 in axes or 1 in axes:
+            raise self._refuse(node, "a reduction over the batch or channel dimension")
+        return x  # a reduction over spatial dims keeps the channels
 
     # ------------------------------------------------------------------------- helpers
 

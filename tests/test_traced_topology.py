@@ -196,3 +196,33 @@ def test_what_cannot_be_pruned_soundly_is_refused_naming_the_node(
 ) -> None:
     with pytest.raises(ef.TopologyError, match=why):
         ef.trace_topology(model, torch.randn(shape))
+
+
+class _SpatialMean(nn.Module):
+    """Global average pooling written as view + mean, where height equals channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.heads = nn.ModuleList([nn.Linear(4, 2)])
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        h = self.conv(x)
+        return self.heads[task](h.view(h.shape[0], h.shape[1], -1).mean(-1))
+
+
+class _ChannelMean(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.heads = nn.ModuleList([nn.Linear(16, 2)])
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        return self.heads[task](self.conv(x).mean(1).flatten(1))  # (B, 4, 4): H equals C
+
+
+def test_reductions_are_judged_by_their_dimensions_not_by_coincident_sizes() -> None:
+    topology = ef.trace_topology(_SpatialMean(), torch.randn(2, 2, 4, 4))
+    assert topology.units[0].readers == (ef.Reader("heads.0", 1, 0),)
+    with pytest.raises(ef.TopologyError, match="channel dimension"):
+        ef.trace_topology(_ChannelMean(), torch.randn(2, 2, 4, 4))
