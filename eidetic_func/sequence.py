@@ -4,7 +4,7 @@
 builds the data, model and optimizer from a :class:`RunConfig`, trains the tasks in order
 (several passes revisit tasks: the cyclical experiment), evaluates every task after every
 visit (the accuracy matrix), optionally trains a task router for class-incremental
-prediction, and checkpoints after every finished task and every kept pruning step so an
+prediction, and checkpoints after every training epoch, kept pruning step and task so an
 interrupted run resumes where it stopped (:func:`run` with ``resume=True``).
 """
 
@@ -424,7 +424,7 @@ def run(
 
     With ``output_dir``, the directory is held for this run (another run writing it is
     refused, see :mod:`eidetic_func.rundir`), and a checkpoint is written there
-    (atomically) after every finished task, and after every kept pruning step unless
+    (atomically) after every finished task, and after every training epoch and kept pruning step unless
     ``checkpoint_every`` says otherwise. A fresh run refuses to replace an existing
     checkpoint unless ``overwrite``. ``resume=True`` continues from that checkpoint with
     its saved config: ``config=None`` takes it as it is; a given ``config`` must equal it

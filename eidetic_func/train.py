@@ -107,6 +107,7 @@ class TaskProgress:
     pruning_iteration: int = 0
     lrs: tuple[float, ...] = ()  # the optimizer's learning rates when the task started
     lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
+    stopping: bool = False  # the plateau is reached: one more training epoch, then prune
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
@@ -141,8 +142,9 @@ def train_task(
     ``loader`` yields ``(x, y)`` batches of the task's training data (re-iterated every
     epoch). ``score_loader`` (default: ``loader``) feeds data-driven importance scores.
     ``generator`` drives random pruning and recycling. ``checkpoint(state, progress,
-    history)`` is called after the training phase, after every kept pruning step and at
-    the end; pass the progress back as ``resume`` (with that state) to continue.
+    history)`` is called after every training epoch, after the training phase, after every
+    kept pruning step and at the end; pass the progress back as ``resume`` (with that
+    state) to continue.
 
     The stopping metric (plateau, pruning tolerance) is the running training accuracy of
     each epoch, the original's rule; with ``stop_loader`` (a held-out split of the task's
@@ -211,7 +213,13 @@ def train_task(
     p = progress_state
     if p.phase == "train":
         state, p = train_until_plateau(
-            epoch, state, p, config=config, optimizer=optimizer, record=record
+            epoch,
+            state,
+            p,
+            config=config,
+            optimizer=optimizer,
+            record=record,
+            after_epoch=None if checkpoint is None else lambda s, q: checkpoint(s, q, history),
         )
         if not config.last_task and not p.lr_lowered and config.lr_factor < 1.0:
             # max_epochs ended training before a plateau: still prune at the lowered rate
@@ -357,6 +365,7 @@ def train_until_plateau(
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
     record: Callable[..., None],
+    after_epoch: Callable[[Carry, TaskProgress], None] | None = None,
 ) -> tuple[Carry, TaskProgress]:
     """Run epochs until the training accuracy plateaus (the original EideticNet rule).
 
@@ -364,10 +373,10 @@ def train_until_plateau(
     epochs since the best; then one more epoch (at the learning rate lowered by
     ``lr_factor``, if asked: ``lr_lowered`` in the returned progress; the caller restores
     the rate). At most ``max_epochs`` epochs. ``epoch(carry, label)`` returns
-    ``(carry, accuracy, loss)``.
+    ``(carry, accuracy, loss)``. ``after_epoch(carry, progress)`` is called after every
+    epoch but the last (to checkpoint: passing that progress back resumes exactly).
     """
     p = progress
-    do_stop = False
     while p.epoch < config.max_epochs:
         start = time.perf_counter()
         carry, metric, loss = epoch(carry, f"epoch {p.epoch + 1}")
@@ -380,14 +389,17 @@ def train_until_plateau(
             pruned_fraction=0.0,
             seconds=time.perf_counter() - start,
         )
-        if do_stop:
+        if p.stopping:
             break
-        do_stop = metric >= 1.0 or (metric < p.best and p.epoch - p.best_epoch > config.patience)
-        if do_stop and config.lr_factor < 1.0 and not p.lr_lowered:
+        stopping = metric >= 1.0 or (metric < p.best and p.epoch - p.best_epoch > config.patience)
+        p = dataclasses.replace(p, stopping=stopping)
+        if stopping and config.lr_factor < 1.0 and not p.lr_lowered:
             _scale_lr(optimizer, config.lr_factor)
             p = dataclasses.replace(p, lr_lowered=True)
         if metric > p.best:
             p = dataclasses.replace(p, best=metric, best_epoch=p.epoch)
+        if after_epoch is not None and p.epoch < config.max_epochs:
+            after_epoch(carry, p)
     return carry, p
 
 

@@ -229,27 +229,29 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result() -> None:
         progress=False,
         checkpoint=keep,
     )
-    mid = [entry for entry in saved if entry[1].phase == "prune" and entry[1].pruning_iteration > 0]
-    assert mid, "expected a checkpoint after a pruning step"
-    s, p, opt_state, g_state = mid[0]
-    model, _, opt, g = fresh()
-    opt.load_state_dict(opt_state)
-    g.set_state(g_state)
-    resumed, _ = train_task(
-        model,
-        s,
-        data,
-        task=0,
-        topology=model.topology(),
-        optimizer=opt,
-        config=config,
-        generator=g,
-        progress=False,
-        resume=p,
-    )
-    for k in reference.params:
-        assert torch.equal(resumed.params[k], reference.params[k]), k
-        assert torch.equal(resumed.owner[k], reference.owner[k]), k
+    mid_training = [entry for entry in saved if entry[1].phase == "train"]
+    mid_pruning = [e for e in saved if e[1].phase == "prune" and e[1].pruning_iteration > 0]
+    assert mid_training, "expected a checkpoint after a training epoch"
+    assert mid_pruning, "expected a checkpoint after a pruning step"
+    for s, p, opt_state, g_state in (mid_training[0], mid_pruning[0]):
+        model, _, opt, g = fresh()
+        opt.load_state_dict(opt_state)
+        g.set_state(g_state)
+        resumed, _ = train_task(
+            model,
+            s,
+            data,
+            task=0,
+            topology=model.topology(),
+            optimizer=opt,
+            config=config,
+            generator=g,
+            progress=False,
+            resume=p,
+        )
+        for k in reference.params:
+            assert torch.equal(resumed.params[k], reference.params[k]), (p.phase, k)
+            assert torch.equal(resumed.owner[k], reference.owner[k]), (p.phase, k)
 
 
 def _opt_copy(opt: torch.optim.Optimizer) -> dict:
