@@ -43,7 +43,30 @@ PUBLISHED = {
     },
     # EideticNet paper's Permuted-MNIST table (its protocol: full data, MLP 2×2000).
     "permuted-mnist": {"eidetic": 98.31, "ewc": 97.0, "si": 97.2},
+    # Hsu et al. 2018, Table 2: Split-MNIST incremental class and incremental domain.
+    "split-mnist/class": {
+        "ewc": 19.80,
+        "online-ewc": 19.77,
+        "si": 19.67,
+        "mas": 19.52,
+        "lwf": 24.17,
+        "gem": 92.20,
+        "dgr": 91.24,
+        "er": 90.78,
+        "joint": 97.53,
+    },
+    "split-mnist/domain": {
+        "ewc": 58.85,
+        "si": 64.76,
+        "mas": 68.57,
+        "lwf": 71.02,
+        "gem": 96.16,
+        "dgr": 95.74,
+        "joint": 98.59,
+    },
 }
+# methods that keep one head or column per task: task-incremental only
+TASK_ONLY = ("eidetic", "packnet", "progressive")
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "finetune": {},
@@ -58,6 +81,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "der++": {"buffer_size": 1100},
     "agem": {"memory_per_task": 220},
     "gem": {"memory_per_task": 220},
+    "dgr": {},
+    "oml": {"buffer_size": 1100},
     "packnet": {},
     "progressive": {},
     "eidetic": {},
@@ -65,9 +90,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
 SGD_METHODS = ("gem", "agem")
 
 
-def protocol(name: str, method: str, *, data_root: str | None, seed: int) -> RunConfig:
-    """The run configuration of ``method`` under protocol ``name``."""
+def protocol(
+    name: str, method: str, *, data_root: str | None, seed: int, scenario: str = "task"
+) -> RunConfig:
+    """The run configuration of ``method`` under protocol ``name`` and ``scenario``."""
     base: dict[str, Any] = {
+        "scenario": scenario,
         "data_root": data_root,
         "model": "mlp",
         "width": 400,
@@ -103,14 +131,17 @@ def protocol(name: str, method: str, *, data_root: str | None, seed: int) -> Run
 
 
 def run_all(
-    name: str, methods: list[str], data_root: str | None, seed: int
+    name: str, methods: list[str], data_root: str | None, seed: int, scenario: str = "task"
 ) -> list[dict[str, Any]]:
     rows = []
+    key = name if scenario == "task" else f"{name}/{scenario}"
     for method in methods:
-        config = protocol(name, method, data_root=data_root, seed=seed)
+        if scenario != "task" and method in TASK_ONLY:
+            continue
+        config = protocol(name, method, data_root=data_root, seed=seed, scenario=scenario)
         result = ef.run(config, log=lambda _: None)
         summary = summarize(result.matrix)
-        published = PUBLISHED.get(name, {}).get(method)
+        published = PUBLISHED.get(key, {}).get(method)
         row = {
             "method": method,
             "average_accuracy": 100 * summary.average_accuracy,
@@ -155,9 +186,16 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--methods", default=",".join(OPTIONS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scenario",
+        choices=["task", "class", "domain"],
+        default="task",
+        help="task-incremental (per-task heads), class- or domain-incremental (one head; "
+        "EideticNet, PackNet and progressive networks are task-incremental only)",
+    )
     args = parser.parse_args()
-    methods = args.methods.split(",")
-    rows = run_all(args.protocol, methods, args.data_root, args.seed)
+    methods = [m for m in args.methods.split(",") if args.scenario == "task" or m not in TASK_ONLY]
+    rows = run_all(args.protocol, methods, args.data_root, args.seed, args.scenario)
     table = to_markdown(rows)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -165,15 +203,19 @@ def main() -> None:
         "benchmark": "compare",
         "protocol": args.protocol,
         "seed": args.seed,
+        "scenario": args.scenario,
         "config": {
-            m: dataclasses.asdict(protocol(args.protocol, m, data_root=None, seed=args.seed))
+            m: dataclasses.asdict(
+                protocol(args.protocol, m, data_root=None, seed=args.seed, scenario=args.scenario)
+            )
             for m in methods
         },
         "environment": environment(torch.device("cpu")),
         "results": rows,
         "markdown": table,
     }
-    out = RESULTS / f"compare-{args.protocol}"
+    suffix = "" if args.scenario == "task" else f"-{args.scenario}"
+    out = RESULTS / f"compare-{args.protocol}{suffix}"
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     print(f"wrote {out}.json and {out}.md")

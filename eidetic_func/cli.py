@@ -61,6 +61,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "train/ and test/ inside) (default: %(default)s, needs no download)",
     )
     data.add_argument(
+        "--scenario",
+        default=DEFAULT.scenario,
+        choices=("task", "class", "domain"),
+        help="task-incremental (one head per task, task id given), class-incremental (one "
+        "head over all classes, no task id) or domain-incremental (one shared head); "
+        "EideticNet, PackNet and progressive networks are task-incremental "
+        "(default: %(default)s)",
+    )
+    data.add_argument(
         "--task-order",
         default=None,
         help="train the tasks in another order: reverse, random:SEED, or a permutation "
@@ -331,6 +340,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         augment=args.augment,
         num_workers=args.num_workers,
         task_order=args.task_order,
+        scenario=args.scenario,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

@@ -35,6 +35,7 @@ from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
 from .lifecycle import revisit
 from .multihead import multihead
+from .scenario import SCENARIOS, SharedHead, head_sizes, scenario_sequence
 from .state import EideticState, init
 from .task_split import image_folder
 from .topology import Topology
@@ -77,6 +78,7 @@ class RunConfig:
     augment: bool = False
     num_workers: int = 0
     task_order: str | None = None
+    scenario: str = "task"
     cycles: int = 1
     router: bool = True
     seed: int = 0
@@ -107,6 +109,16 @@ class RunConfig:
         validate.integer(self.num_workers, "num_workers", minimum=0)
         if self.task_order is not None:
             parse_task_order(self.task_order)
+        validate.choice(self.scenario, "scenario", SCENARIOS)
+        if self.scenario != "task" and self.method in ("eidetic", "packnet", "progressive"):
+            raise ConfigError(
+                f"{self.method} keeps one head (or column) per task: it is task-incremental. "
+                + (
+                    "EideticNet's class-incremental score is its task router's (router=True)"
+                    if self.method == "eidetic"
+                    else f"Run {self.method} with scenario='task'"
+                )
+            )
         validate.boolean(self.augment, "augment")
         if isinstance(self.model, str) and self.model.startswith(TORCHVISION):
             torchvision_classifier(self.model.removeprefix(TORCHVISION))
@@ -220,7 +232,14 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
     """The network ``config.model`` for ``sequence`` (one head per task, plus the router's)."""
     from models import MLP, ConvNet, ResNet
 
-    heads = list(sequence.num_classes) + ([len(sequence)] if uses_router(config) else [])
+    heads = head_sizes(sequence, config.scenario) + ([len(sequence)] if uses_router(config) else [])
+    if config.scenario != "task":
+        one = dataclasses.replace(config, scenario="task")
+        shared = dataclasses.replace(sequence, tasks=sequence.tasks[:1])
+        shared = dataclasses.replace(
+            shared, tasks=(dataclasses.replace(shared.tasks[0], classes=tuple(range(heads[0]))),)
+        )
+        return SharedHead(build_model(one, shared), len(sequence))
     channels = sequence.input_shape[0]
     if config.method == "progressive":
         from models.progressive import ProgressiveMLP
@@ -338,7 +357,9 @@ def load_run_sequence(config: RunConfig) -> data_module.TaskSequence:
     """``config``'s task sequence: a built-in one, or an image folder (``imagefolder:DIR``),
     in ``config.task_order``."""
     sequence = _load_sequence(config)
-    return sequence if config.task_order is None else reorder(sequence, config.task_order)
+    if config.task_order is not None:
+        sequence = reorder(sequence, config.task_order)
+    return scenario_sequence(sequence, config.scenario)
 
 
 def _load_sequence(config: RunConfig) -> data_module.TaskSequence:

@@ -75,10 +75,10 @@ def plain_mlp(num_classes: Sequence[int]) -> MLP:
 
 
 def embedded_summaries(
-    methods: Sequence[str], *, limit_per_class: int, epochs: int
+    methods: Sequence[str], *, limit_per_class: int, epochs: int, scenario: str = "task"
 ) -> dict[str, dict[str, Any]]:
     """``{method: summary}`` of ``eidetic_func.run`` on the embedded Split-MNIST with an MLP
-    784-100-100 without BN, batch 32, ``epochs`` per task, no router."""
+    784-100-100 without BN, batch 32, ``epochs`` per task, no router, in ``scenario``."""
     from eidetic_func.sequence import RunConfig, run
 
     summaries = {}
@@ -93,6 +93,7 @@ def embedded_summaries(
             train=TrainConfig(max_epochs=epochs, patience=epochs),
             router=False,
             progress=False,
+            scenario=scenario,
         )
         summaries[method] = run(config, log=lambda _: None).summary
     return summaries

@@ -80,6 +80,9 @@ class LwF(RegularizedMethod):
         task: int,
     ) -> Tensor | None:
         heads = [h for h in mstate.heads if h != task]
+        head_of = getattr(model, "head_of", None)
+        if callable(head_of):  # one head shared by every task: distil it once
+            heads = list(dict.fromkeys(head_of(h) for h in heads))
         if not heads:
             return None
         x = batch[0]
