@@ -82,7 +82,8 @@ def prune_neurons(
     Each chosen neuron loses all its own entries (``keep = False``, value zero): its
     producer rows, biases and BatchNorm scale and shift. Units not named are untouched.
     Call :func:`eidetic_func.bridge` next to remove the columns that read them. Raises
-    :class:`ConfigError` for an unknown unit, a wrong shape or an owned neuron.
+    :class:`TopologyError` for an unknown unit, :class:`ConfigError` for a wrong shape or
+    an owned neuron.
     """
     keep, params = dict(state.keep), dict(state.params)
     for name, dead in neurons.items():
