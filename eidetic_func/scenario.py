@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .data import ImageDataset, Task, TaskSequence
+from .data import ImageDataset, TaskSequence
 from .errors import ConfigError
 from .topology import Topology, Unit
 
@@ -131,4 +131,4 @@ def _offset(dataset: Any, offset: int) -> Any:
     raise ConfigError(f"cannot relabel a {type(dataset).__name__} for class-incremental learning")
 
 
-__all__ = ["SCENARIOS", "SharedHead", "Task", "head_sizes", "prefixed", "scenario_sequence"]
+__all__ = ["SCENARIOS", "SharedHead", "head_sizes", "prefixed", "scenario_sequence"]
