@@ -229,35 +229,35 @@ def method_names() -> tuple[str, ...]:
 
 
 def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Module:
-    """The network ``config.model`` for ``sequence`` (one head per task, plus the router's)."""
+    """The network ``config.model`` for ``sequence``: one head per task, plus the router's;
+    in the class- and domain-incremental scenarios one head, shared by every task."""
+    heads = head_sizes(sequence, config.scenario) + ([len(sequence)] if uses_router(config) else [])
+    network = _network(config, heads, sequence.input_shape)
+    return network if config.scenario == "task" else SharedHead(network, len(sequence))
+
+
+def _network(config: RunConfig, heads: list[int], input_shape: tuple[int, ...]) -> nn.Module:
+    """``config.model`` with the given head sizes, for inputs of ``input_shape`` (C, H, W)."""
     from models import MLP, ConvNet, ResNet
 
-    heads = head_sizes(sequence, config.scenario) + ([len(sequence)] if uses_router(config) else [])
-    if config.scenario != "task":
-        one = dataclasses.replace(config, scenario="task")
-        shared = dataclasses.replace(sequence, tasks=sequence.tasks[:1])
-        shared = dataclasses.replace(
-            shared, tasks=(dataclasses.replace(shared.tasks[0], classes=tuple(range(heads[0]))),)
-        )
-        return SharedHead(build_model(one, shared), len(sequence))
-    channels = sequence.input_shape[0]
+    channels = input_shape[0]
     if config.method == "progressive":
         from models.progressive import ProgressiveMLP
 
         return ProgressiveMLP(
-            math.prod(sequence.input_shape),
+            math.prod(input_shape),
             heads,
             num_layers=config.layers,
             width=config.width or 100,
         )
     if config.model.startswith(IMPORT):
-        return _import_model(config.model.removeprefix(IMPORT), heads, sequence.input_shape)
+        return _import_model(config.model.removeprefix(IMPORT), heads, input_shape)
     if config.model.startswith(TORCHVISION):
         backbone = torchvision_classifier(config.model.removeprefix(TORCHVISION))(weights=None)
-        return multihead(backbone, heads, input_shape=sequence.input_shape)
+        return multihead(backbone, heads, input_shape=input_shape)
     if config.model == "mlp":
         return MLP(
-            math.prod(sequence.input_shape),
+            math.prod(input_shape),
             heads,
             num_layers=config.layers,
             width=config.width or 400,
@@ -279,7 +279,7 @@ def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Mod
         "resnet50": ([3, 4, 6, 3], 4),
         "resnet101": ([3, 4, 23, 3], 4),
     }[config.model]
-    low_res = sequence.input_shape[1] <= 64
+    low_res = input_shape[1] <= 64
     return ResNet(
         channels,
         heads,
