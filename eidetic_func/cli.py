@@ -29,7 +29,7 @@ from .sequence import (
     saved_run,
     write_outputs,
 )
-from .train import TrainConfig
+from .train import SCHEDULES, TrainConfig
 
 DEFAULT = RunConfig()
 DEFAULT_TRAIN = TrainConfig()
@@ -189,6 +189,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "training accuracy, the original's rule)",
     )
     method.add_argument(
+        "--pruning-schedule",
+        choices=SCHEDULES,
+        default=DEFAULT_TRAIN.pruning_schedule,
+        help="fixed: the original's steps of --pruning-step until the accuracy drops; "
+        "adaptive: start with --first-pruning-step, halve it (restoring the snapshot) after a "
+        "failed step, stop below --pruning-step: similar kept capacity in far fewer recovery "
+        "epochs (default: %(default)s)",
+    )
+    method.add_argument(
+        "--first-pruning-step",
+        type=float,
+        default=DEFAULT_TRAIN.first_pruning_step,
+        help="the adaptive schedule's first step, of the remaining neurons (default: %(default)s)",
+    )
+    method.add_argument(
         "--max-recovery-epochs",
         type=int,
         default=DEFAULT_TRAIN.max_recovery_epochs,
@@ -319,6 +334,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         tolerance=args.tolerance,
         max_masking_ratio=args.max_masking_ratio,
         constant_step=args.constant_step,
+        pruning_schedule=args.pruning_schedule,
+        first_pruning_step=args.first_pruning_step,
         lr_factor=args.lr_factor,
         forward_transfer=args.forward_transfer,
     )

@@ -72,6 +72,25 @@ def frozen_channels(state: EideticState) -> dict[str, Tensor]:
 _FROZEN = TensorMemo()
 
 
+@contextlib.contextmanager
+def frozen_channels_set(model: nn.Module, state: EideticState) -> Iterator[None]:
+    """Give the model's Task BatchNorm modules the state's frozen channels for the block.
+
+    For running the model itself (its own parameters and buffers as a workspace) rather
+    than through ``functional_call``; the modules' previous values come back on exit.
+    """
+    before: list[tuple[nn.Module, Tensor]] = []
+    for name, idx in frozen_channels(state).items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        before.append((module, module.get_buffer("frozen_channels")))
+        module.frozen_channels = idx
+    try:
+        yield
+    finally:
+        for module, previous in before:
+            module.frozen_channels = previous
+
+
 def _dtype(state: EideticState) -> torch.dtype | None:
     for p in state.params.values():
         return p.dtype

@@ -51,14 +51,78 @@ def freeze(new: EideticState, old: EideticState) -> EideticState:
         if coverage[k] is False:  # nothing may change: the old tensor itself (immutable)
             params[k] = old.params[k]
         elif coverage[k] is True:  # everything may change: a copy, half the memory traffic
-            params[k] = p.detach().clone()
+            params[k] = p.clone()
         else:
             params[k] = _select(bits[k], p.detach(), old.params[k])
-    buffers = {}
-    for k, b in new.buffers.items():
+    return old.replace(params=params, buffers=freeze_buffers(new.buffers, old))
+
+
+def freeze_buffers(buffers: dict[str, Tensor], old: EideticState) -> dict[str, Tensor]:
+    """``buffers`` with every BN statistic owned in ``old`` taken from ``old``."""
+    out = {}
+    for k, b in buffers.items():
         own = old.owner.get(k)
-        buffers[k] = b if own is None else torch.where(own >= 0, old.buffers[k], b)
-    return old.replace(params=params, buffers=buffers)
+        out[k] = b if own is None else torch.where(own >= 0, old.buffers[k], b)
+    return out
+
+
+def load_workspace(workspace: dict[str, Tensor], params: dict[str, Tensor]) -> None:
+    """Copy ``params`` into the optimizer's ``workspace`` tensors (in place).
+
+    Skipped for a tensor that already holds exactly those values: the one
+    :func:`project_workspace` left there, unmodified since (same tensors, same versions).
+    """
+    with torch.no_grad():
+        for k, p in workspace.items():
+            source = params[k]
+            if _LOADED.get((p, source)) is None:
+                p.copy_(source)
+                _LOADED.put((p, source), True)
+
+
+def project_workspace(workspace: dict[str, Tensor], old: EideticState) -> dict[str, Tensor]:
+    """:func:`freeze` for a training step: the new parameters, with ``workspace`` projected too.
+
+    Every owned or pruned entry of ``workspace`` is restored from ``old`` in place, and the
+    returned parameters are copies of the projected workspace (tensors that no
+    ``old`` entry may change are ``old``'s own). The workspace then holds the returned
+    values, so the next step's :func:`load_workspace` has nothing to copy.
+    """
+    bits = _trainable_bits(old)
+    coverage = _coverage(bits)
+    params = {}
+    with torch.no_grad():
+        for k, p in workspace.items():
+            before = old.params[k]
+            if _LOADED.get((p, before)) is not None:  # not written since it was loaded
+                params[k] = before
+                continue
+            if coverage[k] is False:
+                p.copy_(before)
+                params[k] = before
+            elif coverage[k] is True:
+                params[k] = p.clone()
+            else:
+                _project_(bits[k], p, before)
+                params[k] = p.clone()
+                anchor = _ANCHORS.get((before, bits[k]))
+                if anchor is not None:
+                    _ANCHORS.put((params[k], bits[k]), anchor)
+            _LOADED.put((p, params[k]), True)
+    return params
+
+
+def _project_(bits: Tensor, new: Tensor, old: Tensor) -> None:
+    """In place, :func:`_select`: ``new`` keeps its entries where ``bits`` is set."""
+    int_dtype = _INT_VIEW.get(new.dtype)
+    if int_dtype is None or bits.dtype != int_dtype:
+        new.copy_(torch.where(bits.bool(), new, old))
+        return
+    anchor = _ANCHORS.get((old, bits))
+    if anchor is None:
+        anchor = old.view(int_dtype) & ~bits
+        _ANCHORS.put((old, bits), anchor)
+    new.view(int_dtype).bitwise_and_(bits).bitwise_or_(anchor)
 
 
 def _select(bits: Tensor, new: Tensor, old: Tensor) -> Tensor:
@@ -93,6 +157,8 @@ def _mask(bits: Tensor, t: Tensor) -> Tensor:
 _BITS = TensorMemo()
 _ANCHORS = TensorMemo()
 _COVERAGE = TensorMemo()
+# Workspace tensors known to hold a state's values: (workspace tensor, state tensor).
+_LOADED = TensorMemo()
 
 
 def _trainable_bits(state: EideticState) -> dict[str, Tensor]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
-from .forward import _call, check_input, check_task
-from .freeze import _mask, _trainable_bits, freeze
+from .forward import check_input, check_task, frozen_channels_set, train_mode
+from .freeze import _mask, _trainable_bits, freeze_buffers, load_workspace, project_workspace
 from .mask import needs_task_mask, task_entries
-from .state import EideticState, check_state
+from .state import EideticState, _check_same
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
@@ -85,47 +86,47 @@ def train_step(
     if not isinstance(batch, tuple | list) or len(batch) != 2:
         raise ShapeError("batch must be an (inputs, targets) pair of tensors")
     x, y = batch
-    check_state(model, state)
+    workspace: dict[str, Tensor] = dict(model.named_parameters())
+    own_buffers = {k: b for k, b in model.named_buffers() if not k.endswith("frozen_channels")}
+    _check_same(workspace, state.params, "params")
+    _check_same(own_buffers, state.buffers, "buffers")
     check_input(model, x, next(iter(state.params.values())).dtype if state.params else None)
     if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")
-    workspace: dict[str, Tensor] = dict(model.named_parameters())
     _check_optimizer(optimizer, workspace)
 
+    load_workspace(workspace, state.params)
     with torch.no_grad():
-        for k, p in workspace.items():
-            p.copy_(state.params[k])
+        for k, b in own_buffers.items():
+            b.copy_(state.buffers[k])
     optimizer.zero_grad(set_to_none=True)
-    buffers = [state.buffers]
     masked: dict[int, dict[str, Tensor]] = {}
 
     def apply(inputs: Tensor, head: int) -> Tensor:
-        params = workspace
-        if needs_task_mask(state, head):  # a finished head or a revisit: later tasks read as zero
-            if head not in masked:
-                used = task_entries(state, head)
-                masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
-            params = masked[head]
-        logits, buffers[0] = _call(
-            model, state.replace(buffers=buffers[0]), params, inputs, task=head, train=True
-        )
-        return logits
+        if not needs_task_mask(state, head):
+            return model(inputs, head)
+        # a finished head or a revisit: entries of later tasks read as zero
+        if head not in masked:
+            used = task_entries(state, head)
+            masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
+        return functional_call(model, masked[head], (inputs,), {"task": head}, strict=False)
 
-    try:
-        if objective is None:
-            logits = apply(x, task)
-            y = _check_labels(logits, y, loss_fn)
-            loss = loss_fn(logits, y)
-        else:
-            loss, logits = objective(apply, workspace)
-    except ValueError as e:
-        if "more than 1 value per channel" not in str(e):
-            raise
-        raise ShapeError(
-            f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; use "
-            "batches of at least 2 (the library's loaders drop such a last batch)"
-        ) from None
+    with train_mode(model, True), frozen_channels_set(model, state):
+        try:
+            if objective is None:
+                logits = apply(x, task)
+                y = _check_labels(logits, y, loss_fn)
+                loss = loss_fn(logits, y)
+            else:
+                loss, logits = objective(apply, workspace)
+        except ValueError as e:
+            if "more than 1 value per channel" not in str(e):
+                raise
+            raise ShapeError(
+                f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; "
+                "use batches of at least 2 (the library's loaders drop such a last batch)"
+            ) from None
     if loss.dim() != 0:
         raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
     if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
@@ -149,20 +150,28 @@ def train_step(
             if p.grad is not None:
                 _mask(bits[k], p.grad)
     optimizer.step()
-    _check_finite_step(workspace, task)
-    new = freeze(state.replace(params=workspace, buffers=buffers[0]), state)
+    params = project_workspace(workspace, state)
+    _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
+    buffers = freeze_buffers({k: b.detach().clone() for k, b in own_buffers.items()}, state)
+    new = state.replace(params=params, buffers=buffers)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
 
-def _check_finite_step(workspace: dict[str, Tensor], task: int) -> None:
-    """Raise if the optimizer wrote a non-finite value into a parameter it stepped.
+def _check_finite_step(changed: dict[str, Tensor], task: int) -> None:
+    """Raise if the step's new parameters hold a non-finite value.
 
-    One fused reduction over the stepped parameters (one host sync per step); a NaN caught
-    here is never frozen into a finished task.
+    One pass and one host sync per step: a sum is finite unless some entry is not (or
+    the sum overflows, which the exact count then rules out). Only values entering the
+    state count (frozen entries were restored), so a NaN is never frozen into a task.
     """
-    stepped = [(k, p) for k, p in workspace.items() if p.grad is not None]
-    if not stepped:
+    if not changed:
         return
+    sums = [p.sum() for p in changed.values()]
+    if len({s.dtype for s in sums}) > 1:
+        sums = [s.double() for s in sums]
+    if math.isfinite(float(torch.stack(sums).sum())):
+        return
+    stepped = list(changed.items())
     counts = torch.stack([(~torch.isfinite(p)).sum() for _, p in stepped]).tolist()
     bad = {k: int(n) for (k, _), n in zip(stepped, counts) if n}
     if bad:

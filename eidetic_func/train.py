@@ -47,6 +47,9 @@ Record = dict[str, Any]
 Carry = TypeVar("Carry")
 
 
+SCHEDULES = ("fixed", "adaptive")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How one task is trained and pruned (defaults follow the original where it has one).
@@ -57,6 +60,12 @@ class TrainConfig:
     ``lr_factor`` multiplies the learning rate once before pruning (1.0: unchanged); the
     task's starting rate is restored when it ends, so every task starts at the same rate.
     ``score_batches`` caps the batches used for data-driven scores (None: all).
+    ``pruning_schedule``: ``"fixed"`` (the original) prunes ``pruning_step`` per step
+    until the accuracy leaves the tolerance; ``"adaptive"`` starts with
+    ``first_pruning_step``, keeps its size while steps succeed, and after a failed step
+    restores the snapshot and halves it, stopping when it falls below ``pruning_step``
+    (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
+    far fewer recovery epochs.
     ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
     """
 
@@ -68,6 +77,8 @@ class TrainConfig:
     tolerance: float = 0.01
     max_masking_ratio: float = 0.95
     constant_step: bool = False
+    pruning_schedule: str = "fixed"
+    first_pruning_step: float = 0.5
     lr_factor: float = 1.0
     score_batches: int | None = 16
     last_task: bool = False
@@ -89,6 +100,8 @@ class TrainConfig:
             self.max_masking_ratio, "max_masking_ratio", low=0.0, high=1.0, low_open=True
         )
         validate.number(self.lr_factor, "lr_factor", low=0.0, high=1.0, low_open=True)
+        validate.choice(self.pruning_schedule, "pruning_schedule", SCHEDULES)
+        validate.fraction(self.first_pruning_step, "first_pruning_step")
         if self.score_batches is not None:
             validate.integer(self.score_batches, "score_batches", minimum=1)
         for name in ("constant_step", "last_task", "forward_transfer", "finish"):
@@ -108,6 +121,7 @@ class TaskProgress:
     lrs: tuple[float, ...] = ()  # the optimizer's learning rates when the task started
     lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
     stopping: bool = False  # the plateau is reached: one more training epoch, then prune
+    adaptive_step: float = 0.0  # the adaptive schedule's next step (0: not started)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
@@ -280,6 +294,10 @@ def _prune_phase(
     reduce: Reduce | None,
 ) -> tuple[EideticState, TaskProgress]:
     step_iter, kind_iter = iter(steps), iter(kinds)
+    adaptive = config.pruning_schedule == "adaptive"
+    smallest = min(_as_list(config.pruning_step))
+    if adaptive and p.adaptive_step == 0.0:
+        p = dataclasses.replace(p, adaptive_step=config.first_pruning_step)
     good = state  # the last state whose accuracy is within tolerance
     while True:
         floor = p.best * (1 - config.tolerance)
@@ -293,10 +311,16 @@ def _prune_phase(
                 reason=f"pruned fraction {pruned_fraction:.3f} above {config.max_masking_ratio}",
             )
             return good, p
-        good = state
+        good, good_metric = state, p.metric
         if checkpoint is not None and p.pruning_iteration > 0:
             checkpoint(state, p, history)
         fraction, kind = next(step_iter), next(kind_iter)
+        if adaptive:  # of the remaining neurons, never past max_masking_ratio
+            headroom = (config.max_masking_ratio - pruned_fraction) / (1 - pruned_fraction)
+            fraction = min(p.adaptive_step, headroom)
+            if fraction <= 0.0:
+                record("stop", reason=f"pruned fraction at {config.max_masking_ratio}")
+                return good, p
         start = time.perf_counter()
         batches = (
             _take(data, config.score_batches, _device(state)) if kind in DATA_METHODS else None
@@ -355,6 +379,14 @@ def _prune_phase(
             p = dataclasses.replace(p, best=max(p.best, metric))
             if within:
                 break
+        if adaptive and p.metric < p.best * (1 - config.tolerance):
+            # a failed step: back to the snapshot, and try half the step from there
+            state = good
+            p = dataclasses.replace(p, metric=good_metric, adaptive_step=p.adaptive_step / 2)
+            record("restore", reason=f"accuracy {metric:.4f} below the tolerance")
+            if p.adaptive_step < smallest:
+                record("stop", reason=f"the adaptive step fell below {smallest}")
+                return good, p
 
 
 def train_until_plateau(

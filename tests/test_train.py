@@ -111,6 +111,64 @@ def test_masking_ratio_bounds_the_pruned_share() -> None:
     assert any("pruned fraction" in h.get("reason", "") for h in history if h["phase"] == "stop")
 
 
+def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, list]:
+    model, state, topology, opt = _setup(width=32)
+    checkpoints: list[ef.EideticState] = []
+    config = TrainConfig(
+        max_epochs=3,
+        patience=1,
+        pruning_step=0.1,
+        max_recovery_epochs=1,
+        finish=False,
+        pruning_schedule=schedule,
+        **fields,  # type: ignore[arg-type]
+    )
+    final, history = train_task(
+        model,
+        state,
+        _data(4, n=160),
+        task=0,
+        topology=topology,
+        optimizer=opt,
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        checkpoint=lambda s, p, h: checkpoints.append(s),
+    )
+    return final, history, checkpoints
+
+
+def test_adaptive_schedule_reaches_the_capacity_of_the_fixed_one_in_fewer_recoveries() -> None:
+    topology = _setup(width=32)[2]
+    fixed, fixed_history, _ = _pruned("fixed", tolerance=0.5, max_masking_ratio=0.9)
+    adaptive, history, _ = _pruned("adaptive", tolerance=0.5, max_masking_ratio=0.9)
+    recoveries = [
+        len([h for h in hs if h["phase"] == "recover"]) for hs in (fixed_history, history)
+    ]
+    assert recoveries[1] * 2 < recoveries[0], recoveries
+    kept = [ef.capacity(s, topology).pruned_fraction for s in (fixed, adaptive)]
+    assert kept[0] <= kept[1] <= 0.9 + 1e-9, kept
+    steps = [h["step"] for h in history if h["phase"] == "prune"]
+    assert steps[0] == 0.5 and all(s <= 0.5 for s in steps)
+
+
+def test_adaptive_schedule_restores_the_snapshot_and_halves_the_step_after_a_failed_step() -> None:
+    final, history, checkpoints = _pruned(
+        "adaptive", tolerance=0.0, first_pruning_step=0.8, max_masking_ratio=0.95
+    )
+    phases = [h["phase"] for h in history]
+    assert "restore" in phases and phases[-1] == "stop"
+    prunes = [h for h in history if h["phase"] in ("prune", "restore")]
+    for before, restore, after in zip(prunes, prunes[1:], prunes[2:]):
+        if restore["phase"] == "restore" and after["phase"] == "prune":
+            assert after["step"] <= before["step"] / 2 + 1e-12
+    assert "fell below 0.1" in history[-1]["reason"] or "no neuron" in history[-1]["reason"]
+    # the result is a state that was kept (checkpointed as good), never a failed step's
+    assert any(
+        all(torch.equal(final.params[k], s.params[k]) for k in final.params) for s in checkpoints
+    )
+
+
 def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
     model, state, topology, opt = _setup()
     config = TrainConfig(
@@ -201,9 +259,15 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
         assert opt.param_groups[0]["lr"] == 1e-2
 
 
-def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result() -> None:
+@pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
+def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: str) -> None:
     config = TrainConfig(
-        max_epochs=4, patience=1, pruning_step=0.25, tolerance=0.05, max_recovery_epochs=1
+        max_epochs=4,
+        patience=1,
+        pruning_step=0.25,
+        tolerance=0.05,
+        max_recovery_epochs=1,
+        pruning_schedule=schedule,
     )
     data = _data(5)
 
@@ -273,6 +337,8 @@ def _opt_copy(opt: torch.optim.Optimizer) -> dict:
         ("pruning_type", ()),
         ("max_recovery_epochs", -1),
         ("score_batches", 0),
+        ("pruning_schedule", "bisect"),
+        ("first_pruning_step", 0.0),
     ],
 )
 def test_invalid_pruning_settings_are_refused_before_training(field: str, value: object) -> None:
