@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 
+from eidetic_func.allocator import freed_memory_kept
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -20,27 +23,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[], Any]],
     *,
     repeats: int,
     warmup: int,
     device: torch.device,
-) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved so drift hits all alike."""
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function, ``repeats`` rounds after ``warmup`` rounds.
+
+    Every round calls each function once, in an order that alternates between rounds, so
+    drift on the machine and the position in a round hit all functions alike.
+    """
+    if repeats < 5:
+        raise ValueError(f"report a median over at least 5 repeats, got {repeats}")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for round_ in range(repeats):
+        for name, fn in order if round_ % 2 == 0 else reversed(order):
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles and range of ``values`` (the numbers a table reports)."""
+    if len(values) == 1:
+        q1 = q3 = values[0]
+    else:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {
+        "median": statistics.median(values),
+        "q1": q1,
+        "q3": q3,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """The spread of per-round ratios (rounds are interleaved, so each pair shares drift)."""
+    return spread([a / b for a, b in zip(numerator, denominator)])
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -49,6 +80,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "glibc_freed_memory_kept": freed_memory_kept(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -61,3 +95,13 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -22,6 +22,7 @@ against the loop. Run: ``python -m benchmarks.fisher [--threads N] [--no-compile
 from __future__ import annotations
 
 import argparse
+import statistics
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import eidetic_func as ef
+from eidetic_func.allocator import keep_freed_memory
 from eidetic_func.baselines.per_sample import (
     SampleLoss,
     cross_entropy_loss,
@@ -41,7 +43,7 @@ from eidetic_func.baselines.per_sample import (
 from eidetic_func.forward import train_mode
 from models import MLP
 
-from ._timing import environment, interleaved_medians, write_json
+from ._timing import environment, interleaved_samples, spread, write_json
 
 BATCH = 128
 TARGET = 10.0  # vmap at least this many times faster than the per-sample loop
@@ -124,7 +126,8 @@ def run_statistic(
                 )
                 for k in reference
             )
-        times = interleaved_medians(fns, repeats=repeats, warmup=1, device=x.device)
+        samples = interleaved_samples(fns, repeats=repeats, warmup=1, device=x.device)
+    times = {name: statistics.median(ts) for name, ts in samples.items()}
     loop = times["per-sample loop (library)"]
     for name, t in times.items():
         print(f"  {name:28s} {1e3 * t:9.1f} ms  {loop / t:6.1f}× vs loop", flush=True)
@@ -132,6 +135,7 @@ def run_statistic(
     return {
         "statistic": label,
         "times_ms": {k: 1e3 * v for k, v in times.items()},
+        "spread_ms": {k: spread([1e3 * t for t in ts]) for k, ts in samples.items()},
         "speedup_vs_loop": {k: loop / v for k, v in times.items()},
         "max_relative_error_vs_loop": errors,
         "vmap_eager_speedup_vs_loop": loop
@@ -149,7 +153,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for label in labels:
         cells = [
-            f"{r['times_ms'][label]:.1f} ms ({r['speedup_vs_loop'][label]:.1f}× vs loop)"
+            f"{r['times_ms'][label]:.1f} ms [{r['spread_ms'][label]['q1']:.1f}–"
+            f"{r['spread_ms'][label]['q3']:.1f}] ({r['speedup_vs_loop'][label]:.1f}× vs loop)"
             for r in rows
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -164,6 +169,7 @@ def main() -> None:
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd vmap")
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI does the same: steadier step times
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

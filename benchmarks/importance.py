@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 import eidetic_func as ef
+from eidetic_func.allocator import keep_freed_memory
 from eidetic_func.forward import train_mode
 from eidetic_func.taylor import (
     _gate_contributions,
@@ -34,7 +34,7 @@ from eidetic_func.taylor import (
 )
 from models import MLP, ConvNet, ResNet
 
-from ._timing import environment, sync, write_json
+from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
 
 MODELS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp": ("MLP 784-1000-1000 (BN)", lambda: MLP(784, [10], num_layers=2, width=1000), (784,)),
@@ -45,21 +45,6 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
     ),
     "resnet18": ("ResNet-18, 3x32x32", lambda: ResNet(3, [10], n_blocks=[2, 2, 2, 2]), (3, 32, 32)),
 }
-
-
-def _median_seconds(
-    fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device
-) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _hook_scores(
@@ -183,10 +168,26 @@ def run_model(
             accumulate_squares([scorer(state.params, state.buffers, x, y)])
 
         fns["fast (torch.compile)"] = (compiled, repeats)
-    times = {}
-    for label, (fn, n) in fns.items():
-        times[label] = _median_seconds(fn, n, 1, device)
-        print(f"  {label:28s} {1e3 * times[label]:10.2f} ms", flush=True)
+    # The quick variants interleaved round by round (ratios to the floor per round); the
+    # slow references interleaved among themselves with fewer rounds.
+    quick = {k: fn for k, (fn, n) in fns.items() if n == repeats}
+    slow = {k: fn for k, (fn, n) in fns.items() if n != repeats}
+    samples = interleaved_samples(quick, repeats=repeats, warmup=1, device=device)
+    samples.update(interleaved_samples(slow, repeats=slow_repeats, warmup=1, device=device))
+    times = {label: statistics.median(ts) for label, ts in samples.items()}
+    floor_samples = samples["floor (forward+backward)"]
+    spreads = {}
+    for label in fns:
+        ms = spread([1e3 * t for t in samples[label]])
+        ratio = ratio_spread(samples[label], floor_samples) if label in quick else None
+        spreads[label] = {"ms": ms, "ratio_to_floor": ratio}
+        shown = (
+            f"  ratio {ratio['median']:.2f} [{ratio['q1']:.2f}–{ratio['q3']:.2f}]" if ratio else ""
+        )
+        print(
+            f"  {label:28s} {ms['median']:10.2f} ms [{ms['q1']:.2f}–{ms['q3']:.2f}]{shown}",
+            flush=True,
+        )
     per_sample = per_sample_scores(model, state, state.params, [(x, y)], task=0, topology=topology)
     batch_level = _hook_scores(model, topology, x, y)
     names = [u.name for u in topology.units]
@@ -198,6 +199,7 @@ def run_model(
         "model": name,
         "times_ms": {k: 1e3 * v for k, v in times.items()},
         "ratio_to_floor": {k: v / floor_s for k, v in times.items()},
+        "spread": spreads,
         "fast_speedup_vs_loop": times["per-sample loop"] / times["fast (eager)"],
         "fast_speedup_vs_vmap": times["vmap reference"] / times["fast (eager)"],
         "fast_speedup_vs_vmap_materialized": times["vmap, materialized gradients"]
@@ -209,6 +211,13 @@ def run_model(
     }
 
 
+def _cell(s: dict[str, Any]) -> str:
+    """``median ms [q1–q3] (ratio to the floor, per-round median)``."""
+    ms, ratio = s["ms"], s["ratio_to_floor"]
+    text = f"{ms['median']:.1f} ms [{ms['q1']:.1f}–{ms['q3']:.1f}]"
+    return text + (f" ({ratio['median']:.2f}×)" if ratio else "")
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     labels = list(rows[0]["times_ms"])
     lines = [
@@ -216,12 +225,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "|---|" + "---:|" * len(rows),
     ]
     for label in labels:
-        cells = [
-            f"{r['times_ms'][label]:.1f} ms ({r['ratio_to_floor'][label]:.2f}×)"
-            if label in r["times_ms"]
-            else "–"
-            for r in rows
-        ]
+        cells = [_cell(r["spread"][label]) if label in r["times_ms"] else "–" for r in rows]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(
         "| Spearman, batch-level vs per-sample (all / per unit) | "
@@ -240,10 +244,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="mlp,convnet,resnet18")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--slow-repeats", type=int, default=3)
+    parser.add_argument("--slow-repeats", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=32, help="vmap chunk (bounds memory)")
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI does the same: steadier step times
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
     rows = []

@@ -1,28 +1,40 @@
 """One training step through the functional core vs a plain PyTorch step.
 
-Same module architecture, batch and optimizer (AdamW), batch 128; the functional step
-runs with owned entries present (one task finished, half of the first layer pruned).
-Run: ``python -m benchmarks.step [--device cuda] [--repeats 50]``.
+Same module architecture, batch and optimizer (AdamW); the functional step runs with
+owned entries present (one task finished, half of the first layer pruned). Two copies
+of the plain step run in every round too: their ratio is the noise floor of the
+machine. Rounds interleave the variants; reported are the median and quartiles over
+the rounds of each time and of the per-round ratio.
+Run: ``python -m benchmarks.step [--device cuda] [--repeats 30]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 import eidetic_func as ef
-from models import MLP, ConvNet
+from eidetic_func.allocator import keep_freed_memory
+from models import MLP, ConvNet, ResNet
 
-from ._timing import environment, interleaved_medians, write_json
+from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
 
 
-def _models() -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+def _models() -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int]]:
+    """name -> (model, input shape, batch size)"""
     return {
-        "MLP 784-1000-1000 (BN)": (MLP(784, [10, 10], num_layers=2, width=1000), (784,)),
-        "ConvNet (seed, 3x32x32)": (ConvNet(3, [10, 10], num_layers=2, width=32), (3, 32, 32)),
+        "MLP 784-400-400 (BN), the main job's": (
+            MLP(784, [10, 10], num_layers=2, width=400),
+            (784,),
+            64,
+        ),
+        "MLP 784-1000-1000 (BN)": (MLP(784, [10, 10], num_layers=2, width=1000), (784,), 128),
+        "ConvNet (seed, 3x32x32)": (ConvNet(3, [10, 10], num_layers=2, width=32), (3, 32, 32), 64),
+        "ResNet-18 (3x32x32)": (ResNet(3, [10, 10]), (3, 32, 32), 16),
     }
 
 
@@ -45,56 +57,76 @@ def _state_with_owned_entries(
 
 
 def _measure(
-    model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, repeats: int, warmup: int
-) -> dict[str, float]:
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> dict[str, list[float]]:
     model = model.to(device)
-    plain = copy.deepcopy(model)
-    x = torch.randn(128, *shape, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
+    plain, plain_again = copy.deepcopy(model), copy.deepcopy(model)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-3, weight_decay=1e-2)
     holder = {"state": _state_with_owned_entries(model, (x, y), opt)}
 
     def functional() -> None:
         holder["state"], _ = ef.train_step(model, holder["state"], (x, y), optimizer=opt, task=1)
 
-    def plain_step() -> None:
-        plain_opt.zero_grad(set_to_none=True)
-        plain.train()
-        F.cross_entropy(plain(x, 1), y).backward()
-        plain_opt.step()
+    def plain_step(net: torch.nn.Module) -> Callable[[], None]:
+        net_opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
 
-    return interleaved_medians(
-        {"plain": plain_step, "functional": functional},
+        def step() -> None:
+            net_opt.zero_grad(set_to_none=True)
+            net.train()
+            F.cross_entropy(net(x, 1), y).backward()
+            net_opt.step()
+
+        return step
+
+    return interleaved_samples(
+        {
+            "plain": plain_step(plain),
+            "functional": functional,
+            "plain again": plain_step(plain_again),
+        },
         repeats=repeats,
         warmup=warmup,
         device=device,
     )
 
 
-def run(device: torch.device, repeats: int, warmup: int) -> dict[str, object]:
+def run(device: torch.device, repeats: int, warmup: int, only: str | None) -> dict[str, object]:
     torch.manual_seed(0)
     rows = []
-    for name, (model, shape) in _models().items():
-        times = _measure(model, shape, device, repeats, warmup)
-        ratio = times["functional"] / times["plain"]
+    for name, (model, shape, batch) in _models().items():
+        if only is not None and only not in name:
+            continue
+        times = _measure(model, shape, batch, device, repeats, warmup)
+        ratio = ratio_spread(times["functional"], times["plain"])
+        floor = ratio_spread(times["plain again"], times["plain"])
         rows.append(
             {
                 "model": name,
-                "plain_ms": 1e3 * times["plain"],
-                "functional_ms": 1e3 * times["functional"],
+                "batch": batch,
+                "plain_ms": spread([1e3 * t for t in times["plain"]]),
+                "functional_ms": spread([1e3 * t for t in times["functional"]]),
                 "ratio": ratio,
+                "noise_floor_ratio": floor,
             }
         )
         print(
-            f"{name:28s} plain {1e3 * times['plain']:9.2f} ms   functional "
-            f"{1e3 * times['functional']:9.2f} ms   ratio {ratio:5.3f}",
+            f"{name:38s} plain {rows[-1]['plain_ms']['median']:8.2f} ms   functional "
+            f"{rows[-1]['functional_ms']['median']:8.2f} ms   ratio {ratio['median']:5.3f} "
+            f"[{ratio['q1']:.3f}–{ratio['q3']:.3f}]   plain/plain {floor['median']:5.3f} "
+            f"[{floor['q1']:.3f}–{floor['q3']:.3f}]",
             flush=True,
         )
     return {
         "benchmark": "step",
-        "batch": 128,
         "optimizer": "AdamW",
+        "repeats": repeats,
         "target_ratio": 1.10,
         "environment": environment(device),
         "results": rows,
@@ -104,15 +136,18 @@ def run(device: torch.device, repeats: int, warmup: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--only", default=None, help="run the models whose name contains this")
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI does the same: steadier step times
     # Subnormal arithmetic is 10-100x slower on x86 and appears in AdamW's second moments
     # of weights with vanishing gradients; flush it for both sides alike.
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
-    payload = run(device, args.repeats, args.warmup)
-    path = write_json(f"step-{device.type}.json", payload)
+    payload = run(device, args.repeats, args.warmup, args.only)
+    suffix = "" if args.only is None else "-partial"
+    path = write_json(f"step-{device.type}{suffix}.json", payload)
     print(f"wrote {path}")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import rundir
+from .allocator import keep_freed_memory
 from .baselines.registry import parse_option
 from .errors import EideticError
 from .sequence import (
@@ -495,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start over in an output directory that holds a run's checkpoint",
     )
     args = parser.parse_args(argv)
+    keep_freed_memory()  # steadier, faster steps on Linux (see eidetic_func.allocator)
     try:
         if args.command == "run":
             if args.resume:

@@ -1,0 +1,38 @@
+"""The benchmarks' measuring rules: interleaved rounds, medians over ≥ 5, spreads reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks._timing import environment, interleaved_samples, ratio_spread, spread
+from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
+
+
+def test_rounds_interleave_the_variants_in_alternating_order() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    samples = interleaved_samples(fns, repeats=5, warmup=1, device=torch.device("cpu"))
+    assert {k: len(v) for k, v in samples.items()} == {"a": 5, "b": 5, "c": 5}
+    rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]  # after the warm-up round
+    assert rounds[0] == ["a", "b", "c"] and rounds[1] == ["c", "b", "a"]
+    assert all(t >= 0 for ts in samples.values() for t in ts)
+
+
+def test_fewer_than_five_repeats_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 5"):
+        interleaved_samples({"a": lambda: None}, repeats=4, warmup=0, device=torch.device("cpu"))
+
+
+def test_spread_reports_median_quartiles_and_range() -> None:
+    s = spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3, 2, 4, 1, 5, 5)
+    r = ratio_spread([2.0, 4.0, 9.0, 2.0, 2.0], [1.0, 2.0, 3.0, 1.0, 1.0])
+    assert r["median"] == 2.0 and r["max"] == 3.0
+
+
+def test_environment_records_machine_threads_and_allocator() -> None:
+    applied = keep_freed_memory()
+    env = environment(torch.device("cpu"))
+    assert env["threads"] == torch.get_num_threads() and env["cores"] >= 1 and env["cpu"]
+    assert env["glibc_freed_memory_kept"] is freed_memory_kept() is applied
