@@ -9,7 +9,7 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 """
 
-from . import baselines, data, distributed, metrics, task_split
+from . import baselines, data, distributed, metrics, report, task_split
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
@@ -94,6 +94,7 @@ __all__ = [
     "prune",
     "prune_neurons",
     "recycle",
+    "report",
     "revisit",
     "run",
     "save",

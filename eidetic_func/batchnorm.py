@@ -90,6 +90,9 @@ class _TaskBatchNorm(_BatchNorm):
 
 def _blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """``(frozen, 1 - frozen)`` as 0/1 vectors shaped like ``like``, cached per index tensor."""
+    if torch.compiler.is_compiling():  # compiled code computes them in the graph, once
+        frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
+        return frozen, 1 - frozen
     masks = _MASKS.get((frozen_channels,))
     if masks is None or masks[0].dtype != like.dtype or masks[0].shape != like.shape:
         frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)

@@ -18,6 +18,7 @@ from . import rundir
 from .allocator import keep_freed_memory
 from .baselines.registry import parse_option
 from .errors import EideticError
+from .report import write_outputs
 from .sequence import (
     CHECKPOINT_EVERY,
     CHECKPOINT_FILE,
@@ -28,7 +29,6 @@ from .sequence import (
     is_main_process,
     run,
     saved_run,
-    write_outputs,
 )
 from .train import SCHEDULES, TrainConfig
 
@@ -190,6 +190,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "training accuracy, the original's rule)",
     )
     method.add_argument(
+        "--compile",
+        action="store_true",
+        help="run every training step under torch.compile (the first step of each task "
+        "compiles; worth it on a GPU or for long runs, see the README's step benchmark)",
+    )
+    method.add_argument(
         "--pruning-schedule",
         choices=SCHEDULES,
         default=DEFAULT_TRAIN.pruning_schedule,
@@ -336,6 +342,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_masking_ratio=args.max_masking_ratio,
         constant_step=args.constant_step,
         pruning_schedule=args.pruning_schedule,
+        compiled=args.compile,
         first_pruning_step=args.first_pruning_step,
         lr_factor=args.lr_factor,
         forward_transfer=args.forward_transfer,

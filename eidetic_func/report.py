@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from .sequence import RunResult
 
 
+def write_outputs(result: RunResult, output_dir: str | Path) -> dict[str, Path]:
+    """``results.json``, ``history.csv``, ``summary.md`` and PNG plots into ``output_dir``."""
+    return write_report(result, Path(output_dir))
+
+
 def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
     """Write ``results.json``, ``history.csv``, ``summary.md`` and (with matplotlib) plots.
 

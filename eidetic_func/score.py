@@ -10,8 +10,9 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .mask import apply_task_mask, needs_task_mask
 from .state import EideticState
-from .taylor import Batch, Implementation, Reduce, batch_scores, per_sample_scores
+from .taylor import Implementation, Reduce, batch_scores, per_sample_scores
 from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
+from .types import Batch
 from .validate import task_id
 
 METHODS: tuple[str, ...] = ("l1", "l2", "random", "taylor", "taylor_batch")

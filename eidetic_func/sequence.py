@@ -932,12 +932,5 @@ def route_and_classify(
     }
 
 
-def write_outputs(result: RunResult, output_dir: str | Path) -> dict[str, Path]:
-    """``results.json``, ``history.csv``, ``summary.md`` and PNG plots into ``output_dir``."""
-    from .report import write_report
-
-    return write_report(result, Path(output_dir))
-
-
 def dumps(result: RunResult) -> str:
     return json.dumps(result.to_dict(), indent=2)

@@ -1,17 +1,21 @@
 """One training step with any ``torch.optim`` optimizer, frozen entries restored after it.
 
 The optimizer is built over ``model.parameters()`` as usual (one optimizer may serve a
-whole task sequence). Those parameters are the step's workspace: the state is copied in,
-the optimizer updates them in place, and :func:`eidetic_func.freeze` projects the result
-back onto the state's frozen and pruned entries. The returned state never aliases the
-workspace, so states stay immutable.
+whole task sequence). The model's parameters and buffers are the step's workspace: the
+state is copied in (parameters only when they do not already hold it: the previous step
+left them equal to the state it returned), the model runs on them directly, the optimizer
+updates them in place, and the result is projected back onto the state's frozen and pruned
+entries (:func:`eidetic_func.freeze`), in the workspace too. The returned state never
+aliases the workspace, so states stay immutable; the model's own tensors are scratch.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +27,8 @@ from .forward import check_input, check_task, frozen_channels_set, train_mode
 from .freeze import _mask, _trainable_bits, freeze_buffers, load_workspace, project_workspace
 from .mask import needs_task_mask, task_entries
 from .state import EideticState, _check_same
+from .types import LossFn
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
 Apply = Callable[[Tensor, int], Tensor]
 # objective(apply, params) -> (scalar loss, logits of the step's batch)
@@ -67,6 +71,7 @@ def train_step(
     objective: Objective | None = None,
     grad_transform: GradTransform | None = None,
     zero_frozen_grads: bool = False,
+    compiled: bool = False,
 ) -> tuple[EideticState, StepMetrics]:
     """Train ``task`` on one batch; owned and pruned entries come back bit-identical.
 
@@ -80,6 +85,11 @@ def train_step(
     is unchanged and the optimizer's statistics are untouched). ``zero_frozen_grads`` also
     zeroes gradients of frozen entries before the step, so momentum and moment estimates
     ignore them; freezing itself never depends on it.
+
+    ``compiled`` runs the model's forward and backward and the optimizer's step under
+    ``torch.compile`` (built on the first call for each model and optimizer, kept for
+    later ones; a new task's frozen BN channels or learning rate may recompile once).
+    Freezing is unchanged: the projection runs after the compiled optimizer step.
     """
     check_trainable(state, task)
     check_task(model, task)
@@ -105,7 +115,7 @@ def train_step(
 
     def apply(inputs: Tensor, head: int) -> Tensor:
         if not needs_task_mask(state, head):
-            return model(inputs, head)
+            return (_compiled_model(model) if compiled else model)(inputs, head)
         # a finished head or a revisit: entries of later tasks read as zero
         if head not in masked:
             used = task_entries(state, head)
@@ -149,12 +159,56 @@ def train_step(
         for k, p in workspace.items():
             if p.grad is not None:
                 _mask(bits[k], p.grad)
-    optimizer.step()
+    if compiled:
+        _compiled_optimizer_step(optimizer)()
+    else:
+        optimizer.step()
     params = project_workspace(workspace, state)
     _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
     buffers = freeze_buffers({k: b.detach().clone() for k, b in own_buffers.items()}, state)
     new = state.replace(params=params, buffers=buffers)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
+
+
+# Compiled callables per model and optimizer. torch.compile keeps a strong reference to
+# what it compiles, so a weak cache could never drop them: keep the few most recent.
+_COMPILED: collections.OrderedDict[tuple[str, int], tuple[object, Callable[..., Any]]] = (
+    collections.OrderedDict()
+)
+_COMPILED_KEEP = 8
+
+
+def _cached(
+    kind: str, owner: object, build: Callable[[], Callable[..., Any]]
+) -> Callable[..., Any]:
+    key = (kind, id(owner))
+    entry = _COMPILED.get(key)
+    if entry is None or entry[0] is not owner:
+        entry = (owner, build())
+        _COMPILED[key] = entry
+        while len(_COMPILED) > _COMPILED_KEEP:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    return entry[1]
+
+
+# torch.compile's options for compiled steps (tests swap in a quicker backend).
+COMPILE_OPTIONS: dict[str, Any] = {}
+
+
+def _compiled_model(model: nn.Module) -> Callable[..., Tensor]:
+    return _cached("model", model, lambda: torch.compile(model, **COMPILE_OPTIONS))
+
+
+def _compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    def build() -> Callable[[], None]:
+        @torch.compile(fullgraph=False, **COMPILE_OPTIONS)
+        def step() -> None:
+            optimizer.step()
+
+        return step
+
+    return _cached("optimizer", optimizer, build)
 
 
 def _check_finite_step(changed: dict[str, Tensor], task: int) -> None:

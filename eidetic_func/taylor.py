@@ -38,8 +38,8 @@ from .forward import train_mode
 from .state import EideticState
 from .topology import Topology, Unit
 from .tracing import module_calls, redirect, returning, trace
+from .types import Batch
 
-Batch = tuple[Tensor, Tensor]
 Implementation = Literal["fast", "vmap", "loop"]
 Contributions = Callable[..., dict[str, Tensor]]
 # reduce(partial sums per unit, sample count) -> the sums and count over all processes

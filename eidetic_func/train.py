@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from . import validate
@@ -35,15 +35,14 @@ from .metrics import evaluate
 from .prune import prune
 from .score import DATA_METHODS, METHODS, score
 from .state import EideticState
-from .step import LossFn, StepMetrics, check_trainable, train_step
+from .step import StepMetrics, check_trainable, train_step
 from .taylor import Reduce
 from .topology import Topology
+from .types import Batch, LossFn, Record
 
 if TYPE_CHECKING:
     from .distributed import Parallel
 
-Batch = tuple[Tensor, Tensor]
-Record = dict[str, Any]
 Carry = TypeVar("Carry")
 
 
@@ -67,6 +66,7 @@ class TrainConfig:
     (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
     far fewer recovery epochs.
     ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
+    ``compiled`` runs every training step under ``torch.compile`` (see ``train_step``).
     """
 
     max_epochs: int = 20
@@ -84,6 +84,7 @@ class TrainConfig:
     last_task: bool = False
     forward_transfer: bool = True
     finish: bool = True
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
@@ -104,7 +105,7 @@ class TrainConfig:
         validate.fraction(self.first_pruning_step, "first_pruning_step")
         if self.score_batches is not None:
             validate.integer(self.score_batches, "score_batches", minimum=1)
-        for name in ("constant_step", "last_task", "forward_transfer", "finish"):
+        for name in ("constant_step", "last_task", "forward_transfer", "finish", "compiled"):
             validate.boolean(getattr(self, name), name)
 
 
@@ -197,7 +198,15 @@ def train_task(
 
     def step(s: EideticState, batch: Batch) -> tuple[EideticState, StepMetrics]:
         if parallel is None:
-            return train_step(model, s, batch, optimizer=optimizer, task=task, loss_fn=loss_fn)
+            return train_step(
+                model,
+                s,
+                batch,
+                optimizer=optimizer,
+                task=task,
+                loss_fn=loss_fn,
+                compiled=config.compiled,
+            )
         new, metrics = train_step(
             model,
             s,
@@ -206,6 +215,7 @@ def train_task(
             task=task,
             loss_fn=loss_fn,
             grad_transform=parallel.average_grads,
+            compiled=config.compiled,
         )
         return parallel.sync_buffers(new, s), metrics
 

@@ -156,6 +156,7 @@ def run_sequence(
     forward_transfer: bool,
     prune_fraction: float = 0.4,
     plan: tuple[int, ...] | None = None,
+    compiled: bool = False,
 ) -> Iterator[Event]:
     """Train every task of ``spec`` in order with one optimizer; yield after every change.
 
@@ -169,7 +170,12 @@ def run_sequence(
         for phase in range(2):
             for _ in range(steps):
                 state, _ = ef.train_step(
-                    model, state, batch(spec, generator), optimizer=optimizer, task=task
+                    model,
+                    state,
+                    batch(spec, generator),
+                    optimizer=optimizer,
+                    task=task,
+                    compiled=compiled,
                 )
                 yield Event("step", task, state)
             if phase == 0:

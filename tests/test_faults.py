@@ -264,7 +264,7 @@ def test_results_files_get_the_mode_of_plainly_created_files(finished_run: Path)
     old = os.umask(0o022)
     try:
         result = run(None, output_dir=finished_run, resume=True, log=_quiet)
-        paths = ef.sequence.write_outputs(result, finished_run)
+        paths = ef.report.write_outputs(result, finished_run)
     finally:
         os.umask(old)
     for name in ("results", "history", "summary"):

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import (
     ALL_KINDS,
@@ -31,6 +31,7 @@ from strategies import (
 )
 
 import eidetic_func as ef
+from eidetic_func import step
 
 SEQUENCE = {
     "spec": model_specs(ALL_KINDS),
@@ -61,6 +62,44 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
         if event.kind == "finish":
             snapshot = owned_snapshot(event.state)
+
+
+@settings(max_examples=3)  # every example compiles its model anew
+@given(
+    spec=model_specs(ALL_KINDS),
+    optimizer=optimizer_names(),
+    forward_transfer=st.booleans(),
+    seed=st.integers(0, 2**16),
+    plan=st.none() | pruning_plans(),
+)
+def test_owned_entries_stay_bit_identical_under_compiled_steps(
+    spec: ModelSpec,
+    optimizer: str,
+    forward_transfer: bool,
+    seed: int,
+    plan: tuple[int, ...] | None,
+) -> None:
+    # dynamo and AOTAutograd as in a real compiled step, without inductor's C++ codegen
+    # (minutes per example on 2 cores); tests/test_step.py runs the full inductor step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(step.COMPILE_OPTIONS, "backend", "aot_eager")
+        model = spec.build(seed)
+        opt = OPTIMIZERS[optimizer](list(model.parameters()))
+        snapshot = None
+        for event in run_sequence(
+            model,
+            spec,
+            opt,
+            seed=seed,
+            steps=2,
+            forward_transfer=forward_transfer,
+            plan=plan,
+            compiled=True,
+        ):
+            if snapshot is not None:
+                assert_owned_unchanged(snapshot, event.state, f"{event.kind} of {event.task}")
+            if event.kind == "finish":
+                snapshot = owned_snapshot(event.state)
 
 
 @given(**SEQUENCE)

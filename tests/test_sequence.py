@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -130,6 +131,17 @@ def test_the_cli_runs_and_writes_results_history_and_plots(tmp_path: Path) -> No
     assert "metric" in header and "pruned_fraction" in header
 
 
+def test_the_cli_prunes_with_the_adaptive_schedule_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", *SMALL_ARGS, "--pruning-schedule", "adaptive", "--first-pruning-step", "0.6"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["train"]["pruning_schedule"] == "adaptive"
+    with (out / "history.csv").open() as f:
+        steps = [float(r["step"]) for r in csv.DictReader(f) if r["phase"] == "prune"]
+    assert steps and steps[0] == 0.6 and max(steps) == 0.6
+
+
 def test_python_dash_m_and_help_document_every_option() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "eidetic_func", "run", "--help"],
@@ -143,6 +155,9 @@ def test_python_dash_m_and_help_document_every_option() -> None:
         "--method",
         "--pruning-type",
         "--pruning-step",
+        "--pruning-schedule",
+        "--first-pruning-step",
+        "--compile",
         "--no-forward-transfer",
         "--epochs",
         "--seed",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -116,3 +118,66 @@ def test_a_state_of_another_model_is_refused(setup) -> None:
     opt = torch.optim.SGD(other.parameters(), lr=0.1)
     with pytest.raises(ef.StateMismatchError):
         ef.train_step(other, state, _batch(), optimizer=opt, task=0)
+
+
+def _two_steps_from(state: ef.EideticState, model: MLP, opt: torch.optim.Optimizer, batches):
+    for batch in batches:
+        state, _ = ef.train_step(model, state, batch, optimizer=opt, task=0)
+    return state
+
+
+def test_the_workspace_is_reloaded_whenever_it_does_not_hold_the_state_passed() -> None:
+    torch.manual_seed(0)
+    batches = [_batch(8) for _ in range(3)]
+    model = MLP(8, [3, 3], num_layers=1, width=5)
+    start = ef.init(model)
+    reference = _two_steps_from(start, model, torch.optim.SGD(model.parameters(), lr=0.1), batches)
+    # the same steps, with the workspace written between them, and an older state stepped
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first, _ = ef.train_step(model, start, batches[0], optimizer=opt, task=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # a user's in-place write: the next step must not train from it
+    again = _two_steps_from(first, model, opt, batches[1:])
+    for k in reference.params:
+        assert torch.equal(again.params[k], reference.params[k]), k
+    older = _two_steps_from(start, model, torch.optim.SGD(model.parameters(), lr=0.1), batches)
+    for k in reference.params:
+        assert torch.equal(older.params[k], reference.params[k]), k
+
+
+def test_a_compiled_step_keeps_owned_entries_and_bn_statistics_bit_identical() -> None:
+    torch.manual_seed(0)
+    model = MLP(8, [3, 3], num_layers=2, width=6)  # BN: owned channels stay frozen in training
+    topology = model.topology()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    state = ef.init(model)
+    for _ in range(3):
+        state, _ = ef.train_step(model, state, _batch(8), optimizer=opt, task=0)
+    key = "blocks.0.linear.weight"
+    keep = state.keep[key].clone()
+    keep[::2] = False
+    state = ef.bridge(state.replace(keep={**state.keep, key: keep}), topology)
+    state = ef.recycle(ef.finish_task(state, topology, task=0), generator=torch.Generator())
+    eager_model = MLP(8, [3, 3], num_layers=2, width=6)
+    eager_opt = torch.optim.AdamW(eager_model.parameters(), lr=1e-2, weight_decay=0.1)
+    eager_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the same moments
+    compiled, eager = state, state
+    for _ in range(3):
+        batch = _batch(8)
+        compiled, _ = ef.train_step(model, compiled, batch, optimizer=opt, task=1, compiled=True)
+        eager, _ = ef.train_step(eager_model, eager, batch, optimizer=eager_opt, task=1)
+    for k, p in compiled.params.items():
+        owned = state.owner[k] >= 0
+        assert torch.equal(p[owned], state.params[k][owned]), k
+        assert torch.allclose(p, eager.params[k], atol=1e-5), k
+    for k, b in compiled.buffers.items():
+        if k in state.owner:
+            owned = state.owner[k] >= 0
+            assert torch.equal(b[owned], state.buffers[k][owned]), k
+    x = torch.randn(8, 8)
+    assert torch.equal(
+        ef.forward(model, state, x, task=0, train=False)[0],
+        ef.forward(model, compiled, x, task=0, train=False)[0],
+    )
+    assert any(not torch.equal(p, state.params[k]) for k, p in compiled.params.items())

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..forward import train_mode
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..train import Batch
+from ..types import Batch
 from .per_sample import (
     IMPLEMENTATIONS,
     Implementation,

@@ -38,7 +38,7 @@ from ..freeze import trainable
 from ..pytree import pytree_dataclass
 from ..state import EideticState
 from ..step import Apply, GradTransform, StepMetrics, train_step
-from ..train import Batch
+from ..types import Batch
 from .replay import (
     Samples,
     _sample,

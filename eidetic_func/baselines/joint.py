@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
-from ..train import Batch
+from ..types import Batch
 from .base import BaseMethod
 from .regularizer import state_batches
 

@@ -27,7 +27,7 @@ from ..forward import train_mode
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply
-from ..train import Batch
+from ..types import Batch
 from .per_sample import call_logits
 from .regularizer import RegularizedMethod
 

@@ -30,7 +30,7 @@ from ..forward import train_mode
 from ..pytree import pytree_dataclass
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
-from ..train import Batch
+from ..types import Batch
 from .per_sample import call_logits
 from .replay import (
     ReservoirBuffer,

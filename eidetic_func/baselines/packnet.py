@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, TaskError
 from ..state import FREE, EideticState
 from ..step import train_step
-from ..train import Batch
+from ..types import Batch
 from .base import BaseMethod
 
 __all__ = ["PackNet", "magnitude_prune", "own_entries", "packnet_prunable"]

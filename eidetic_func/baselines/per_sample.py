@@ -42,8 +42,8 @@ from .. import validate
 from ..errors import DataError, NonFiniteError, ShapeError, TopologyError
 from ..forward import train_mode
 from ..tracing import detach_uses, module_calls, returning, trace
+from ..types import Batch
 
-Batch = tuple[Tensor, Tensor]
 # loss(logits [C] of one sample, its target) -> scalar
 SampleLoss = Callable[[Tensor, Tensor], Tensor]
 Reduction = Literal["square", "abs"]

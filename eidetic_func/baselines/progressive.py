@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..lifecycle import recycle
 from ..state import EideticState
-from ..train import Batch
+from ..types import Batch
 from .base import BaseMethod
 from .packnet import own_entries
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
-from ..train import Batch
+from ..types import Batch
 from .base import BaseMethod
 
 

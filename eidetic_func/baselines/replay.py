@@ -35,7 +35,7 @@ from ..errors import ConfigError, ShapeError
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
-from ..train import Batch
+from ..types import Batch
 
 __all__ = [
     "DER",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .. import validate
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..train import Batch
+from ..types import Batch
 from .regularizer import RegularizedMethod, quadratic_penalty
 
 

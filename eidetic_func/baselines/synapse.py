@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..state import EideticState
-from ..train import Batch
+from ..types import Batch
 from .base import Method
 from .joint import Joint
 from .per_sample import takes_task
