@@ -35,7 +35,7 @@ from .mask import apply_task_mask, task_entries
 from .multihead import MultiHead, multihead
 from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
-from .score import METHODS, prunable, score
+from .score import SCORING_METHODS, prunable, score
 from .sequence import RunConfig, RunResult, run
 from .state import FREE, EideticState, init
 from .step import StepMetrics, train_step
@@ -45,8 +45,8 @@ from .train import TaskProgress, TrainConfig, train_task
 
 __all__ = [
     "FREE",
-    "METHODS",
     "NAMESPACE",
+    "SCORING_METHODS",
     "Capacity",
     "Checkpoint",
     "CheckpointError",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import validate
 from .errors import ConfigError, NonFiniteError, NothingToPrune
-from .score import GLOBAL_METHODS, METHODS, prunable
+from .score import GLOBAL_METHODS, SCORING_METHODS, prunable
 from .state import EideticState
 from .topology import Topology, check_topology, neuron_owner, neuron_vector_keys, rows
 
@@ -40,7 +40,7 @@ def prune(
     selects no neuron.
     """
     fraction = validate.fraction(fraction, "fraction")
-    validate.choice(method, "method", METHODS)
+    validate.choice(method, "method", SCORING_METHODS)
     validate.boolean(constant_step, "constant_step")
     check_topology(topology, state.params, state.buffers)
     candidates = prunable(state, topology)

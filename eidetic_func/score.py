@@ -15,7 +15,7 @@ from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
 from .types import Batch
 from .validate import task_id
 
-METHODS: tuple[str, ...] = ("l1", "l2", "random", "taylor", "taylor_batch")
+SCORING_METHODS: tuple[str, ...] = ("l1", "l2", "random", "taylor", "taylor_batch")
 DATA_METHODS = ("taylor", "taylor_batch")
 GLOBAL_METHODS = DATA_METHODS  # one threshold across layers; the others prune per layer
 
@@ -45,8 +45,10 @@ def score(
     ``state``. With data parallelism, ``reduce`` sums the data-driven scores' partial sums
     over processes (see :mod:`eidetic_func.distributed`), so every process prunes alike.
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError(f"unknown scoring method {method!r}; choose one of {list(METHODS)}")
+    if not isinstance(method, str) or method not in SCORING_METHODS:
+        raise ConfigError(
+            f"unknown scoring method {method!r}; choose one of {list(SCORING_METHODS)}"
+        )
     task_id(task, num_tasks=topology.num_tasks)
     check_topology(topology, state.params, state.buffers)
     params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params

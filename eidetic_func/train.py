@@ -33,7 +33,7 @@ from .errors import ConfigError, DataError, NothingToPrune
 from .lifecycle import finish_task, recycle
 from .metrics import evaluate
 from .prune import prune
-from .score import DATA_METHODS, METHODS, score
+from .score import DATA_METHODS, SCORING_METHODS, score
 from .state import EideticState
 from .step import StepMetrics, check_trainable, train_step
 from .taylor import Reduce
@@ -95,7 +95,7 @@ class TrainConfig:
         for step in _as_list(self.pruning_step):
             validate.fraction(step, "pruning_step")
         for kind in _as_list(self.pruning_type):
-            validate.choice(kind, "pruning_type", METHODS)
+            validate.choice(kind, "pruning_type", SCORING_METHODS)
         validate.number(self.tolerance, "tolerance", low=0.0, high=1.0, high_open=True)
         validate.number(
             self.max_masking_ratio, "max_masking_ratio", low=0.0, high=1.0, low_open=True
@@ -131,7 +131,7 @@ class TaskProgress:
         return dataclasses.asdict(self)
 
 
-Checkpoint = Callable[[EideticState, TaskProgress, list[Record]], None]
+CheckpointCallback = Callable[[EideticState, TaskProgress, list[Record]], None]
 
 
 def train_task(
@@ -147,7 +147,7 @@ def train_task(
     loss_fn: LossFn = F.cross_entropy,
     score_loader: Iterable[Batch] | None = None,
     progress: bool = True,
-    checkpoint: Checkpoint | None = None,
+    checkpoint: CheckpointCallback | None = None,
     resume: TaskProgress | None = None,
     parallel: Parallel | None = None,
     stop_loader: Iterable[Batch] | None = None,
@@ -299,7 +299,7 @@ def _prune_phase(
     data: Iterable[Batch],
     epoch: Callable[[EideticState, str], tuple[EideticState, float, float]],
     record: Callable[..., None],
-    checkpoint: Checkpoint | None,
+    checkpoint: CheckpointCallback | None,
     history: list[Record],
     reduce: Reduce | None,
 ) -> tuple[EideticState, TaskProgress]:

@@ -90,7 +90,7 @@ def test_lifecycle_with_bad_tasks(task: Any, forward_transfer: bool) -> None:
 
 @given(
     fraction=weird_numbers,
-    method=st.one_of(st.sampled_from(ef.METHODS), st.text(max_size=4)),
+    method=st.one_of(st.sampled_from(ef.SCORING_METHODS), st.text(max_size=4)),
     constant_step=st.booleans(),
     corrupt=st.sampled_from(["none", "nan", "shape", "missing", "inf"]),
 )
@@ -115,7 +115,7 @@ def test_prune_with_bad_fractions_methods_and_scores(
 
 
 @given(
-    method=st.one_of(st.sampled_from(ef.METHODS), st.text(max_size=5)),
+    method=st.one_of(st.sampled_from(ef.SCORING_METHODS), st.text(max_size=5)),
     task=weird_numbers,
     batches=st.one_of(
         st.none(), st.just([]), weird_tensors.map(lambda x: [(x, torch.zeros(2, dtype=torch.long))])

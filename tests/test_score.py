@@ -94,7 +94,7 @@ def test_owned_and_already_pruned_neurons_score_infinity() -> None:
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0])  # pruned in task 1
     data = [(torch.randn(4, 6), torch.randint(0, 2, (4,)))]
     g = torch.Generator().manual_seed(0)
-    for method in ef.METHODS:
+    for method in ef.SCORING_METHODS:
         s = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)[
             "blocks.0"
         ]
