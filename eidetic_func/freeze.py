@@ -51,7 +51,7 @@ def freeze(new: EideticState, old: EideticState) -> EideticState:
         if coverage[k] is False:  # nothing may change: the old tensor itself (immutable)
             params[k] = old.params[k]
         elif coverage[k] is True:  # everything may change: a copy, half the memory traffic
-            params[k] = p.clone()
+            params[k] = p.detach().clone()
         else:
             params[k] = _select(bits[k], p.detach(), old.params[k])
     return old.replace(params=params, buffers=freeze_buffers(new.buffers, old))

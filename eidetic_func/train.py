@@ -326,7 +326,8 @@ def _prune_phase(
             checkpoint(state, p, history)
         fraction, kind = next(step_iter), next(kind_iter)
         if adaptive:  # of the remaining neurons, never past max_masking_ratio
-            headroom = (config.max_masking_ratio - pruned_fraction) / (1 - pruned_fraction)
+            left = 1.0 - pruned_fraction
+            headroom = (config.max_masking_ratio - pruned_fraction) / left if left > 0 else 0.0
             fraction = min(p.adaptive_step, headroom)
             if fraction <= 0.0:
                 record("stop", reason=f"pruned fraction at {config.max_masking_ratio}")

@@ -113,3 +113,12 @@ def test_trainable_is_free_and_kept() -> None:
     _, state = _finished_state()
     for k, mask in ef.trainable(state).items():
         assert torch.equal(mask, (state.owner[k] < 0) & state.keep[k])
+
+
+def test_freeze_returns_tensors_detached_from_any_graph() -> None:
+    torch.manual_seed(0)
+    model = MLP(4, [2], num_layers=1, width=3, bn=False)
+    state = ef.init(model)
+    live = {k: (v * 1.0).requires_grad_(True) for k, v in state.params.items()}
+    frozen = ef.freeze(state.replace(params=live), state)
+    assert not any(v.requires_grad for v in frozen.params.values())
