@@ -122,6 +122,8 @@ def train_step(
             masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
         return functional_call(model, masked[head], (inputs,), {"task": head}, strict=False)
 
+    # forward, backward and any gradient transform (which may run the network again, e.g.
+    # on a replay memory) all see training mode and the state's frozen BN channels
     with train_mode(model, True), frozen_channels_set(model, state):
         try:
             if objective is None:
@@ -137,23 +139,23 @@ def train_step(
                 f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; "
                 "use batches of at least 2 (the library's loaders drop such a last batch)"
             ) from None
-    if loss.dim() != 0:
-        raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
-    if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
-        correct = (logits.detach().argmax(1) == y).sum()
-    else:
-        correct = torch.zeros((), device=loss.device)
-    loss_value, correct_value = torch.stack([loss.detach().float(), correct.float()]).tolist()
-    if not math.isfinite(loss_value):
-        raise NonFiniteError(
-            f"loss is {loss_value} at task {task}; the state is returned unchanged (lower the "
-            "learning rate or check the data)"
-        )
-    loss.backward()
-    if grad_transform is not None:
-        grads = {k: p.grad for k, p in workspace.items() if p.grad is not None}
-        for k, g in grad_transform(grads, apply, workspace).items():
-            workspace[k].grad = g
+        if loss.dim() != 0:
+            raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
+        if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
+            correct = (logits.detach().argmax(1) == y).sum()
+        else:
+            correct = torch.zeros((), device=loss.device)
+        loss_value, correct_value = torch.stack([loss.detach().float(), correct.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(
+                f"loss is {loss_value} at task {task}; the state is returned unchanged (lower the "
+                "learning rate or check the data)"
+            )
+        loss.backward()
+        if grad_transform is not None:
+            grads = {k: p.grad for k, p in workspace.items() if p.grad is not None}
+            for k, g in grad_transform(grads, apply, workspace).items():
+                workspace[k].grad = g
     if zero_frozen_grads:
         bits = _trainable_bits(state)
         for k, p in workspace.items():

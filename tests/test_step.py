@@ -181,3 +181,25 @@ def test_a_compiled_step_keeps_owned_entries_and_bn_statistics_bit_identical() -
         ef.forward(model, compiled, x, task=0, train=False)[0],
     )
     assert any(not torch.equal(p, state.params[k]) for k, p in compiled.params.items())
+
+
+def test_a_gradient_transform_runs_the_network_in_training_mode_with_frozen_bn_channels() -> None:
+    torch.manual_seed(0)
+    model = MLP(8, [3, 3], num_layers=1, width=6)
+    topology = model.topology()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = ef.init(model)
+    state, _ = ef.train_step(model, state, _batch(8), optimizer=opt, task=0)
+    state = ef.recycle(ef.finish_task(state, topology, task=0), generator=torch.Generator())
+    bn = model.blocks[0].norm
+    seen: list[tuple[bool, int]] = []
+
+    def transform(grads, apply, params):
+        apply(_batch(8)[0], 1)  # e.g. a reference gradient on a replay memory
+        seen.append((bn.training, bn.frozen_channels.numel()))
+        return grads
+
+    model.eval()  # the caller's mode must not leak into the step
+    ef.train_step(model, state, _batch(8), optimizer=opt, task=1, grad_transform=transform)
+    assert seen == [(True, 6)]
+    assert not model.training and bn.frozen_channels.numel() == 0, "restored after the step"
