@@ -297,7 +297,9 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     mid_pruning = [e for e in saved if e[1].phase == "prune" and e[1].pruning_iteration > 0]
     assert mid_training, "expected a checkpoint after a training epoch"
     assert mid_pruning, "expected a checkpoint after a pruning step"
-    for s, p, opt_state, g_state in (mid_training[0], mid_pruning[0]):
+    if schedule == "adaptive":  # a checkpoint after a halved step must resume at that step
+        assert any(e[1].adaptive_step < config.first_pruning_step for e in mid_pruning)
+    for s, p, opt_state, g_state in (mid_training[0], mid_pruning[0], mid_pruning[-1]):
         model, _, opt, g = fresh()
         opt.load_state_dict(opt_state)
         g.set_state(g_state)
