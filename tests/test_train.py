@@ -281,7 +281,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     def keep(s: ef.EideticState, p: TaskProgress, h: list) -> None:
         saved.append((s, p, _opt_copy(opt), g.get_state()))
 
-    reference, _ = train_task(
+    reference, reference_history = train_task(
         model,
         state,
         data,
@@ -293,6 +293,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
         progress=False,
         checkpoint=keep,
     )
+    reference_steps = [h["step"] for h in reference_history if h["phase"] == "prune"]
     mid_training = [entry for entry in saved if entry[1].phase == "train"]
     mid_pruning = [e for e in saved if e[1].phase == "prune" and e[1].pruning_iteration > 0]
     assert mid_training, "expected a checkpoint after a training epoch"
@@ -303,7 +304,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
         model, _, opt, g = fresh()
         opt.load_state_dict(opt_state)
         g.set_state(g_state)
-        resumed, _ = train_task(
+        resumed, history = train_task(
             model,
             s,
             data,
@@ -315,6 +316,8 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
             progress=False,
             resume=p,
         )
+        steps = [h["step"] for h in history if h["phase"] == "prune"]
+        assert steps == reference_steps[len(reference_steps) - len(steps) :], p
         for k in reference.params:
             assert torch.equal(resumed.params[k], reference.params[k]), (p.phase, k)
             assert torch.equal(resumed.owner[k], reference.owner[k]), (p.phase, k)
