@@ -24,9 +24,8 @@ import torch
 
 import eidetic_func as ef
 from eidetic_func.allocator import keep_freed_memory
+from eidetic_func.config import RunConfig, TrainConfig
 from eidetic_func.metrics import summarize
-from eidetic_func.sequence import RunConfig
-from eidetic_func.train import TrainConfig
 
 from ._timing import RESULTS, environment
 

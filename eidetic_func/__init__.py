@@ -14,6 +14,7 @@ from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
 from .checkpoint import Checkpoint, load, save
+from .config import RunConfig, TrainConfig
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -36,12 +37,12 @@ from .multihead import MultiHead, multihead
 from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import SCORING_METHODS, prunable, score
-from .sequence import RunConfig, RunResult, run
+from .sequence import RunResult, run
 from .state import FREE, EideticState, init
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
 from .traced_topology import trace_topology
-from .train import TaskProgress, TrainConfig, train_task
+from .train import TaskProgress, train_task
 
 __all__ = [
     "FREE",

@@ -17,20 +17,16 @@ from pathlib import Path
 from . import rundir
 from .allocator import keep_freed_memory
 from .baselines.registry import parse_option
+from .config import CHECKPOINT_EVERY, MODELS, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 from .errors import EideticError
 from .report import write_outputs
 from .sequence import (
-    CHECKPOINT_EVERY,
     CHECKPOINT_FILE,
-    MODELS,
-    OPTIMIZERS,
-    RunConfig,
     RunResult,
     is_main_process,
     run,
     saved_run,
 )
-from .train import SCHEDULES, TrainConfig
 
 DEFAULT = RunConfig()
 DEFAULT_TRAIN = TrainConfig()

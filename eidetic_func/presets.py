@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .config import RunConfig, TrainConfig
 from .errors import ConfigError
-from .sequence import RunConfig
-from .train import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "split-mnist": {

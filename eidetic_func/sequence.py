@@ -11,7 +11,6 @@ interrupted run resumes where it stopped (:func:`run` with ``resume=True``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
 import math
@@ -25,163 +24,32 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from . import baselines, metrics, rundir, validate
+from . import baselines, metrics, rundir
 from . import data as data_module
 from .baselines import train_method_task
 from .capacity import capacity
 from .checkpoint import load, save
-from .distributed import DEFAULT_TIMEOUT_S, Parallel, from_environment
+from .config import (
+    IMAGEFOLDER,
+    IMPORT,
+    TORCHVISION,
+    RunConfig,
+    parse_task_order,
+    torchvision_classifier,
+)
+from .distributed import Parallel, from_environment
 from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
 from .lifecycle import revisit
 from .multihead import multihead
-from .scenario import SCENARIOS, SharedHead, head_sizes, scenario_sequence
+from .scenario import SharedHead, head_sizes, scenario_sequence
 from .state import EideticState, init
 from .task_split import image_folder
 from .topology import Topology
 from .traced_topology import trace_topology
-from .train import TaskProgress, TrainConfig, train_task
+from .train import TaskProgress, train_task
 
-MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
-IMPORT = "import:"  # "import:package.module:factory": a user's own network
-IMAGEFOLDER = "imagefolder:"  # "imagefolder:DIR": class folders read from disk per item
-TORCHVISION = "torchvision:"  # "torchvision:resnet18": any torchvision classifier, multi-head
-OPTIMIZERS = ("adam", "adamw", "sgd")
-CHECKPOINT_EVERY = ("pruning-step", "task", "never")
 CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything a run depends on; saved with every checkpoint (JSON-serializable)."""
-
-    dataset: str = "embedded"
-    data_root: str | None = None
-    num_tasks: int | None = None
-    limit_per_class: int | None = None
-    model: str = "mlp"
-    width: int | None = None
-    layers: int = 2
-    bn: bool = True
-    dropout: float = 0.0
-    method: str = "eidetic"
-    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    holdout: float = 0.0
-    classes_per_task: int | None = None
-    image_size: int | None = None
-    augment: bool = False
-    num_workers: int = 0
-    task_order: str | None = None
-    scenario: str = "task"
-    cycles: int = 1
-    router: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: str = "pruning-step"
-    progress: bool = True
-    dist_timeout: float = DEFAULT_TIMEOUT_S
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        from .data import SEQUENCE_NAMES
-
-        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
-            if not self.dataset.removeprefix(IMAGEFOLDER):
-                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
-            if self.limit_per_class is not None:
-                raise ConfigError("limit_per_class applies to the built-in datasets")
-        else:
-            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-            for name in ("classes_per_task", "image_size"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{name} applies to imagefolder: datasets")
-            if self.augment:
-                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
-        for name in ("classes_per_task", "image_size"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
-        validate.integer(self.num_workers, "num_workers", minimum=0)
-        if self.task_order is not None:
-            parse_task_order(self.task_order)
-        validate.choice(self.scenario, "scenario", SCENARIOS)
-        if self.scenario != "task" and self.method in ("eidetic", "packnet", "progressive"):
-            raise ConfigError(
-                f"{self.method} keeps one head (or column) per task: it is task-incremental. "
-                + (
-                    "EideticNet's class-incremental score is its task router's (router=True)"
-                    if self.method == "eidetic"
-                    else f"Run {self.method} with scenario='task'"
-                )
-            )
-        validate.boolean(self.augment, "augment")
-        if isinstance(self.model, str) and self.model.startswith(TORCHVISION):
-            torchvision_classifier(self.model.removeprefix(TORCHVISION))
-        elif isinstance(self.model, str) and self.model.startswith(IMPORT):
-            module, _, attribute = self.model.removeprefix(IMPORT).rpartition(":")
-            if not module or not attribute:
-                raise ConfigError(
-                    f"model {self.model!r}: write import:package.module:factory (the factory "
-                    "is called with num_classes=[...] and input_shape=(C, H, W))"
-                )
-        else:
-            validate.choice(self.model, "model", MODELS)
-        validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
-        validate.choice(self.method, "method", method_names())
-        validate.choice(self.checkpoint_every, "checkpoint_every", CHECKPOINT_EVERY)
-        for name in ("batch_size", "eval_batch_size", "cycles", "layers"):
-            validate.integer(getattr(self, name), name, minimum=1)
-        validate.integer(self.seed, "seed", minimum=0)
-        if self.seed > validate.MAX_SEED:
-            raise ConfigError(f"seed must be at most {validate.MAX_SEED}, got {self.seed}")
-        for name in ("width", "num_tasks", "limit_per_class"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
-        validate.number(self.lr, "lr", low=0.0, low_open=True)
-        validate.number(self.weight_decay, "weight_decay", low=0.0)
-        validate.number(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
-        validate.number(self.holdout, "holdout", low=0.0, high=1.0, high_open=True)
-        validate.number(self.dist_timeout, "dist_timeout", low=0.0, low_open=True)
-        if self.threads is not None:
-            validate.integer(self.threads, "threads", minimum=1)
-        if self.dropout and (self.model not in ("mlp", "convnet") or self.method == "progressive"):
-            raise ConfigError("dropout is an option of the MLP and the ConvNet (not progressive)")
-        for name in ("router", "progress", "bn"):
-            validate.boolean(getattr(self, name), name)
-        if not isinstance(self.method_options, dict):
-            raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
-        if self.method != "eidetic":
-            from . import baselines
-
-            baselines.create(self.method, **self.method_options)  # names and values checked
-            if self.cycles > 1:
-                raise ConfigError("revisiting tasks (cycles > 1) is an EideticNet feature")
-            if self.method == "progressive" and self.model != "mlp":
-                raise ConfigError(
-                    "progressive networks are built from MLP columns: use model='mlp'"
-                )
-        elif self.method_options:
-            raise ConfigError("method_options apply to baselines; eidetic is configured by train")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
-        validate.device(self.device)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        fields: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in d.get("train", {}).items()
-        }
-        return cls(**{**d, "train": TrainConfig(**fields)})
 
 
 @dataclasses.dataclass
@@ -219,13 +87,6 @@ class RunResult:
             "parallel": self.parallel,
             "seconds": self.seconds,
         }
-
-
-def method_names() -> tuple[str, ...]:
-    """``eidetic`` and the baselines' names (``eidetic_func.baselines.METHODS``)."""
-    from . import baselines
-
-    return ("eidetic", *getattr(baselines, "METHODS", {}))
 
 
 def build_model(config: RunConfig, sequence: data_module.TaskSequence) -> nn.Module:
@@ -313,28 +174,6 @@ def model_topology(model: nn.Module, sequence: data_module.TaskSequence) -> Topo
     return trace_topology(model, torch.zeros(2, *sequence.input_shape, device=device))
 
 
-def parse_task_order(text: str) -> str | int | list[int]:
-    """``"reverse"``, ``"random:SEED"`` (the seed) or ``"2,0,1"`` (a permutation)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"task_order must be a string, got {text!r}")
-    if text == "reverse":
-        return text
-    if text.startswith("random:"):
-        seed = text.removeprefix("random:")
-        if not seed.isdigit():
-            raise ConfigError(f"task_order {text!r}: write random:SEED with an integer seed")
-        return int(seed)
-    try:
-        order = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(
-            f"task_order {text!r}: write reverse, random:SEED or a permutation like 2,0,1"
-        ) from None
-    if sorted(order) != list(range(len(order))):
-        raise ConfigError(f"task_order {text!r} is not a permutation of 0..{len(order) - 1}")
-    return order
-
-
 def reorder(sequence: data_module.TaskSequence, task_order: str) -> data_module.TaskSequence:
     """``sequence`` with its tasks in ``task_order`` (see :func:`parse_task_order`).
 
@@ -382,21 +221,6 @@ def _load_sequence(config: RunConfig) -> data_module.TaskSequence:
             raise ConfigError(f"num_tasks={config.num_tasks}, but the folder makes {len(sequence)}")
         sequence = dataclasses.replace(sequence, tasks=sequence.tasks[: config.num_tasks])
     return sequence
-
-
-def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
-    """The builder of torchvision's classification model ``name``; ConfigError if none."""
-    import torchvision.models
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=3)
-        raise ConfigError(
-            f"torchvision has no classification model {name!r}"
-            + (f" (similar: {', '.join(close)})" if close else "")
-            + "; see torchvision.models.list_models()"
-        )
-    return torchvision.models.get_model_builder(name)
 
 
 def uses_router(config: RunConfig) -> bool:

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import validate
 from .bridge import bridge
 from .capacity import capacity
+from .config import TrainConfig, as_list
 from .errors import ConfigError, DataError, NothingToPrune
 from .lifecycle import finish_task, recycle
 from .metrics import evaluate
 from .prune import prune
-from .score import DATA_METHODS, SCORING_METHODS, score
+from .score import DATA_METHODS, score
 from .state import EideticState
 from .step import StepMetrics, check_trainable, train_step
 from .taylor import Reduce
@@ -44,69 +44,6 @@ if TYPE_CHECKING:
     from .distributed import Parallel
 
 Carry = TypeVar("Carry")
-
-
-SCHEDULES = ("fixed", "adaptive")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How one task is trained and pruned (defaults follow the original where it has one).
-
-    ``pruning_step`` and ``pruning_type`` may be sequences, used in turn and cycled.
-    ``tolerance`` is relative: pruning stops when accuracy < ``best × (1 − tolerance)``.
-    ``max_masking_ratio`` bounds the pruned share of the neurons this task may use.
-    ``lr_factor`` multiplies the learning rate once before pruning (1.0: unchanged); the
-    task's starting rate is restored when it ends, so every task starts at the same rate.
-    ``score_batches`` caps the batches used for data-driven scores (None: all).
-    ``pruning_schedule``: ``"fixed"`` (the original) prunes ``pruning_step`` per step
-    until the accuracy leaves the tolerance; ``"adaptive"`` starts with
-    ``first_pruning_step``, keeps its size while steps succeed, and after a failed step
-    restores the snapshot and halves it, stopping when it falls below ``pruning_step``
-    (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
-    far fewer recovery epochs.
-    ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
-    ``compiled`` runs every training step under ``torch.compile`` (see ``train_step``).
-    """
-
-    max_epochs: int = 20
-    patience: int = 3
-    pruning_step: float | Sequence[float] = 0.1
-    pruning_type: str | Sequence[str] = "taylor"
-    max_recovery_epochs: int = 2
-    tolerance: float = 0.01
-    max_masking_ratio: float = 0.95
-    constant_step: bool = False
-    pruning_schedule: str = "fixed"
-    first_pruning_step: float = 0.5
-    lr_factor: float = 1.0
-    score_batches: int | None = 16
-    last_task: bool = False
-    forward_transfer: bool = True
-    finish: bool = True
-    compiled: bool = False
-
-    def __post_init__(self) -> None:
-        validate.integer(self.max_epochs, "max_epochs", minimum=1)
-        validate.integer(self.patience, "patience", minimum=0)
-        validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
-        if not _as_list(self.pruning_step) or not _as_list(self.pruning_type):
-            raise ConfigError("pruning_step and pruning_type must not be empty")
-        for step in _as_list(self.pruning_step):
-            validate.fraction(step, "pruning_step")
-        for kind in _as_list(self.pruning_type):
-            validate.choice(kind, "pruning_type", SCORING_METHODS)
-        validate.number(self.tolerance, "tolerance", low=0.0, high=1.0, high_open=True)
-        validate.number(
-            self.max_masking_ratio, "max_masking_ratio", low=0.0, high=1.0, low_open=True
-        )
-        validate.number(self.lr_factor, "lr_factor", low=0.0, high=1.0, low_open=True)
-        validate.choice(self.pruning_schedule, "pruning_schedule", SCHEDULES)
-        validate.fraction(self.first_pruning_step, "first_pruning_step")
-        if self.score_batches is not None:
-            validate.integer(self.score_batches, "score_batches", minimum=1)
-        for name in ("constant_step", "last_task", "forward_transfer", "finish", "compiled"):
-            validate.boolean(getattr(self, name), name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +116,8 @@ def train_task(
     if not progress_state.lrs:
         progress_state = dataclasses.replace(progress_state, lrs=learning_rates(optimizer))
     history: list[Record] = []
-    steps = itertools.cycle(_as_list(config.pruning_step))
-    kinds = itertools.cycle(_as_list(config.pruning_type))
+    steps = itertools.cycle(as_list(config.pruning_step))
+    kinds = itertools.cycle(as_list(config.pruning_type))
     for _ in range(progress_state.pruning_iteration):  # resume the cycles where they were
         next(steps), next(kinds)
 
@@ -305,7 +242,7 @@ def _prune_phase(
 ) -> tuple[EideticState, TaskProgress]:
     step_iter, kind_iter = iter(steps), iter(kinds)
     adaptive = config.pruning_schedule == "adaptive"
-    smallest = min(_as_list(config.pruning_step))
+    smallest = min(as_list(config.pruning_step))
     if adaptive and p.adaptive_step == 0.0:
         p = dataclasses.replace(p, adaptive_step=config.first_pruning_step)
     good = state  # the last state whose accuracy is within tolerance
@@ -501,7 +438,3 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -
 def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * factor
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from eidetic_func.baselines import METHODS
+from eidetic_func.config import RunConfig, TrainConfig
 from eidetic_func.presets import PRESETS
-from eidetic_func.sequence import RunConfig, run
-from eidetic_func.train import TrainConfig
+from eidetic_func.sequence import run
 
 REFERENCE = Path(__file__).with_name("reference") / "runs.json"
 

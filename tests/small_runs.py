@@ -9,9 +9,9 @@ import torch
 
 import eidetic_func as ef
 from eidetic_func.baselines import train_method_task
+from eidetic_func.config import TrainConfig
 from eidetic_func.data import load_sequence, loaders
 from eidetic_func.metrics import evaluate
-from eidetic_func.train import TrainConfig
 from models import MLP
 
 # `eidetic-func run` arguments for a run of seconds on the embedded data.
@@ -79,7 +79,8 @@ def embedded_summaries(
 ) -> dict[str, dict[str, Any]]:
     """``{method: summary}`` of ``eidetic_func.run`` on the embedded Split-MNIST with an MLP
     784-100-100 without BN, batch 32, ``epochs`` per task, no router, in ``scenario``."""
-    from eidetic_func.sequence import RunConfig, run
+    from eidetic_func.config import RunConfig
+    from eidetic_func.sequence import run
 
     summaries = {}
     for method in methods:

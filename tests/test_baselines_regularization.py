@@ -40,10 +40,10 @@ from eidetic_func.baselines.per_sample import (
     squared_norm_loss,
 )
 from eidetic_func.baselines.si import si_consolidate, si_init, si_observe
+from eidetic_func.config import TrainConfig
 from eidetic_func.data import load_sequence, loaders
 from eidetic_func.metrics import accuracy_row
 from eidetic_func.pytree import NAMESPACE
-from eidetic_func.train import TrainConfig
 from models import MLP, ConvNet
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("vmap", "fast", "loop")

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from strategies import prune_rows
 
 import eidetic_func as ef
-from eidetic_func.sequence import RunConfig
-from eidetic_func.train import TrainConfig
+from eidetic_func.config import RunConfig, TrainConfig
 from models import MLP
 
 MODEL = MLP(6, [2, 3], num_layers=2, width=5)

@@ -13,8 +13,8 @@ from strategies import prune_free_neurons
 
 import eidetic_func as ef
 from eidetic_func.cli import main
-from eidetic_func.sequence import RunConfig, run
-from eidetic_func.train import TrainConfig
+from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.sequence import run
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import torch
 from small_runs import embedded_summaries
 
 import eidetic_func as ef
+from eidetic_func.config import RunConfig
 from eidetic_func.scenario import SharedHead, head_sizes, scenario_sequence
-from eidetic_func.sequence import RunConfig
 from models import MLP
 
 

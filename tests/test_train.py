@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import eidetic_func as ef
-from eidetic_func.train import TaskProgress, TrainConfig, train_task
+from eidetic_func.config import TrainConfig
+from eidetic_func.train import TaskProgress, train_task
 from models import MLP
 
 

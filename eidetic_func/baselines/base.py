@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import TrainConfig
 from ..state import EideticState
 from ..step import Apply, StepMetrics, check_trainable, train_step
 from ..train import (
     Batch,
     Record,
     TaskProgress,
-    TrainConfig,
     learning_rates,
     run_epoch,
     set_learning_rates,
