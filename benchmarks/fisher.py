@@ -7,7 +7,7 @@ per-sample gradients of ``‖f(x)‖²``) it times
 - the floor: one forward+backward of the batch loss (no per-sample anything);
 - the per-sample loop as continual-learning libraries write it: per sample, ``zero_grad``,
   ``backward`` through the ``nn.Module``, accumulate ``grad²`` (or ``|grad|``);
-- ``vmap``: ``eidetic_func.baselines.per_sample.per_sample_sums(implementation="vmap")``,
+- ``vmap``: ``eidetic_func.baselines.gradient_stats.per_sample_sums(implementation="vmap")``,
   ``vmap(grad)`` over ``functional_call``, summed per chunk (default chunks, and one
   chunk of all 128 samples);
 - ``vmap`` under ``torch.compile`` (the same kernel, ``per_sample_fn``; compiling takes a
@@ -33,14 +33,9 @@ from torch import Tensor, nn
 
 import eidetic_func as ef
 from eidetic_func.allocator import keep_freed_memory
-from eidetic_func.baselines.per_sample import (
-    SampleLoss,
-    cross_entropy_loss,
-    per_sample_fn,
-    per_sample_sums,
-    squared_norm_loss,
-)
+from eidetic_func.baselines.gradient_stats import per_sample_fn, per_sample_sums
 from eidetic_func.forward import train_mode
+from eidetic_func.per_sample import SampleLoss, cross_entropy_loss, squared_norm_loss
 from models import MLP
 
 from ._timing import environment, interleaved_samples, spread, write_json

@@ -23,10 +23,10 @@ from torch.func import functional_call, grad, vmap
 import eidetic_func as ef
 from eidetic_func.allocator import keep_freed_memory
 from eidetic_func.forward import train_mode
+from eidetic_func.per_sample import restrict
 from eidetic_func.taylor import (
     _gate_contributions,
     _producer_params,
-    _restrict,
     accumulate_squares,
     compile_scorer,
     gated,
@@ -108,7 +108,7 @@ def run_model(
     x = torch.randn(128, *shape, device=device)
     y = torch.randint(0, 10, (128,), device=device)
     module = gated(model, topology, 0)
-    params, buffers = _restrict(module, state.params, state.buffers)
+    params, buffers = restrict(module, state.params, state.buffers)
 
     def floor() -> None:
         model.zero_grad(set_to_none=True)
@@ -116,7 +116,9 @@ def run_model(
 
     def fast() -> None:
         with train_mode(module, False):
-            accumulate_squares([_gate_contributions(module, params, buffers, x, y, 0, topology)])
+            accumulate_squares(
+                [_gate_contributions(module, (params, buffers), (x, y), 0, topology)]
+            )
 
     def reference(impl: str) -> Callable[[], None]:
         def run() -> None:
@@ -127,9 +129,9 @@ def run_model(
                 [(x, y)],
                 task=0,
                 topology=topology,
-                implementation=impl,
+                implementation=impl,  # type: ignore[arg-type]
                 chunk_size=chunk,
-            )  # type: ignore[arg-type]
+            )
 
         return run
 

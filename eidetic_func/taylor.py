@@ -13,6 +13,9 @@ samples. A layer's output ``z = W x + b`` is linear in each output row, so with 
 - ``vmap``: the reference, ``vmap(grad(loss_i))`` over samples with ``functional_call``;
 - ``loop``: the same per-sample gradients in a Python loop (the slow, obvious way).
 
+``vmap`` and ``loop`` are the shared per-sample engine's (:mod:`eidetic_func.per_sample`,
+which Fisher and MAS use too), with the statistic ``Σ_{w∈θ_n} w · ∂L_i/∂w`` per neuron.
+
 All use BatchNorm in inference mode (a sample's loss must not depend on the other
 samples) and a *summed* loss, so ``∂(Σ_j L_j)/∂g_i = ∂L_i/∂g_i``: per-sample gradients
 of a mean loss would be ``1/B`` of these and the squared scores ``1/B²``.
@@ -25,25 +28,32 @@ batches. It ranks neurons differently from the per-sample definition.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
-from .errors import ConfigError, DataError, NonFiniteError, TopologyError
+from .errors import DataError, TopologyError
 from .forward import train_mode
+from .per_sample import (
+    Implementation,
+    check_finite,
+    check_implementation,
+    cross_entropy_loss,
+    per_sample_stats,
+    restrict,
+)
 from .state import EideticState
 from .topology import Topology, Unit
 from .tracing import module_calls, redirect, returning, trace
 from .types import Batch
 
-Implementation = Literal["fast", "vmap", "loop"]
-Contributions = Callable[..., dict[str, Tensor]]
 # reduce(partial sums per unit, sample count) -> the sums and count over all processes
 Reduce = Callable[[dict[str, Tensor], int], tuple[dict[str, Tensor], int]]
+# (params, buffers) of a module, as functional_call takes them
+Entries = tuple[dict[str, Tensor], dict[str, Tensor]]
 
 
 def _producer_calls(
@@ -117,30 +127,36 @@ def per_sample_scores(
 ) -> dict[str, Tensor]:
     """Per-sample Taylor importance ``[C]`` per unit, averaged over every sample of ``batches``.
 
-    ``chunk_size`` bounds how many samples' weight gradients ``vmap`` holds at once.
-    ``reduce(sums, count)`` combines partial sums across processes (data parallel).
+    ``chunk_size`` bounds how many samples' weight gradients ``vmap`` holds at once
+    (default: the engine's, below 16 MiB per parameter). ``reduce(sums, count)`` combines
+    partial sums across processes (data parallel).
     """
-    contributions: Contributions
-    if implementation == "fast":
-        module: nn.Module = gated(model, topology, task)
-        contributions = _gate_contributions
-    elif implementation == "vmap":
-        module, contributions = model, _vmap_contributions
-    elif implementation == "loop":
-        module, contributions = model, _loop_contributions
-    else:
-        raise ConfigError(
-            f"implementation must be 'fast', 'vmap' or 'loop', got {implementation!r}"
+    implementation = check_implementation(implementation)
+    module = gated(model, topology, task) if implementation == "fast" else model
+    params, buffers = restrict(module, params, state.buffers)
+    needed = _producer_params(topology, params)
+
+    def contributions(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """``{unit: [B, C]}``: each sample's ``Σ_{w∈θ_n} w · ∂L_i/∂w``."""
+        if implementation == "fast":
+            return _gate_contributions(module, (params, buffers), (x, y), task, topology)
+        return per_sample_stats(
+            model,
+            params,
+            buffers,
+            x,
+            y,
+            task=task,
+            loss=cross_entropy_loss,
+            stat=lambda grads: _weight_contributions(topology, needed, grads),
+            combine="stack",
+            wrt=needed,
+            implementation=implementation,
+            chunk_size=chunk_size,
         )
-    params, buffers = _restrict(module, params, state.buffers)
+
     with train_mode(module, False):
-        return accumulate_squares(
-            (
-                contributions(module, params, buffers, x, y, task, topology, chunk_size=chunk_size)
-                for x, y in batches
-            ),
-            reduce=reduce,
-        )
+        return accumulate_squares((contributions(x, y) for x, y in batches), reduce=reduce)
 
 
 def accumulate_squares(
@@ -163,7 +179,7 @@ def accumulate_squares(
     if count == 0:
         raise DataError("no samples to score: the batches were empty")
     scores = {name: total / count for name, total in totals.items()}
-    _check_finite(scores)
+    check_finite(scores, "the per-sample Taylor importance", of="unit")
     return scores
 
 
@@ -176,7 +192,6 @@ def compile_scorer(
     :func:`accumulate_squares`. The model must be in inference mode when called.
     """
     module = gated(model, topology, task)
-    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
 
     def logits(
         params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, gates: dict[str, Tensor]
@@ -189,12 +204,7 @@ def compile_scorer(
         params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> dict[str, Tensor]:
         gates = _ones_gates(params, topology, x.shape[0])
-        out = compiled(
-            {k: v for k, v in params.items() if k in names},
-            {k: v for k, v in buffers.items() if k in names},
-            x,
-            gates,
-        )
+        out = compiled(*restrict(module, params, buffers), x, gates)
         loss = F.cross_entropy(out, y, reduction="sum")
         return dict(zip(gates, torch.autograd.grad(loss, list(gates.values()))))
 
@@ -213,7 +223,7 @@ def batch_scores(
 ) -> dict[str, Tensor]:
     """The original EideticNet scores: per batch, mean of ``|z · ∂L_mean/∂z|``; summed."""
     module = tapped(model, topology, task)
-    params, buffers = _restrict(module, params, state.buffers)
+    params, buffers = restrict(module, params, state.buffers)
     totals: dict[str, Tensor] = {}
     seen = False
     with train_mode(module, False):
@@ -235,7 +245,7 @@ def batch_scores(
         seen = seen_count > 0
     if not seen:
         raise DataError("no samples to score: the batches were empty")
-    _check_finite(totals)
+    check_finite(totals, "the batch-level Taylor importance", of="unit")
     return totals
 
 
@@ -250,76 +260,15 @@ def _ones_gates(params: dict[str, Tensor], topology: Topology, batch: int) -> di
 
 
 def _gate_contributions(
-    module: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    task: int,
-    topology: Topology,
-    *,
-    chunk_size: int | None = None,
+    module: nn.Module, entries: Entries, batch: Batch, task: int, topology: Topology
 ) -> dict[str, Tensor]:
+    """``{unit: [B, C]}`` by one backward to per-sample gates (``module`` is :func:`gated`,
+    ``entries`` its ``(params, buffers)``)."""
+    (params, _), (x, y) = entries, batch
     gates = _ones_gates(params, topology, x.shape[0])
-    logits = functional_call(module, (params, buffers), (x, task, gates))
+    logits = functional_call(module, entries, (x, task, gates))
     loss = F.cross_entropy(logits, y, reduction="sum")
     return dict(zip(gates, torch.autograd.grad(loss, list(gates.values()))))
-
-
-def _vmap_contributions(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    task: int,
-    topology: Topology,
-    *,
-    chunk_size: int | None = None,
-) -> dict[str, Tensor]:
-    needed = _producer_params(topology, params)
-
-    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        logits = functional_call(model, ({**params, **p}, buffers), (xi[None], task))
-        return F.cross_entropy(logits, yi[None], reduction="sum")
-
-    def one_sample(xi: Tensor, yi: Tensor) -> dict[str, Tensor]:
-        return _weight_contributions(topology, needed, grad(loss)(needed, xi, yi))
-
-    return vmap(one_sample, chunk_size=chunk_size)(x, y)
-
-
-def _loop_contributions(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    task: int,
-    topology: Topology,
-    *,
-    chunk_size: int | None = None,
-) -> dict[str, Tensor]:
-    needed = _producer_params(topology, params)
-    leaves = {k: v.detach().requires_grad_(True) for k, v in needed.items()}
-    rows = []
-    for i in range(x.shape[0]):
-        logits = functional_call(model, ({**params, **leaves}, buffers), (x[i : i + 1], task))
-        loss = F.cross_entropy(logits, y[i : i + 1], reduction="sum")
-        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-        rows.append(_weight_contributions(topology, needed, grads))
-    return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
-
-
-def _restrict(
-    module: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The entries ``module`` has (a traced graph keeps only the head it calls)."""
-    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
-    return (
-        {k: v for k, v in params.items() if k in names},
-        {k: v for k, v in buffers.items() if k in names},
-    )
 
 
 def _producer_params(topology: Topology, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -352,9 +301,3 @@ def _sum_producers(unit: Unit, fn: Callable[[str], Tensor]) -> Tensor:
     for p in unit.producers[1:]:
         total = total + fn(p)
     return total
-
-
-def _check_finite(scores: dict[str, Tensor]) -> None:
-    for name, s in scores.items():
-        if not bool(torch.isfinite(s).all()):
-            raise NonFiniteError(f"importance scores of unit {name!r} are not finite (NaN or inf)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
-from torch import Tensor
+from torch import Tensor, nn
 
 import eidetic_func as ef
 from models import MLP, ConvNet, ResNet, TaskModel
@@ -214,3 +214,18 @@ def prune_rows(
     dead = torch.zeros(state.params[weight_key].shape[0], dtype=torch.bool)
     dead[indices] = True
     return ef.bridge(ef.prune_neurons(state, topology, {unit.name: dead}), topology)
+
+
+def perturbed(model: nn.Module, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Parameters and non-trivial BN statistics (fresh ones are 0 / 1), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {}
+    for k, v in model.named_buffers():
+        if k.endswith("running_mean"):
+            v = v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        elif k.endswith("running_var"):
+            v = v + torch.rand(v.shape, generator=g, dtype=v.dtype)
+        if not k.endswith("frozen_channels"):
+            buffers[k] = v
+    return params, buffers

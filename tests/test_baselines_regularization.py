@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as torch_pytree
+from strategies import perturbed
 from torch import Tensor, nn
 
 import eidetic_func as ef
@@ -32,31 +33,19 @@ from eidetic_func.baselines import (
 )
 from eidetic_func.baselines.ewc import FisherKind, online_update
 from eidetic_func.baselines.joint import replay_batches
-from eidetic_func.baselines.per_sample import (
-    Implementation,
-    Reduction,
-    cross_entropy_loss,
-    per_sample_sums,
-    squared_norm_loss,
-)
 from eidetic_func.baselines.si import si_consolidate, si_init, si_observe
 from eidetic_func.config import TrainConfig
 from eidetic_func.data import load_sequence, loaders
 from eidetic_func.metrics import accuracy_row
+from eidetic_func.per_sample import Implementation
 from eidetic_func.pytree import NAMESPACE
-from models import MLP, ConvNet
+from models import MLP
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("vmap", "fast", "loop")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """These models are tiny: a second thread gains nothing, and costs a lot (spinning
-    OpenMP workers) when the cores are shared with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: a second thread gains nothing and costs a lot on shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -87,72 +76,6 @@ class Linear(nn.Module):
         return self.linear(x)
 
 
-class InplaceBN(nn.Module):
-    """Linear → BN → ReLU(inplace): the fast path must not read the overwritten BN output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(5, 4), ef.TaskBatchNorm1d(4), nn.ReLU(inplace=True), nn.Linear(4, 3)
-        )
-
-    def forward(self, x: Tensor, task: int = 0) -> Tensor:
-        return self.body(x.flatten(1))
-
-
-class Shared(nn.Module):
-    """One Linear applied twice (weight sharing): its per-sample gradient is not one outer
-    product, so the fast path must fall back to vmap for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp = nn.Linear(5, 4)
-        self.shared = nn.Linear(4, 4)
-        self.out = nn.Linear(4, 3)
-
-    def forward(self, x: Tensor, task: int = 0) -> Tensor:
-        h = torch.tanh(self.shared(torch.tanh(self.inp(x.flatten(1)))))
-        return self.out(torch.tanh(self.shared(h)))
-
-
-class ReadsAnUncalledLinear(nn.Module):
-    """Uses a Linear's weight without calling the Linear (tied output weights): the fast
-    path must not take "never called" for "unused"."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp = nn.Linear(5, 3)
-        self.tied = nn.Linear(3, 3)
-
-    def forward(self, x: Tensor, task: int = 0) -> Tensor:
-        return F.linear(torch.tanh(self.inp(x.flatten(1))), self.tied.weight)
-
-
-MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "mlp_bn": (lambda: MLP(5, [3, 3], num_layers=2, width=4), (5,)),
-    "mlp": (lambda: MLP(5, [3, 3], num_layers=1, width=4, bn=False), (5,)),
-    "convnet": (lambda: ConvNet(2, [3, 3], num_layers=1, width=2), (2, 8, 8)),
-    "inplace_bn": (InplaceBN, (5,)),
-    "shared": (Shared, (5,)),
-    "tied": (ReadsAnUncalledLinear, (5,)),
-}
-
-
-def _perturbed(model: nn.Module, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Parameters and non-trivial BN statistics (fresh ones are 0 / 1)."""
-    g = torch.Generator().manual_seed(seed)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    buffers = {}
-    for k, v in model.named_buffers():
-        if k.endswith("running_mean"):
-            v = v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype)
-        elif k.endswith("running_var"):
-            v = v + torch.rand(v.shape, generator=g, dtype=v.dtype)
-        if not k.endswith("frozen_channels"):
-            buffers[k] = v
-    return params, buffers
-
-
 # --------------------------------------------------------------------------- Fisher by hand
 
 
@@ -165,7 +88,7 @@ def _logreg_data() -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_fisher_of_two_weight_logistic_regression_by_hand(implementation: Implementation) -> None:
     model = LogisticRegression((0.8, -0.4))
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     x, y = _logreg_data()
     p = torch.sigmoid(x @ torch.tensor([0.8, -0.4], dtype=torch.float64))  # p(y=1 | x)
 
@@ -200,7 +123,7 @@ def test_fisher_of_two_weight_logistic_regression_by_hand(implementation: Implem
 
 def test_sampled_fisher_converges_to_the_exact_fisher() -> None:
     model = LogisticRegression((0.8, -0.4))
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     x, _ = _logreg_data()
     x = x.repeat(2000, 1)
     kwargs: dict[str, Any] = {"task": 0, "generator": torch.Generator().manual_seed(0)}
@@ -225,7 +148,7 @@ def test_sampled_fisher_converges_to_the_exact_fisher() -> None:
 
 def test_fisher_max_samples_uses_the_first_samples_only() -> None:
     model = LogisticRegression((0.8, -0.4))
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     x, y = _logreg_data()
     kw: dict[str, Any] = {"task": 0, "fisher": "empirical"}
     first3 = fisher_diagonal(
@@ -237,7 +160,7 @@ def test_fisher_max_samples_uses_the_first_samples_only() -> None:
 
 def test_true_fisher_needs_a_generator() -> None:
     model = LogisticRegression((0.8, -0.4))
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     with pytest.raises(ef.ConfigError, match="Generator"):
         fisher_diagonal(model, params, buffers, [_logreg_data()], task=0, fisher="true")
 
@@ -351,7 +274,7 @@ def test_si_observe_and_consolidate_by_hand() -> None:
 def test_mas_importance_of_a_linear_model_by_hand(implementation: Implementation) -> None:
     torch.manual_seed(0)
     model = Linear()
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     x = torch.randn(5, 3, dtype=torch.float64)
     f = x @ params["linear.weight"].T + params["linear.bias"]
     # ∂‖f‖²/∂W = 2 f xᵀ, ∂‖f‖²/∂b = 2 f, per sample; importance = mean of magnitudes
@@ -372,7 +295,7 @@ def test_mas_importance_of_a_linear_model_by_hand(implementation: Implementation
 def test_mas_sums_importance_over_tasks() -> None:
     torch.manual_seed(0)
     model = Linear()
-    state = ef.EideticState(params=_perturbed(model, 0)[0], buffers={}, owner={}, keep={})
+    state = ef.EideticState(params=perturbed(model, 0)[0], buffers={}, owner={}, keep={})
     method = MAS(reg_lambda=0.5)
     mstate = method.init(model, state)
     loader = [(torch.randn(4, 3, dtype=torch.float64), torch.zeros(4))]
@@ -426,48 +349,6 @@ def test_lwf_regularizer_distils_every_earlier_head_with_the_old_parameters() ->
     )
     assert reg is not None and torch.allclose(reg, expected)
     assert method.regularizer(model, LwF().init(model, state), apply, moved, (x, x), task=0) is None
-
-
-# --------------------------------------------------------------------------- vmap == loop == fast
-
-
-@pytest.mark.parametrize("kind", sorted(MODELS))
-@pytest.mark.parametrize("statistic", ["fisher", "mas"])
-def test_per_sample_statistics_vmap_equals_loop_equals_fast(kind: str, statistic: str) -> None:
-    build, shape = MODELS[kind]
-    torch.manual_seed(1)
-    model = build().double()
-    params, buffers = _perturbed(model, 1)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(7, *shape, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (7,), generator=g)
-    w = torch.rand(7, generator=g, dtype=torch.float64)
-    loss, reduction = (
-        (cross_entropy_loss, "square") if statistic == "fisher" else (squared_norm_loss, "abs")
-    )
-    reduction = cast(Reduction, reduction)
-    results = {
-        impl: per_sample_sums(
-            model,
-            params,
-            buffers,
-            x,
-            y,
-            task=1,
-            loss=loss,
-            reduction=reduction,
-            weights=w,
-            implementation=impl,
-            chunk_size=3,
-        )
-        for impl in IMPLEMENTATIONS
-    }
-    for k in params:
-        ref = results["loop"][k]
-        for impl in ("vmap", "fast"):
-            assert torch.allclose(results[impl][k], ref, rtol=1e-10, atol=1e-15), (impl, k)
-    zero = {k for k in params if results["loop"][k].abs().sum() == 0}
-    assert zero <= {"heads.0.weight", "heads.0.bias", "tied.bias"}  # unused by head 1
 
 
 # --------------------------------------------------------------------------- purity, pytrees
@@ -525,7 +406,7 @@ def test_methods_never_mutate_their_inputs_and_states_are_pytrees(method: Any) -
 def test_importance_functions_do_not_mutate_params_or_buffers() -> None:
     torch.manual_seed(0)
     model = MLP(6, [2, 2], num_layers=2, width=4)
-    params, buffers = _perturbed(model, 0)
+    params, buffers = perturbed(model, 0)
     p_print, b_print = _fingerprint(params), _fingerprint(buffers)
     batches = [(torch.randn(5, 6), torch.randint(0, 2, (5,)))]
     for impl in IMPLEMENTATIONS:

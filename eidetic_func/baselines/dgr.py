@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from .. import validate
 from ..errors import ConfigError
 from ..forward import train_mode
+from ..per_sample import call_logits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
 from ..types import Batch
-from .per_sample import call_logits
 from .replay import generator_from
 
 VAE_LAYERS = ("enc0", "enc1", "mu", "logvar", "dec0", "dec1", "dec2")

@@ -27,19 +27,19 @@ from torch import Tensor, nn
 from .. import validate
 from ..errors import ConfigError
 from ..forward import train_mode
-from ..pytree import pytree_dataclass, static_field
-from ..state import EideticState
-from ..types import Batch
-from .per_sample import (
+from ..per_sample import (
     IMPLEMENTATIONS,
     Implementation,
     add_into,
     call_logits,
     check_finite,
     cross_entropy_loss,
-    per_sample_sums,
     take_samples,
 )
+from ..pytree import pytree_dataclass, static_field
+from ..state import EideticState
+from ..types import Batch
+from .gradient_stats import per_sample_sums
 from .regularizer import RegularizedMethod, quadratic_penalty, state_batches
 
 FisherKind = Literal["true", "exact", "empirical"]
@@ -184,7 +184,7 @@ class EWC(_FisherMethod):
     - ``implementation``: ``"fast"`` (default; Linear/BatchNorm identity, vmap for other
       layers), ``"vmap"`` (``vmap(grad)``, the reference) or ``"loop"`` — all exact;
       ``chunk_size`` bounds vmap's memory
-      (:func:`eidetic_func.baselines.per_sample.per_sample_sums`).
+      (:func:`eidetic_func.baselines.gradient_stats.per_sample_sums`).
 
     Memory grows by two parameter copies per task; :class:`OnlineEWC` keeps one.
     """

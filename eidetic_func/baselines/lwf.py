@@ -24,11 +24,11 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..forward import train_mode
+from ..per_sample import call_logits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply
 from ..types import Batch
-from .per_sample import call_logits
 from .regularizer import RegularizedMethod
 
 

@@ -23,18 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from .. import validate
-from ..pytree import pytree_dataclass, static_field
-from ..state import EideticState
-from ..types import Batch
-from .per_sample import (
+from ..per_sample import (
     IMPLEMENTATIONS,
     Implementation,
     add_into,
     check_finite,
-    per_sample_sums,
     squared_norm_loss,
     take_samples,
 )
+from ..pytree import pytree_dataclass, static_field
+from ..state import EideticState
+from ..types import Batch
+from .gradient_stats import per_sample_sums
 from .regularizer import RegularizedMethod, quadratic_penalty, state_batches
 
 

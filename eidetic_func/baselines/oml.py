@@ -27,11 +27,11 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..forward import train_mode
+from ..per_sample import call_logits
 from ..pytree import pytree_dataclass
 from ..state import EideticState
 from ..step import Apply, StepMetrics, train_step
 from ..types import Batch
-from .per_sample import call_logits
 from .replay import (
     ReservoirBuffer,
     buffer_sample,

@@ -45,11 +45,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..per_sample import takes_task
 from ..state import EideticState
 from ..types import Batch
 from .base import Method
 from .joint import Joint
-from .per_sample import takes_task
 
 
 class Synapse:
