@@ -24,8 +24,11 @@ import torch
 
 import eidetic_func as ef
 from eidetic_func.allocator import keep_freed_memory
-from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.config import TrainConfig
+from eidetic_func.method import traits
+from eidetic_func.methods import create
 from eidetic_func.metrics import summarize
+from eidetic_func.run_config import RunConfig
 
 from ._timing import RESULTS, environment
 
@@ -65,8 +68,6 @@ PUBLISHED = {
         "joint": 98.59,
     },
 }
-# methods that keep one head or column per task: task-incremental only
-TASK_ONLY = ("eidetic", "packnet", "progressive")
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "finetune": {},
@@ -86,6 +87,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "packnet": {},
     "progressive": {},
     "eidetic": {},
+    # a hybrid (the seed tutorial's Exercise 3): EWC's penalty on ER's replayed loss
+    "ewc+er": {"lambda_ewc": 1000.0, "buffer_size": 1100},
 }
 SGD_METHODS = ("gem", "agem")
 
@@ -130,13 +133,18 @@ def protocol(
     return RunConfig(**base, train=train)
 
 
+def task_only(method: str) -> bool:
+    """``method`` keeps one head or column per task: it is task-incremental only."""
+    return traits(create(method, **OPTIONS.get(method, {}))).task_incremental
+
+
 def run_all(
     name: str, methods: list[str], data_root: str | None, seed: int, scenario: str = "task"
 ) -> list[dict[str, Any]]:
     rows = []
     key = name if scenario == "task" else f"{name}/{scenario}"
     for method in methods:
-        if scenario != "task" and method in TASK_ONLY:
+        if scenario != "task" and task_only(method):
             continue
         config = protocol(name, method, data_root=data_root, seed=seed, scenario=scenario)
         result = ef.run(config, log=lambda _: None)
@@ -187,6 +195,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(OPTIONS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--tag", default="", help="appended to the output file name (a partial table)"
+    )
+    parser.add_argument(
         "--scenario",
         choices=["task", "class", "domain"],
         default="task",
@@ -195,7 +206,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     keep_freed_memory()  # the CLI does the same: steadier step times
-    methods = [m for m in args.methods.split(",") if args.scenario == "task" or m not in TASK_ONLY]
+    methods = [m for m in args.methods.split(",") if args.scenario == "task" or not task_only(m)]
     rows = run_all(args.protocol, methods, args.data_root, args.seed, args.scenario)
     table = to_markdown(rows)
     print(table)
@@ -215,7 +226,9 @@ def main() -> None:
         "results": rows,
         "markdown": table,
     }
-    suffix = "" if args.scenario == "task" else f"-{args.scenario}"
+    suffix = ("" if args.scenario == "task" else f"-{args.scenario}") + (
+        f"-{args.tag}" if args.tag else ""
+    )
     out = RESULTS / f"compare-{args.protocol}{suffix}"
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text(table + "\n")

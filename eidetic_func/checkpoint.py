@@ -105,6 +105,18 @@ class Checkpoint:
     rng: dict[str, Any] | None
     optimizer_state: dict[str, Any] | None
     format_version: int = FORMAT_VERSION
+    source: Path | None = None  # the file it was read from
+    optimizer_class: dict[str, Any] | None = None  # the optimizer's class and parameter shapes
+
+    def fit(
+        self, *, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Check the saved state against ``model`` and load ``optimizer`` (see :func:`load`)."""
+        where = self.source or Path("<checkpoint>")
+        if model is not None:
+            _check_model(where, model, self.state)
+        if optimizer is not None:
+            _load_optimizer(where, optimizer, self.optimizer_class, self.optimizer_state)
 
     def restore_rng(self) -> None:
         """Set the torch CPU, CUDA (devices present), Python and NumPy RNGs as saved."""
@@ -227,10 +239,8 @@ def load(
     problems = _state_problems(checkpoint.state)
     if problems:
         raise CheckpointError(f"{path}: the saved state is inconsistent: " + "; ".join(problems))
-    if model is not None:
-        _check_model(path, model, checkpoint.state)
-    if optimizer is not None:
-        _load_optimizer(path, optimizer, manifest["optimizer"], checkpoint.optimizer_state)
+    checkpoint = dataclasses.replace(checkpoint, source=path)
+    checkpoint.fit(model=model, optimizer=optimizer)
     return checkpoint
 
 
@@ -633,6 +643,9 @@ def _decode_checkpoint(manifest: dict[str, Any], tensors: Mapping[str, Tensor]) 
         rng=rng,
         optimizer_state=optimizer_state,
         format_version=manifest["format_version"],
+        optimizer_class=None
+        if manifest["optimizer"] is None
+        else {k: v for k, v in manifest["optimizer"].items() if k != "state_dict"},
     )
     if used != tensors.keys():
         raise CheckpointError(f"unreferenced tensors {_listed(sorted(tensors.keys() - used))}")

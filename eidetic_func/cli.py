@@ -11,136 +11,146 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import rundir
 from .allocator import keep_freed_memory
-from .baselines.registry import parse_option
-from .config import CHECKPOINT_EVERY, MODELS, OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from .config import TrainConfig
 from .errors import EideticError
+from .methods import parse_option
 from .report import write_outputs
+from .run_config import RunConfig
 from .sequence import (
     CHECKPOINT_FILE,
     RunResult,
+    SavedRun,
     is_main_process,
     run,
     saved_run,
 )
 
 DEFAULT = RunConfig()
-DEFAULT_TRAIN = TrainConfig()
+
+GROUPS = ("data", "model", "method", "training", "run")
+"""The groups of ``run --help``, in order (a field's ``group`` metadata names one)."""
+
+NOT_FLAGS = {
+    "method": "--method is written out below (the method's name; see `eidetic-func methods`)",
+    "method_options": "a dict: --method-option KEY=VALUE, repeatable",
+    "train": "a TrainConfig: its fields are flags of their own",
+    "last_task": "set by the sequence for the task that ends a run (no pruning)",
+    "finish": "for train_task's callers that close a task themselves; a run finishes each",
+}
+"""The fields of RunConfig and TrainConfig that are not derived flags, with the reason."""
+
+BENCH_FLAGS = (
+    "data_root",
+    "device",
+    "seed",
+    "threads",
+    "lr",
+    "holdout",
+    "num_tasks",
+    "limit_per_class",
+    "progress",
+)
+"""The RunConfig fields whose preset value ``bench`` lets a command line replace."""
+
+ConfigClass = type[RunConfig] | type[TrainConfig]
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+def flag_fields(cls: ConfigClass) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that are flags of ``run``: all but :data:`NOT_FLAGS`."""
+    return [f for f in dataclasses.fields(cls) if f.name not in NOT_FLAGS]
 
 
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+def flag_name(field: dataclasses.Field[Any]) -> str:
+    """``field``'s flag: ``--`` and its ``flag`` metadata or name, dashes for underscores."""
+    return "--" + field.metadata.get("flag", field.name).replace("_", "-")
+
+
+def value_parser(cls: ConfigClass, name: str) -> tuple[Callable[[str], Any], bool]:
+    """How one value of field ``name`` of ``cls`` is parsed (``bool``: a ``--x/--no-x``
+    switch), and whether its flag takes a comma list of them (``float | Sequence[float]``)."""
+    hint = typing.get_type_hints(cls)[name]
+    if hint in (bool, int, float, str):
+        return hint, False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(kinds) == 1 and kinds[0] in (int, float, str):  # X | None
+            return kinds[0], False
+        item, rest = kinds[0], kinds[1:]
+        if rest and typing.get_origin(rest[0]) is Sequence and typing.get_args(rest[0]) == (item,):
+            return item, True  # X | Sequence[X]
+    raise TypeError(f"{cls.__name__}.{name}: no flag parses {hint!r} (list it in NOT_FLAGS)")
+
+
+def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    """A parser of ``"a,b,c"`` into a tuple of ``item``'s values."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(item(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            kind = "numbers" if item in (int, float) else "values"
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind}, got {text!r}"
+            ) from None
+
+    parse.__name__ = f"{getattr(item, '__name__', 'value')} list"
+    return parse
+
+
+def add_field_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: ConfigClass,
+    field: dataclasses.Field[Any],
+    *,
+    bench: bool = False,
+) -> argparse.Action:
+    """Add ``field``'s flag to ``parser``, described by its metadata (see
+    :func:`eidetic_func.config.option`). ``bench``: absent unless given (the preset's)."""
+    meta = field.metadata
+    if "help" not in meta:
+        raise TypeError(f"{cls.__name__}.{field.name} has no help: declare it with option()")
+    parse, is_list = value_parser(cls, field.name)
+    text = meta["help"].replace("%", "%%")
+    choices = meta.get("choices")
+    if choices and is_list:  # checked item by item by the config
+        text += f"; each one of {', '.join(choices)}"
+    if bench:
+        default = "the preset's"
+    elif field.default is None:
+        default = meta.get("none", "none")
+    else:
+        default = "%(default)s"
+    options: dict[str, Any] = {
+        "dest": field.name,
+        "default": argparse.SUPPRESS if bench else field.default,
+        "help": f"{text} (default: {default})",
+    }
+    if parse is bool:
+        action = parser.add_argument(
+            flag_name(field), action=argparse.BooleanOptionalAction, **options
+        )
+        action.help = options["help"]  # Python 3.10's appends a second default
+        return action
+    if choices and not is_list:
+        options["choices"] = choices  # argparse lists them as the metavar
+    else:
+        options["metavar"] = meta.get("metavar", flag_name(field)[2:].upper().replace("-", "_"))
+    return parser.add_argument(
+        flag_name(field), type=_comma_list(parse) if is_list else parse, **options
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from .data import SEQUENCE_NAMES
-
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=DEFAULT.dataset,
-        metavar="DATASET",
-        help=f"task sequence: {', '.join(SEQUENCE_NAMES)}, or imagefolder:DIR (class folders "
-        "read from disk: DIR/train/<class>, DIR/test/<class>, or one folder per task with "
-        "train/ and test/ inside) (default: %(default)s, needs no download)",
-    )
-    data.add_argument(
-        "--scenario",
-        default=DEFAULT.scenario,
-        choices=("task", "class", "domain"),
-        help="task-incremental (one head per task, task id given), class-incremental (one "
-        "head over all classes, no task id) or domain-incremental (one shared head); "
-        "EideticNet, PackNet and progressive networks are task-incremental "
-        "(default: %(default)s)",
-    )
-    data.add_argument(
-        "--task-order",
-        default=None,
-        help="train the tasks in another order: reverse, random:SEED, or a permutation "
-        "such as 4,3,2,1,0 (default: the dataset's order)",
-    )
-    data.add_argument(
-        "--classes-per-task",
-        type=int,
-        default=None,
-        help="imagefolder: classes per task (the sorted class folders, in groups)",
-    )
-    data.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="imagefolder: images are resized and center-cropped to this size (default 64)",
-    )
-    data.add_argument(
-        "--augment",
-        action="store_true",
-        help="imagefolder: train on RandomResizedCrop + horizontal flips (the original's option)",
-    )
-    data.add_argument(
-        "--num-workers",
-        type=int,
-        default=DEFAULT.num_workers,
-        help="DataLoader worker processes that read data from disk (default: %(default)s)",
-    )
-    data.add_argument(
-        "--data-root",
-        default=None,
-        help="directory with torchvision's dataset layout (e.g. DIR/MNIST/raw/*.gz)",
-    )
-    data.add_argument(
-        "--num-tasks", type=int, default=None, help="number of tasks (default: the dataset's)"
-    )
-    data.add_argument(
-        "--limit-per-class",
-        type=int,
-        default=None,
-        help="keep only this many images per class (quick runs)",
-    )
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=DEFAULT.model,
-        metavar="MODEL",
-        help=f"network: {', '.join(MODELS)}; torchvision:NAME for any torchvision "
-        "classifier made multi-head (e.g. torchvision:resnet18; weights=None); or "
-        "import:package.module:factory for your own (called with num_classes=[...] and "
-        "input_shape=(C, H, W); topology traced) (default: %(default)s)",
-    )
-    model.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="hidden width (MLP, default 400) or base channels (ConvNet 32, ResNet 64)",
-    )
-    model.add_argument(
-        "--layers",
-        type=int,
-        default=DEFAULT.layers,
-        help="hidden layers (MLP) or convolutions per stage (ConvNet); default %(default)s",
-    )
-    model.add_argument(
-        "--no-bn", dest="bn", action="store_false", help="build the model without BatchNorm"
-    )
-    model.add_argument(
-        "--dropout",
-        type=float,
-        default=DEFAULT.dropout,
-        help="dropout after every hidden layer (MLP, ConvNet; default %(default)s)",
-    )
-    method = p.add_argument_group("method")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    method = groups["method"]
     method.add_argument(
         "--method",
         default=DEFAULT.method,
@@ -153,147 +163,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a baseline's hyperparameter, e.g. lambda_ewc=100 (repeatable)",
     )
-    method.add_argument(
-        "--pruning-type",
-        type=_words,
-        default=(DEFAULT_TRAIN.pruning_type,),
-        help="taylor, taylor_batch, l1, l2 or random; a comma list cycles (default: taylor)",
-    )
-    method.add_argument(
-        "--pruning-step",
-        type=_floats,
-        default=(DEFAULT_TRAIN.pruning_step,),
-        help="fraction of the remaining neurons pruned per step; a comma list cycles "
-        "(default: %(default)s)",
-    )
-    method.add_argument(
-        "--constant-step",
-        action="store_true",
-        help="prune a fraction of all neurons per step, not of the remaining ones",
-    )
-    method.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULT_TRAIN.tolerance,
-        help="stop pruning when accuracy < best × (1 − tolerance) (default: %(default)s)",
-    )
-    method.add_argument(
-        "--holdout",
-        type=float,
-        default=DEFAULT.holdout,
-        help="hold out this fraction of each task's training data and decide when to stop "
-        "training and pruning by eval-mode accuracy on it (default %(default)s: the running "
-        "training accuracy, the original's rule)",
-    )
-    method.add_argument(
-        "--compile",
-        action="store_true",
-        help="run every training step under torch.compile (the first step of each task "
-        "compiles; worth it on a GPU or for long runs, see the README's step benchmark)",
-    )
-    method.add_argument(
-        "--pruning-schedule",
-        choices=SCHEDULES,
-        default=DEFAULT_TRAIN.pruning_schedule,
-        help="fixed: the original's steps of --pruning-step until the accuracy drops; "
-        "adaptive: start with --first-pruning-step, halve it (restoring the snapshot) after a "
-        "failed step, stop below --pruning-step: similar kept capacity in far fewer recovery "
-        "epochs (default: %(default)s)",
-    )
-    method.add_argument(
-        "--first-pruning-step",
-        type=float,
-        default=DEFAULT_TRAIN.first_pruning_step,
-        help="the adaptive schedule's first step, of the remaining neurons (default: %(default)s)",
-    )
-    method.add_argument(
-        "--max-recovery-epochs",
-        type=int,
-        default=DEFAULT_TRAIN.max_recovery_epochs,
-        help="epochs to recover after each pruning step (default: %(default)s)",
-    )
-    method.add_argument(
-        "--max-masking-ratio",
-        type=float,
-        default=DEFAULT_TRAIN.max_masking_ratio,
-        help="stop once this share of a task's neurons is pruned (default: %(default)s)",
-    )
-    method.add_argument(
-        "--no-forward-transfer",
-        dest="forward_transfer",
-        action="store_false",
-        help="give every task a disjoint subnetwork (default: later tasks read earlier features)",
-    )
-    method.add_argument(
-        "--cycles",
-        type=int,
-        default=DEFAULT.cycles,
-        help="passes over the task sequence; >1 revisits tasks (cyclical) (default: %(default)s)",
-    )
-    method.add_argument(
-        "--no-router",
-        dest="router",
-        action="store_false",
-        help="skip the task router (class-incremental prediction) after the sequence",
-    )
-    train = p.add_argument_group("training")
-    train.add_argument(
-        "--epochs",
-        type=int,
-        default=DEFAULT_TRAIN.max_epochs,
-        help="maximum epochs per task before pruning (default: %(default)s)",
-    )
-    train.add_argument(
-        "--patience",
-        type=int,
-        default=DEFAULT_TRAIN.patience,
-        help="early-stopping patience in epochs (default: %(default)s)",
-    )
-    train.add_argument(
-        "--lr-factor",
-        type=float,
-        default=DEFAULT_TRAIN.lr_factor,
-        help="multiply the learning rate by this before pruning (default: %(default)s)",
-    )
-    train.add_argument(
-        "--optimizer",
-        default=DEFAULT.optimizer,
-        choices=OPTIMIZERS,
-        help="one optimizer for the whole sequence (default: %(default)s)",
-    )
-    train.add_argument(
-        "--lr", type=float, default=DEFAULT.lr, help="learning rate (default: %(default)s)"
-    )
-    train.add_argument(
-        "--weight-decay",
-        type=float,
-        default=DEFAULT.weight_decay,
-        help="weight decay (default: %(default)s)",
-    )
-    train.add_argument(
-        "--batch-size", type=int, default=DEFAULT.batch_size, help="default: %(default)s"
-    )
-    run_group = p.add_argument_group("run")
-    run_group.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT.seed,
-        help="one seed for everything (default: %(default)s)",
-    )
-    run_group.add_argument(
-        "--device", default=DEFAULT.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)"
-    )
+    for cls in (RunConfig, TrainConfig):
+        for field in flag_fields(cls):
+            add_field_flag(groups[field.metadata["group"]], cls, field)
+    run_group = groups["run"]
     run_group.add_argument(
         "--output-dir",
         type=Path,
         default=Path("runs/latest"),
         help="where results, plots and the checkpoint go (default: %(default)s)",
-    )
-    run_group.add_argument(
-        "--checkpoint-every",
-        default=DEFAULT.checkpoint_every,
-        choices=CHECKPOINT_EVERY,
-        help="checkpoint after every pruning step, every task, or never (default: %(default)s)",
     )
     run_group.add_argument(
         "--resume",
@@ -306,75 +184,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start a new run in an --output-dir that holds a run's checkpoint (it is deleted)",
     )
-    run_group.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
-    )
-    run_group.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's, shared among torchrun's local "
-        "processes). Two torch processes on one machine slow each other several-fold when "
-        "both use every core: give each a share, e.g. --threads 1 on 2 cores",
-    )
-    run_group.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT.dist_timeout,
-        metavar="SECONDS",
-        help="with torchrun: how long a process waits for a stopped or hung peer before the "
-        "run fails with an error naming the rank (default: %(default)s)",
-    )
+
+
+def _field_values(args: argparse.Namespace, cls: ConfigClass) -> dict[str, Any]:
+    """The values of ``cls``'s flags in ``args`` (a comma list of one as its item)."""
+    values = {f.name: getattr(args, f.name) for f in flag_fields(cls)}
+    return {k: v[0] if isinstance(v, tuple) and len(v) == 1 else v for k, v in values.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    train = TrainConfig(
-        max_epochs=args.epochs,
-        patience=args.patience,
-        pruning_step=args.pruning_step if len(args.pruning_step) > 1 else args.pruning_step[0],
-        pruning_type=args.pruning_type if len(args.pruning_type) > 1 else args.pruning_type[0],
-        max_recovery_epochs=args.max_recovery_epochs,
-        tolerance=args.tolerance,
-        max_masking_ratio=args.max_masking_ratio,
-        constant_step=args.constant_step,
-        pruning_schedule=args.pruning_schedule,
-        compiled=args.compile,
-        first_pruning_step=args.first_pruning_step,
-        lr_factor=args.lr_factor,
-        forward_transfer=args.forward_transfer,
-    )
+    """The RunConfig of a parsed ``run`` command line."""
     return RunConfig(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        num_tasks=args.num_tasks,
-        limit_per_class=args.limit_per_class,
-        model=args.model,
-        width=args.width,
-        layers=args.layers,
+        **_field_values(args, RunConfig),
         method=args.method,
         method_options=dict(parse_option(o) for o in args.method_option),
-        bn=args.bn,
-        dropout=args.dropout,
-        holdout=args.holdout,
-        classes_per_task=args.classes_per_task,
-        image_size=args.image_size,
-        augment=args.augment,
-        num_workers=args.num_workers,
-        task_order=args.task_order,
-        scenario=args.scenario,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        train=train,
-        cycles=args.cycles,
-        router=args.router,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        progress=args.progress,
-        dist_timeout=args.dist_timeout,
-        threads=args.threads,
+        train=TrainConfig(**_field_values(args, TrainConfig)),
     )
 
 
@@ -403,20 +227,29 @@ def _report(result: RunResult, output_dir: Path) -> int:
     return 0
 
 
-def _run_and_report(config: RunConfig, output: Path, resume: bool, overwrite: bool) -> int:
+def _run_and_report(
+    config: RunConfig,
+    output: Path,
+    resume: bool,
+    overwrite: bool,
+    saved: SavedRun | None = None,
+) -> int:
     """Run and write the results while holding the output directory (rank 0 of a launch)."""
     if not is_main_process():
-        return _report(run(config, output_dir=output, resume=resume), output)
+        return _report(run(config, output_dir=output, resume=resume, saved=saved), output)
     with rundir.hold(output, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite):
-        result = run(config, output_dir=output, resume=resume, overwrite=overwrite)
+        result = run(config, output_dir=output, resume=resume, overwrite=overwrite, saved=saved)
         return _report(result, output)
 
 
-def _resume_config(args: argparse.Namespace, defaults: argparse.Namespace) -> RunConfig:
-    """The saved run's config, with the options given on this command line put in (``run``
-    then refuses those that change what the run computes)."""
+def _resume_config(
+    args: argparse.Namespace, defaults: argparse.Namespace
+) -> tuple[RunConfig, SavedRun]:
+    """The saved run (read once) and its config with the options given on this command line
+    put in (``run`` then refuses those that change what the run computes)."""
     given, default = config_from_args(args), config_from_args(defaults)
-    saved, _ = saved_run(args.output_dir / CHECKPOINT_FILE, device=given.device)
+    saved_one = saved_run(args.output_dir / CHECKPOINT_FILE, device=given.device)
+    saved = saved_one.config
     top = {
         f.name: getattr(given, f.name)
         for f in dataclasses.fields(RunConfig)
@@ -427,24 +260,27 @@ def _resume_config(args: argparse.Namespace, defaults: argparse.Namespace) -> Ru
         for f in dataclasses.fields(TrainConfig)
         if getattr(given.train, f.name) != getattr(default.train, f.name)
     }
-    return dataclasses.replace(saved, **top, train=dataclasses.replace(saved.train, **train))
+    config = dataclasses.replace(saved, **top, train=dataclasses.replace(saved.train, **train))
+    return config, saved_one
 
 
 def _list_methods() -> None:
     import dataclasses
 
-    from .baselines import METHODS
+    from .methods import METHODS
 
-    print(f"{'eidetic':12s} EideticNet: iterative pruning and freezing (the default)")
-    for name, cls in sorted(METHODS.items()):
+    for name, cls in METHODS.items():
         options = ", ".join(
             f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name != "name"
         )
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}\n{'':12s} options: {options or 'none'}")
+    print("Chain methods with +, e.g. --method ewc+er (options: member.option=value).")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``eidetic-func`` command line and its ``run``, ``methods`` and
+    ``bench`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="eidetic-func",
         description="Continual learning without forgetting (EideticNet) on a torch.func core.",
@@ -458,35 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="run a benchmark preset (see --list)")
     bench.add_argument("preset", nargs="?", help="preset name")
     bench.add_argument("--list", action="store_true", help="list the presets")
-    bench.add_argument(
-        "--data-root", default=None, help="directory with the datasets (torchvision layout)"
-    )
-    bench.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
-    bench.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    bench.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (see run --help)"
-    )
-    bench.add_argument("--lr", type=float, default=None, help="override the preset's rate")
-    bench.add_argument(
-        "--holdout",
-        type=float,
-        default=None,
-        help="override the preset's holdout fraction (the stopping metric's data)",
-    )
-    bench.add_argument(
-        "--num-tasks", type=int, default=None, help="run only the first N tasks of the preset"
-    )
-    bench.add_argument(
-        "--limit-per-class",
-        type=int,
-        default=None,
-        help="use only this many training images per class (a smaller, quicker form)",
-    )
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name in BENCH_FLAGS:
+        add_field_flag(bench, RunConfig, fields[name], bench=True)
     bench.add_argument(
         "--output-dir", type=Path, default=None, help="default: benchmarks/results/<preset>"
-    )
-    bench.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     bench.add_argument(
         "--resume",
@@ -498,42 +310,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start over in an output directory that holds a run's checkpoint",
     )
+    return parser
+
+
+def bench_config(args: argparse.Namespace) -> RunConfig:
+    """The preset of a parsed ``bench`` command line with the fields it gives replaced."""
+    from .presets import preset
+
+    overrides = {name: getattr(args, name) for name in BENCH_FLAGS if hasattr(args, name)}
+    return preset(args.preset, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     keep_freed_memory()  # steadier, faster steps on Linux (see eidetic_func.allocator)
     try:
         if args.command == "run":
-            if args.resume:
-                config = _resume_config(args, run_parser.parse_args([]))
-            else:
+            if not args.resume:
                 config = config_from_args(args)
-            return _run_and_report(config, args.output_dir, args.resume, args.overwrite)
+                return _run_and_report(config, args.output_dir, False, args.overwrite)
+            config, saved = _resume_config(args, parser.parse_args(["run"]))
+            return _run_and_report(config, args.output_dir, True, args.overwrite, saved)
         if args.command == "methods":
             _list_methods()
             return 0
-        from .presets import PRESETS, preset
+        from .presets import PRESETS
 
         if args.list or not args.preset:
             for name, entry in PRESETS.items():
-                print(f"{name:24s} {entry['about']}")
+                print(f"{name:24s} {entry.about}")
             return 0
-        given = {
-            "lr": args.lr,
-            "holdout": args.holdout,
-            "num_tasks": args.num_tasks,
-            "limit_per_class": args.limit_per_class,
-            "threads": args.threads,
-        }
-        overrides = {k: v for k, v in given.items() if v is not None}
-        config = preset(
-            args.preset,
-            data_root=args.data_root,
-            device=args.device,
-            seed=args.seed,
-            progress=args.progress,
-            **overrides,
-        )
         output = args.output_dir or Path("benchmarks/results") / args.preset
-        return _run_and_report(config, output, args.resume, args.overwrite)
+        return _run_and_report(bench_config(args), output, args.resume, args.overwrite)
     except EideticError as err:
         print(f"eidetic-func: error: {err}", file=sys.stderr)
         return 2

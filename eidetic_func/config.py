@@ -1,22 +1,43 @@
-"""The configuration records: how a task is trained (:class:`TrainConfig`) and what a run
-is (:class:`RunConfig`). Frozen, validated on construction, JSON-serializable."""
+"""How a task is trained and pruned (:class:`TrainConfig`): frozen, validated on
+construction, JSON-serializable; its fields carry their command-line help (:func:`option`).
+What a whole run is: :class:`eidetic_func.run_config.RunConfig`."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
 from . import validate
-from .distributed import DEFAULT_TIMEOUT_S
 from .errors import ConfigError
-from .scenario import SCENARIOS
 from .score import SCORING_METHODS
 
 SCHEDULES = ("fixed", "adaptive")
+
+
+def option(
+    default: Any,
+    text: str,
+    *,
+    group: str,
+    flag: str | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    none: str | None = None,
+) -> Any:
+    """A field with ``default`` that is a flag of ``eidetic-func`` (:mod:`eidetic_func.cli`).
+
+    Its metadata: the ``help`` ``text`` and the ``group`` it is listed in; the ``flag`` name
+    where it is not the field's (dashes for underscores); the ``choices`` (a comma-list
+    field's items are checked by ``__post_init__``); a ``metavar``; what a default of None
+    means (``none``). The field's type says how a value is parsed: ``bool`` as ``--x`` /
+    ``--no-x``, ``int | None`` as an int, ``float | Sequence[float]`` as a comma list.
+    """
+    metadata = {"help": text, "group": group, "flag": flag, "choices": choices}
+    metadata |= {"metavar": metavar, "none": none}
+    return dataclasses.field(
+        default=default, metadata={k: v for k, v in metadata.items() if v is not None}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +60,72 @@ class TrainConfig:
     ``compiled`` runs every training step under ``torch.compile`` (see ``train_step``).
     """
 
-    max_epochs: int = 20
-    patience: int = 3
-    pruning_step: float | Sequence[float] = 0.1
-    pruning_type: str | Sequence[str] = "taylor"
-    max_recovery_epochs: int = 2
-    tolerance: float = 0.01
-    max_masking_ratio: float = 0.95
-    constant_step: bool = False
-    pruning_schedule: str = "fixed"
-    first_pruning_step: float = 0.5
-    lr_factor: float = 1.0
-    score_batches: int | None = 16
+    max_epochs: int = option(
+        20, "maximum epochs per task before pruning", group="training", flag="epochs"
+    )
+    patience: int = option(3, "early-stopping patience in epochs", group="training")
+    pruning_step: float | Sequence[float] = option(
+        0.1,
+        "fraction of the remaining neurons pruned per step; a comma list cycles",
+        group="method",
+        metavar="STEP[,STEP...]",
+    )
+    pruning_type: str | Sequence[str] = option(
+        "taylor",
+        "how neurons are scored for pruning; a comma list cycles",
+        group="method",
+        choices=SCORING_METHODS,
+        metavar="TYPE[,TYPE...]",
+    )
+    max_recovery_epochs: int = option(
+        2, "epochs to recover after each pruning step", group="method"
+    )
+    tolerance: float = option(
+        0.01, "stop pruning when accuracy < best × (1 − tolerance)", group="method"
+    )
+    max_masking_ratio: float = option(
+        0.95, "stop once this share of a task's neurons is pruned", group="method"
+    )
+    constant_step: bool = option(
+        False,
+        "prune a fraction of all neurons per step, not of the remaining ones",
+        group="method",
+    )
+    pruning_schedule: str = option(
+        "fixed",
+        "fixed: the original's steps of --pruning-step until the accuracy drops; adaptive: "
+        "start with --first-pruning-step, halve it (restoring the snapshot) after a failed "
+        "step, stop below --pruning-step: similar kept capacity in far fewer recovery epochs",
+        group="method",
+        choices=SCHEDULES,
+    )
+    first_pruning_step: float = option(
+        0.5, "the adaptive schedule's first step, of the remaining neurons", group="method"
+    )
+    lr_factor: float = option(
+        1.0, "multiply the learning rate by this before pruning", group="training"
+    )
+    score_batches: int | None = option(
+        16,
+        "batches of training data used for data-driven pruning scores (Taylor)",
+        group="method",
+        metavar="N",
+    )
     last_task: bool = False
-    forward_transfer: bool = True
+    forward_transfer: bool = option(
+        True,
+        "later tasks read earlier tasks' features (--no-forward-transfer: every task gets "
+        "a disjoint subnetwork)",
+        group="method",
+    )
     finish: bool = True
-    compiled: bool = False
+    compiled: bool = option(
+        False,
+        "run every training step under torch.compile (the first step of each task compiles; "
+        "worth it on a GPU or for long runs, see the README's step benchmark)",
+        group="method",
+        flag="compile",
+    )
 
     def __post_init__(self) -> None:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
@@ -77,191 +148,6 @@ class TrainConfig:
             validate.integer(self.score_batches, "score_batches", minimum=1)
         for name in ("constant_step", "last_task", "forward_transfer", "finish", "compiled"):
             validate.boolean(getattr(self, name), name)
-
-
-MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
-IMPORT = "import:"  # "import:package.module:factory": a user's own network
-IMAGEFOLDER = "imagefolder:"  # "imagefolder:DIR": class folders read from disk per item
-TORCHVISION = "torchvision:"  # "torchvision:resnet18": any torchvision classifier, multi-head
-OPTIMIZERS = ("adam", "adamw", "sgd")
-CHECKPOINT_EVERY = ("pruning-step", "task", "never")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything a run depends on; saved with every checkpoint (JSON-serializable)."""
-
-    dataset: str = "embedded"
-    data_root: str | None = None
-    num_tasks: int | None = None
-    limit_per_class: int | None = None
-    model: str = "mlp"
-    width: int | None = None
-    layers: int = 2
-    bn: bool = True
-    dropout: float = 0.0
-    method: str = "eidetic"
-    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    holdout: float = 0.0
-    classes_per_task: int | None = None
-    image_size: int | None = None
-    augment: bool = False
-    num_workers: int = 0
-    task_order: str | None = None
-    scenario: str = "task"
-    cycles: int = 1
-    router: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: str = "pruning-step"
-    progress: bool = True
-    dist_timeout: float = DEFAULT_TIMEOUT_S
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        from .data import SEQUENCE_NAMES
-
-        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
-            if not self.dataset.removeprefix(IMAGEFOLDER):
-                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
-            if self.limit_per_class is not None:
-                raise ConfigError("limit_per_class applies to the built-in datasets")
-        else:
-            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-            for name in ("classes_per_task", "image_size"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{name} applies to imagefolder: datasets")
-            if self.augment:
-                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
-        for name in ("classes_per_task", "image_size"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
-        validate.integer(self.num_workers, "num_workers", minimum=0)
-        if self.task_order is not None:
-            parse_task_order(self.task_order)
-        validate.choice(self.scenario, "scenario", SCENARIOS)
-        if self.scenario != "task" and self.method in ("eidetic", "packnet", "progressive"):
-            raise ConfigError(
-                f"{self.method} keeps one head (or column) per task: it is task-incremental. "
-                + (
-                    "EideticNet's class-incremental score is its task router's (router=True)"
-                    if self.method == "eidetic"
-                    else f"Run {self.method} with scenario='task'"
-                )
-            )
-        validate.boolean(self.augment, "augment")
-        if isinstance(self.model, str) and self.model.startswith(TORCHVISION):
-            torchvision_classifier(self.model.removeprefix(TORCHVISION))
-        elif isinstance(self.model, str) and self.model.startswith(IMPORT):
-            module, _, attribute = self.model.removeprefix(IMPORT).rpartition(":")
-            if not module or not attribute:
-                raise ConfigError(
-                    f"model {self.model!r}: write import:package.module:factory (the factory "
-                    "is called with num_classes=[...] and input_shape=(C, H, W))"
-                )
-        else:
-            validate.choice(self.model, "model", MODELS)
-        validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
-        validate.choice(self.method, "method", method_names())
-        validate.choice(self.checkpoint_every, "checkpoint_every", CHECKPOINT_EVERY)
-        for name in ("batch_size", "eval_batch_size", "cycles", "layers"):
-            validate.integer(getattr(self, name), name, minimum=1)
-        validate.integer(self.seed, "seed", minimum=0)
-        if self.seed > validate.MAX_SEED:
-            raise ConfigError(f"seed must be at most {validate.MAX_SEED}, got {self.seed}")
-        for name in ("width", "num_tasks", "limit_per_class"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
-        validate.number(self.lr, "lr", low=0.0, low_open=True)
-        validate.number(self.weight_decay, "weight_decay", low=0.0)
-        validate.number(self.dropout, "dropout", low=0.0, high=1.0, high_open=True)
-        validate.number(self.holdout, "holdout", low=0.0, high=1.0, high_open=True)
-        validate.number(self.dist_timeout, "dist_timeout", low=0.0, low_open=True)
-        if self.threads is not None:
-            validate.integer(self.threads, "threads", minimum=1)
-        if self.dropout and (self.model not in ("mlp", "convnet") or self.method == "progressive"):
-            raise ConfigError("dropout is an option of the MLP and the ConvNet (not progressive)")
-        for name in ("router", "progress", "bn"):
-            validate.boolean(getattr(self, name), name)
-        if not isinstance(self.method_options, dict):
-            raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
-        if self.method != "eidetic":
-            from . import baselines
-
-            baselines.create(self.method, **self.method_options)  # names and values checked
-            if self.cycles > 1:
-                raise ConfigError("revisiting tasks (cycles > 1) is an EideticNet feature")
-            if self.method == "progressive" and self.model != "mlp":
-                raise ConfigError(
-                    "progressive networks are built from MLP columns: use model='mlp'"
-                )
-        elif self.method_options:
-            raise ConfigError("method_options apply to baselines; eidetic is configured by train")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
-        validate.device(self.device)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        fields: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in d.get("train", {}).items()
-        }
-        return cls(**{**d, "train": TrainConfig(**fields)})
-
-
-def method_names() -> tuple[str, ...]:
-    """``eidetic`` and the baselines' names (``eidetic_func.baselines.METHODS``)."""
-    from . import baselines
-
-    return ("eidetic", *getattr(baselines, "METHODS", {}))
-
-
-def parse_task_order(text: str) -> str | int | list[int]:
-    """``"reverse"``, ``"random:SEED"`` (the seed) or ``"2,0,1"`` (a permutation)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"task_order must be a string, got {text!r}")
-    if text == "reverse":
-        return text
-    if text.startswith("random:"):
-        seed = text.removeprefix("random:")
-        if not seed.isdigit():
-            raise ConfigError(f"task_order {text!r}: write random:SEED with an integer seed")
-        return int(seed)
-    try:
-        order = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(
-            f"task_order {text!r}: write reverse, random:SEED or a permutation like 2,0,1"
-        ) from None
-    if sorted(order) != list(range(len(order))):
-        raise ConfigError(f"task_order {text!r} is not a permutation of 0..{len(order) - 1}")
-    return order
-
-
-def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
-    """The builder of torchvision's classification model ``name``; ConfigError if none."""
-    import torchvision.models
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=3)
-        raise ConfigError(
-            f"torchvision has no classification model {name!r}"
-            + (f" (similar: {', '.join(close)})" if close else "")
-            + "; see torchvision.models.list_models()"
-        )
-    return torchvision.models.get_model_builder(name)
 
 
 def as_list(value: Any) -> list[Any]:

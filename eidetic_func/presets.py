@@ -5,13 +5,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .config import RunConfig, TrainConfig
+from .config import TrainConfig
 from .errors import ConfigError
+from .run_config import RunConfig
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "split-mnist": {
-        "about": "Split-MNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor pruning.",
-        "config": RunConfig(
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named run configuration and what it is (one line of ``eidetic-func bench --list``)."""
+
+    about: str
+    config: RunConfig
+
+
+PRESETS: dict[str, Preset] = {
+    "split-mnist": Preset(
+        about="Split-MNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor pruning.",
+        config=RunConfig(
             dataset="split-mnist",
             model="mlp",
             width=400,
@@ -27,13 +37,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                 tolerance=0.005,
             ),
         ),
-    },
-    "permuted-mnist-paper": {
-        "about": "Permuted-MNIST, 10 tasks; the EideticNet paper's protocol (Sec. 4, Table 2): "
+    ),
+    "permuted-mnist-paper": Preset(
+        about="Permuted-MNIST, 10 tasks; the EideticNet paper's protocol (Sec. 4, Table 2): "
         "MLP 2×2000 with dropout 0.1, Adam lr 2e-4 (no weight decay), batch 256, early "
         "stopping with patience 10, learning rate halved before pruning, Taylor step 5%, "
         "tolerance 0.1%, at most 5 recovery epochs (hours on 2 CPU cores; --device cuda).",
-        "config": RunConfig(
+        config=RunConfig(
             dataset="permuted-mnist",
             num_tasks=10,
             model="mlp",
@@ -55,11 +65,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 tolerance=0.001,
             ),
         ),
-    },
-    "permuted-mnist-cpu": {
-        "about": "Permuted-MNIST, 10 tasks, CPU-friendly: MLP 2×400, 1000 images per class, "
+    ),
+    "permuted-mnist-cpu": Preset(
+        about="Permuted-MNIST, 10 tasks, CPU-friendly: MLP 2×400, 1000 images per class, "
         "Taylor step 10%, tolerance 1%.",
-        "config": RunConfig(
+        config=RunConfig(
             dataset="permuted-mnist",
             num_tasks=10,
             limit_per_class=1000,
@@ -78,10 +88,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 tolerance=0.01,
             ),
         ),
-    },
-    "split-fashion-mnist": {
-        "about": "Split-FashionMNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor.",
-        "config": RunConfig(
+    ),
+    "split-fashion-mnist": Preset(
+        about="Split-FashionMNIST, 5 tasks × 2 classes, task-incremental; MLP 2×400, Taylor.",
+        config=RunConfig(
             dataset="split-fashion-mnist",
             model="mlp",
             width=400,
@@ -97,7 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 tolerance=0.005,
             ),
         ),
-    },
+    ),
 }
 
 
@@ -105,5 +115,4 @@ def preset(name: str, **overrides: Any) -> RunConfig:
     """The configuration of preset ``name``, with top-level fields replaced by ``overrides``."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config: RunConfig = PRESETS[name]["config"]
-    return dataclasses.replace(config, **overrides)
+    return dataclasses.replace(PRESETS[name].config, **overrides)

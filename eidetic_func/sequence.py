@@ -24,12 +24,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from . import baselines, metrics, rundir
 from . import data as data_module
-from .baselines import train_method_task
+from . import metrics, rundir
 from .capacity import capacity
-from .checkpoint import load, save
-from .config import (
+from .checkpoint import Checkpoint, load, save
+from .distributed import Parallel, from_environment
+from .errors import CheckpointError, ConfigError, EideticError
+from .forward import forward
+from .method import Method, TaskProgress, state_bytes, traits
+from .methods import decode_state, encode_state
+from .multihead import multihead
+from .run_config import (
     IMAGEFOLDER,
     IMPORT,
     TORCHVISION,
@@ -37,17 +42,13 @@ from .config import (
     parse_task_order,
     torchvision_classifier,
 )
-from .distributed import Parallel, from_environment
-from .errors import CheckpointError, ConfigError, EideticError
-from .forward import forward
-from .lifecycle import revisit
-from .multihead import multihead
 from .scenario import SharedHead, head_sizes, scenario_sequence
 from .state import EideticState, init
 from .task_split import image_folder
 from .topology import Topology
 from .traced_topology import trace_topology
-from .train import TaskProgress, train_task
+from .train import CheckpointCallback, train_task
+from .types import Record
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -102,7 +103,7 @@ def _network(config: RunConfig, heads: list[int], input_shape: tuple[int, ...]) 
     from models import MLP, ConvNet, ResNet
 
     channels = input_shape[0]
-    if config.method == "progressive":
+    if traits(config.build_method()).network == "progressive":
         from models.progressive import ProgressiveMLP
 
         return ProgressiveMLP(
@@ -224,8 +225,8 @@ def _load_sequence(config: RunConfig) -> data_module.TaskSequence:
 
 
 def uses_router(config: RunConfig) -> bool:
-    """The task router is trained for EideticNet runs (it needs the frozen features)."""
-    return config.router and config.method == "eidetic"
+    """A task router is trained when asked and the method freezes what it is built on."""
+    return config.router and traits(config.build_method()).router
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -238,19 +239,61 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
     )
 
 
-@dataclasses.dataclass
-class _Run:
-    """The mutable bookkeeping of a run in progress (what a checkpoint restores)."""
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """Where a run is: what :func:`run` folds over the visits, and what a checkpoint holds
+    (with the optimizer's state and the generators'). Immutable."""
 
     state: EideticState
     mstate: Any = None
     visit: int = 0
-    progress: TaskProgress | None = None
-    matrix: list[list[float]] = dataclasses.field(default_factory=list)
-    after_finish: dict[int, list[float]] = dataclasses.field(default_factory=dict)
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    progress: TaskProgress | None = None  # mid-visit: where the visit's task is
+    matrix: tuple[tuple[float, ...], ...] = ()
+    after_finish: dict[int, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    history: tuple[Record, ...] = ()
     router: dict[str, float] | None = None
     seconds: float = 0.0
+
+    def replace(self, **changes: Any) -> RunRecord:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A run's checkpoint, read and verified once: its config and contents."""
+
+    config: RunConfig
+    checkpoint: Checkpoint
+
+    @property
+    def world_size(self) -> int:
+        return int(self.checkpoint.meta.get("world_size", 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What stays fixed during a run: data, network, method, optimizer, generators."""
+
+    config: RunConfig
+    sequence: data_module.TaskSequence
+    model: nn.Module
+    method: Method
+    topology: Topology | None
+    optimizer: torch.optim.Optimizer
+    generators: list[torch.Generator]  # one per task's data order, and the router's
+    core: torch.Generator  # pruning and recycling
+    loaders: list[data_module.TaskLoaders]
+    trains: list[Any]  # the training loaders (this process's shards under parallelism)
+    schedule: list[int]  # the task of every visit
+    parallel: Parallel | None
+    path: Path | None
+    log: Callable[[str], None]
+    started: float
+    world_size: int
+
+    @property
+    def router(self) -> bool:
+        return self.config.router and traits(self.method).router
 
 
 # settings a resumed run may change: they do not change what it computes
@@ -263,6 +306,7 @@ def run(
     output_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    saved: SavedRun | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Train ``config``'s task sequence end to end and measure it.
@@ -280,11 +324,11 @@ def run(
     uninterrupted one.
     """
     if output_dir is None or not is_main_process():
-        return _run(config, output_dir, resume=resume, log=log)
+        return _run(config, output_dir, resume=resume, saved=saved, log=log)
     with rundir.hold(
         output_dir, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite, log=log
     ):
-        return _run(config, output_dir, resume=resume, log=log)
+        return _run(config, output_dir, resume=resume, saved=saved, log=log)
 
 
 def cpu_threads(threads: int | None) -> int:
@@ -301,9 +345,9 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def saved_run(path: Path, *, device: str | None = None) -> tuple[RunConfig, dict[str, Any]]:
-    """The config and bookkeeping of the run checkpointed at ``path``; CheckpointError if
-    there is none, or the file holds something else (a state saved with ``ef.save``).
+def saved_run(path: Path, *, device: str | None = None) -> SavedRun:
+    """The run checkpointed at ``path``, read and verified; CheckpointError if there is
+    none, or the file holds something else (a state saved with ``ef.save``).
 
     ``device`` replaces the saved device (a CUDA run may be resumed on another machine)."""
     try:
@@ -312,7 +356,8 @@ def saved_run(path: Path, *, device: str | None = None) -> tuple[RunConfig, dict
         raise CheckpointError(f"nothing to resume: {path} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"nothing to resume: cannot read {path}: {e.strerror}") from e
-    meta = load(path).meta
+    checkpoint = load(path)
+    meta = checkpoint.meta
     if (
         not isinstance(meta, dict)
         or not isinstance(meta.get("config"), dict)
@@ -326,7 +371,7 @@ def saved_run(path: Path, *, device: str | None = None) -> tuple[RunConfig, dict
     if device is not None:
         saved["device"] = device
     try:
-        return RunConfig.from_dict(saved), meta
+        return SavedRun(RunConfig.from_dict(saved), checkpoint)
     except (TypeError, ValueError, EideticError) as e:
         raise CheckpointError(f"{path}: the saved run configuration is not valid here: {e}") from e
 
@@ -357,27 +402,48 @@ def _run(
     output_dir: str | Path | None,
     *,
     resume: bool,
+    saved: SavedRun | None,
     log: Callable[[str], None],
 ) -> RunResult:
     started = time.perf_counter()
     path = Path(output_dir) / CHECKPOINT_FILE if output_dir is not None else None
-    saved_world_size = 1
     if resume:
         if path is None:
             raise CheckpointError("nothing to resume: no output directory was given")
-        saved, meta = saved_run(path, device=None if config is None else config.device)
-        if config is not None:
-            conflicts = config_conflicts(config, saved)
-            if conflicts:
-                raise CheckpointError(
-                    f"the run in {path.parent} was started with other settings; resume it "
-                    "without them (or start a new run elsewhere):\n  " + "\n  ".join(conflicts)
-                )
-            saved = dataclasses.replace(saved, **{k: getattr(config, k) for k in OPERATIONAL})
-        config = saved
-        saved_world_size = int(meta.get("world_size", 1))
+        saved = saved or saved_run(path, device=None if config is None else config.device)
+        config = _resumed_config(config, saved, path)
     if config is None:
         raise ConfigError("config is required unless resuming (resume=True)")
+    setup = _setup(config, path, log, started, saved)
+    record = _first_record(setup) if saved is None else _restore(setup, saved)
+    while record.visit < len(setup.schedule):
+        record = _visit(setup, record)
+    if setup.router and record.router is None:
+        record = _route(setup, record)
+    return _result(setup, record)
+
+
+def _resumed_config(given: RunConfig | None, saved: SavedRun, path: Path) -> RunConfig:
+    """The saved config, with the operational settings ``given`` changes."""
+    if given is None:
+        return saved.config
+    conflicts = config_conflicts(given, saved.config)
+    if conflicts:
+        raise CheckpointError(
+            f"the run in {path.parent} was started with other settings; resume it "
+            "without them (or start a new run elsewhere):\n  " + "\n  ".join(conflicts)
+        )
+    return dataclasses.replace(saved.config, **{k: getattr(given, k) for k in OPERATIONAL})
+
+
+def _setup(
+    config: RunConfig,
+    path: Path | None,
+    log: Callable[[str], None],
+    started: float,
+    saved: SavedRun | None,
+) -> _Setup:
+    """Data, network, method, optimizer and generators of ``config`` (seeded)."""
     device = torch.device(config.device)
     parallel = from_environment(device, timeout_s=config.dist_timeout)
     if parallel is not None:
@@ -387,10 +453,11 @@ def _run(
             log = _silent
     torch.set_num_threads(cpu_threads(config.threads))
     world_size = 1 if parallel is None else parallel.world_size
-    if resume and world_size != saved_world_size:
+    if saved is not None and world_size != saved.world_size:
         raise CheckpointError(
-            f"the run in {output_dir} was checkpointed by {saved_world_size} process(es); "
-            f"resume it with {saved_world_size}, not {world_size} (the data shards differ)"
+            f"the run in {saved.checkpoint.source} was checkpointed by {saved.world_size} "
+            f"process(es); resume it with {saved.world_size}, not {world_size} (the data "
+            "shards differ)"
         )
     torch.manual_seed(config.seed)
     sequence = load_run_sequence(config)
@@ -401,20 +468,13 @@ def _run(
             f"cannot build the {config.model} (width {config.width}) on {device}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
-    method = (
-        None
-        if config.method == "eidetic"
-        else baselines.create(config.method, seed=config.seed, **config.method_options)
-    )
-    if method is not None and parallel is not None:
-        raise ConfigError("data parallelism is for EideticNet runs; run baselines in one process")
-    topology: Topology | None = (
-        None if config.method == "progressive" else model_topology(model, sequence)
-    )
+    method = config.build_method()
+    if parallel is not None and not traits(method).data_parallel:
+        raise ConfigError(f"{method.name} does not support data parallelism; run one process")
+    topology = model_topology(model, sequence) if traits(method).topology else None
     optimizer = build_optimizer(config, model)
-    num_tasks = len(sequence)
     generators = [
-        torch.Generator().manual_seed(config.seed * 1000 + t) for t in range(num_tasks + 1)
+        torch.Generator().manual_seed(config.seed * 1000 + t) for t in range(len(sequence) + 1)
     ]
     core = torch.Generator().manual_seed(config.seed + 1)
     # with a holdout, a stratified split of each task's training data decides when to stop
@@ -430,8 +490,6 @@ def _run(
         )
         for t, task in enumerate(sequence)
     ]
-    tests = [lo.test for lo in loaders]
-    holdouts = [lo.val for lo in loaders]
     # with data parallelism each process trains on its shard of every task
     trains: list[Any] = [
         lo.train
@@ -439,189 +497,201 @@ def _run(
         else parallel.shard(lo.train.dataset, config.batch_size, seed=config.seed * 1000 + t)
         for t, lo in enumerate(loaders)
     ]
-    schedule = [t for _ in range(config.cycles) for t in range(num_tasks)]
-    first = init(model)
-    bookkeeping = _Run(state=first, mstate=None if method is None else method.init(model, first))
-    if resume:
-        assert path is not None
-        bookkeeping = _restore(path, model, optimizer, generators, core, trains)
-        if bookkeeping.visit < len(schedule):
-            log(f"resuming at visit {bookkeeping.visit + 1}/{len(schedule)}")
-        elif uses_router(config) and bookkeeping.router is None:
-            log(f"resuming: all {len(schedule)} visits done, training the task router")
-        else:
-            log(f"the run is complete ({len(schedule)}/{len(schedule)} visits): nothing to train")
+    schedule = [t for _ in range(config.cycles) for t in range(len(sequence))]
+    return _Setup(
+        config, sequence, model, method, topology, optimizer, generators, core, loaders,
+        trains, schedule, parallel, path, log, started, world_size,
+    )  # fmt: skip
 
-    def checkpoint(run_state: _Run) -> None:
-        if path is None or (parallel is not None and not parallel.is_main):
-            return
-        meta = {
-            "config": config.to_dict(),
-            "world_size": world_size,
-            "visit": run_state.visit,
-            "progress": None if run_state.progress is None else run_state.progress.to_dict(),
-            "matrix": run_state.matrix,
-            "after_finish": {str(k): v for k, v in run_state.after_finish.items()},
-            "router": run_state.router,
-            "seconds": run_state.seconds + time.perf_counter() - started,
-        }
-        generator_states = {
-            "data": [g.get_state() for g in generators],
-            "core": core.get_state(),
-            "epochs": [getattr(loader, "epoch", 0) for loader in trains],
-            "method": baselines.encode_state(run_state.mstate),
-        }
-        save(
-            path,
-            run_state.state,
-            optimizer=optimizer,
-            extra=generator_states,
-            history=run_state.history,
-            meta=meta,
-        )
 
-    b = bookkeeping
-    while b.visit < len(schedule):
-        task = schedule[b.visit]
-        # with the router, it is the last task and the only unpruned one (as the original's
-        # experiments): every real task is pruned and leaves its capacity to the router
-        last = b.visit == len(schedule) - 1 and not uses_router(config)
-        train_config = dataclasses.replace(config.train, last_task=last)
-        if b.progress is None and task in b.state.finished and topology is not None:
-            b.state = revisit(
-                b.state, topology, task=task, forward_transfer=config.train.forward_transfer
-            )
-        log(f"task {task} ({sequence[task].name}), visit {b.visit + 1}/{len(schedule)}")
+def _first_record(setup: _Setup) -> RunRecord:
+    state = init(setup.model)
+    return RunRecord(state=state, mstate=setup.method.init(setup.model, state))
 
-        def on_checkpoint(
-            s: EideticState, p: TaskProgress, h: list[dict[str, Any]], b: _Run = b
-        ) -> None:
-            if config.checkpoint_every == "pruning-step" and p.phase != "done":
-                checkpoint(dataclasses.replace(b, state=s, progress=p, history=b.history + h))
 
-        if method is not None:
-            state, b.mstate, history = train_method_task(
-                model,
-                b.state,
-                b.mstate,
-                trains[task],
-                method=method,
-                task=task,
-                optimizer=optimizer,
-                config=train_config,
-                generator=core,
-                progress=config.progress,
-            )
-        else:
-            assert topology is not None
-            state, history = train_task(
-                model,
-                b.state,
-                trains[task],
-                task=task,
-                topology=topology,
-                optimizer=optimizer,
-                config=train_config,
-                generator=core,
-                progress=config.progress,
-                checkpoint=on_checkpoint,
-                parallel=parallel,
-                resume=b.progress,
-                stop_loader=holdouts[task],
-            )
-        row = metrics.accuracy_row(model, state, tests, range(num_tasks))
-        b.state, b.progress = state, None
-        b.history = b.history + history
-        b.matrix = [*b.matrix, row]
-        b.after_finish = {**b.after_finish, task: [*b.after_finish.get(task, []), row[task]]}
-        b.visit += 1
-        log("  accuracy " + " ".join(f"{a:.4f}" for a in row))
-        if config.checkpoint_every != "never":
-            checkpoint(b)
+def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
+    """Train the task of visit ``record.visit`` (or finish it, resumed) and evaluate all."""
+    config, task = setup.config, setup.schedule[record.visit]
+    setup.log(f"task {task} ({setup.sequence[task].name}), visit {record.visit + 1}/"
+              f"{len(setup.schedule)}")  # fmt: skip
 
-    if uses_router(config) and b.router is None:
-        assert topology is not None
-        b.state, router_history = _train_router(
-            model,
-            b.state,
-            loaders,
-            topology,
-            optimizer,
-            config,
-            generators[num_tasks],
-            core,
-            parallel,
-        )
-        b.router = route_and_classify(model, b.state, sequence, tests, router=num_tasks)
-        b.history = b.history + router_history
-        if config.checkpoint_every != "never":
-            checkpoint(b)
+    def checkpoint(s: EideticState, ms: Any, p: TaskProgress, h: list[Record]) -> None:
+        if config.checkpoint_every == "pruning-step" and p.phase != "done":
+            mid = record.replace(state=s, mstate=ms, progress=p, history=(*record.history, *h))
+            _save(setup, mid)
 
-    parallel_info = None
-    if parallel is not None:
-        parallel_info = {
-            "world_size": parallel.world_size,
-            "state_digest": parallel.check_identical(b.state, "at the end of the run"),
-        }
-    matrix = b.matrix[:num_tasks]
-    summary = metrics.summarize(matrix).to_dict()
-    return RunResult(
-        config=config,
-        task_names=[t.name for t in sequence],
-        visits=schedule,
-        matrix=b.matrix,
-        after_finish=b.after_finish,
-        final=b.matrix[-1],
-        summary=summary,
-        capacity=None if topology is None else capacity(b.state, topology).to_dict(),
-        extra_memory_bytes=_extra_memory(b.state, b.mstate, method),
-        router=b.router,
-        history=b.history,
-        seconds=b.seconds + time.perf_counter() - started,
-        state=b.state,
-        parallel=parallel_info,
-        is_main=parallel is None or parallel.is_main,
+    state, mstate, history = _train(
+        setup,
+        record,
+        setup.trains[task],
+        task=task,
+        stop_loader=setup.loaders[task].val,
+        # the router, when trained, is the last task and the only unpruned one (as in the
+        # original's experiments): every real task leaves its capacity to it
+        last=record.visit == len(setup.schedule) - 1 and not setup.router,
+        checkpoint=checkpoint,
+    )
+    tests = [lo.test for lo in setup.loaders]
+    row = tuple(metrics.accuracy_row(setup.model, state, tests, range(len(setup.sequence))))
+    setup.log("  accuracy " + " ".join(f"{a:.4f}" for a in row))
+    record = record.replace(
+        state=state,
+        mstate=mstate,
+        visit=record.visit + 1,
+        progress=None,
+        matrix=(*record.matrix, row),
+        after_finish={**record.after_finish, task: (*record.after_finish.get(task, ()), row[task])},
+        history=(*record.history, *history),
+    )
+    if config.checkpoint_every != "never":
+        _save(setup, record)
+    return record
+
+
+def _train(
+    setup: _Setup,
+    record: RunRecord,
+    loader: Any,
+    *,
+    task: int,
+    stop_loader: Any,
+    last: bool,
+    checkpoint: CheckpointCallback | None = None,
+) -> tuple[EideticState, Any, list[Record]]:
+    """Train ``task`` on ``loader`` from ``record`` with the run's method and settings."""
+    return train_task(
+        setup.model,
+        record.state,
+        loader,
+        method=setup.method,
+        mstate=record.mstate,
+        task=task,
+        optimizer=setup.optimizer,
+        generator=setup.core,
+        config=setup.config.train,
+        topology=setup.topology,
+        stop_loader=stop_loader,
+        last=last,
+        progress=setup.config.progress,
+        checkpoint=checkpoint,
+        resume=record.progress,
+        parallel=setup.parallel,
     )
 
 
-def _restore(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generators: list[torch.Generator],
-    core: torch.Generator,
-    trains: list[Any],
-) -> _Run:
-    ckpt = load(path, model=model, optimizer=optimizer)
+def _route(setup: _Setup, record: RunRecord) -> RunRecord:
+    """Train the task router and measure class-incremental accuracy with it."""
+    state, mstate, history = _train_router(setup, record)
+    tests = [lo.test for lo in setup.loaders]
+    router = route_and_classify(
+        setup.model, state, setup.sequence, tests, router=len(setup.sequence)
+    )
+    record = record.replace(
+        state=state, mstate=mstate, router=router, history=(*record.history, *history)
+    )
+    if setup.config.checkpoint_every != "never":
+        _save(setup, record)
+    return record
+
+
+def _save(setup: _Setup, record: RunRecord) -> None:
+    """The one place a run is checkpointed (by the main process, with an output dir)."""
+    if setup.path is None or (setup.parallel is not None and not setup.parallel.is_main):
+        return
+    meta = {
+        "config": setup.config.to_dict(),
+        "world_size": setup.world_size,
+        "visit": record.visit,
+        "progress": None if record.progress is None else record.progress.to_dict(),
+        "matrix": [list(row) for row in record.matrix],
+        "after_finish": {str(k): list(v) for k, v in record.after_finish.items()},
+        "router": record.router,
+        "seconds": record.seconds + time.perf_counter() - setup.started,
+    }
+    extra = {
+        "data": [g.get_state() for g in setup.generators],
+        "core": setup.core.get_state(),
+        "epochs": [getattr(loader, "epoch", 0) for loader in setup.trains],
+        "method": encode_state(record.mstate),
+    }
+    save(
+        setup.path,
+        record.state,
+        optimizer=setup.optimizer,
+        extra=extra,
+        history=list(record.history),
+        meta=meta,
+    )
+
+
+def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
+    """The record a checkpoint holds; the optimizer, generators and loaders set as saved."""
+    ckpt = saved.checkpoint
+    ckpt.fit(model=setup.model, optimizer=setup.optimizer)
     ckpt.restore_rng()
-    for g, s in zip(generators, ckpt.extra["data"]):
+    for g, s in zip(setup.generators, ckpt.extra["data"]):
         g.set_state(s)
-    core.set_state(ckpt.extra["core"])
-    for loader, epoch in zip(trains, ckpt.extra["epochs"]):
+    setup.core.set_state(ckpt.extra["core"])
+    for loader, epoch in zip(setup.trains, ckpt.extra["epochs"]):
         if hasattr(loader, "epoch"):
             loader.epoch = epoch
     meta = ckpt.meta
-    progress = None if meta["progress"] is None else TaskProgress(**meta["progress"])
-    return _Run(
+    record = RunRecord(
         state=ckpt.state,
-        mstate=baselines.decode_state(ckpt.extra.get("method")),
+        mstate=decode_state(ckpt.extra.get("method")),
         visit=int(meta["visit"]),
-        progress=progress,
-        matrix=[list(r) for r in meta["matrix"]],
-        after_finish={int(k): list(v) for k, v in meta["after_finish"].items()},
-        history=list(ckpt.history),
+        progress=None if meta["progress"] is None else TaskProgress(**meta["progress"]),
+        matrix=tuple(tuple(r) for r in meta["matrix"]),
+        after_finish={int(k): tuple(v) for k, v in meta["after_finish"].items()},
+        history=tuple(ckpt.history),
         router=meta["router"],
         seconds=float(meta["seconds"]),
     )
+    total = len(setup.schedule)
+    if record.visit < total:
+        setup.log(f"resuming at visit {record.visit + 1}/{total}")
+    elif setup.router and record.router is None:
+        setup.log(f"resuming: all {total} visits done, training the task router")
+    else:
+        setup.log(f"the run is complete ({total}/{total} visits): nothing to train")
+    return record
 
 
-def _extra_memory(state: EideticState, mstate: Any, method: Any) -> int:
-    """Bytes a method keeps beyond the network: ownership masks, or the method's state."""
+def _result(setup: _Setup, record: RunRecord) -> RunResult:
+    parallel_info = None
+    if setup.parallel is not None:
+        parallel_info = {
+            "world_size": setup.parallel.world_size,
+            "state_digest": setup.parallel.check_identical(record.state, "at the end of the run"),
+        }
+    num_tasks = len(setup.sequence)
+    matrix = [list(row) for row in record.matrix]
+    return RunResult(
+        config=setup.config,
+        task_names=[t.name for t in setup.sequence],
+        visits=setup.schedule,
+        matrix=matrix,
+        after_finish={k: list(v) for k, v in record.after_finish.items()},
+        final=matrix[-1],
+        summary=metrics.summarize(matrix[:num_tasks]).to_dict(),
+        capacity=None
+        if setup.topology is None
+        else capacity(record.state, setup.topology).to_dict(),
+        extra_memory_bytes=_extra_memory(record.state, record.mstate),
+        router=record.router,
+        history=list(record.history),
+        seconds=record.seconds + time.perf_counter() - setup.started,
+        state=record.state,
+        parallel=parallel_info,
+        is_main=setup.parallel is None or setup.parallel.is_main,
+    )
+
+
+def _extra_memory(state: EideticState, mstate: Any) -> int:
+    """Bytes a method keeps beyond the network: its state, and the ownership masks of
+    methods that freeze by ownership (EideticNet, PackNet, progressive networks)."""
     masks = sum(t.numel() * t.element_size() for t in [*state.owner.values(), *state.keep.values()])
-    if method is None:
-        return masks
-    # methods that freeze by ownership (PackNet, progressive networks) use the masks too
-    return baselines.state_bytes(mstate) + (masks if state.finished else 0)
+    return state_bytes(mstate) + (masks if state.finished else 0)
 
 
 def _silent(message: str) -> None:
@@ -664,23 +734,14 @@ class _TaskIds(Dataset[tuple[Tensor, Tensor]]):
         return self.dataset[i][0], torch.tensor(self.task)
 
 
-def _train_router(
-    model: nn.Module,
-    state: EideticState,
-    loaders: list[data_module.TaskLoaders],
-    topology: Topology,
-    optimizer: torch.optim.Optimizer,
-    config: RunConfig,
-    generator: torch.Generator,
-    core: torch.Generator,
-    parallel: Parallel | None,
-) -> tuple[EideticState, list[dict[str, Any]]]:
+def _train_router(setup: _Setup, record: RunRecord) -> tuple[EideticState, Any, list[Record]]:
     """Train the extra head that predicts the task id, on every task's training data.
 
     It is the last task: every real task was pruned, and it takes the capacity they left
     (unpruned); it needs the data of all tasks at the end (a relaxation, as the original's
     task classifier). With a holdout, it stops on the union of the tasks' holdouts.
     """
+    config, loaders = setup.config, setup.loaders
     router = len(loaders)
     union = task_id_dataset([lo.train.dataset for lo in loaders])  # type: ignore[misc]
     # a last batch of one sample cannot be batch-normalized in training mode
@@ -689,31 +750,17 @@ def _train_router(
             union,
             config.batch_size,
             shuffle=True,
-            generator=generator,
+            generator=setup.generators[router],
             drop_last=len(union) % config.batch_size == 1,  # type: ignore[arg-type]
         )
-        if parallel is None
-        else parallel.shard(union, config.batch_size, seed=config.seed * 1000 + router)
+        if setup.parallel is None
+        else setup.parallel.shard(union, config.batch_size, seed=config.seed * 1000 + router)
     )
     stop = None
     if config.holdout:
         held = task_id_dataset([lo.val.dataset for lo in loaders])  # type: ignore[union-attr, misc]
         stop = DataLoader(held, config.eval_batch_size)
-    router_config = dataclasses.replace(config.train, last_task=True)
-    state, history = train_task(
-        model,
-        state,
-        loader,
-        task=router,
-        topology=topology,
-        optimizer=optimizer,
-        config=router_config,
-        generator=core,
-        progress=config.progress,
-        parallel=parallel,
-        stop_loader=stop,
-    )
-    return state, history
+    return _train(setup, record, loader, task=router, stop_loader=stop, last=True)
 
 
 def route_and_classify(

@@ -1,22 +1,19 @@
-"""The training shell: one task, trained, pruned iteratively, finished (the seed's ``train_task``).
+"""The training shell: one task of any method, trained until it plateaus, then ended.
 
-Imperative and thin: it loops over data and calls the pure core (``train_step``,
-``score``, ``prune``, ``bridge``, ``finish_task``, ``recycle``). Every decision it makes
-is recorded in the returned history, and its progress is a small record
-(:class:`TaskProgress`) so that a run can stop after any pruning step and resume.
+Imperative and thin: it loops over data, runs the method's steps (:func:`method_step`)
+and hands the end of the task to the method (EideticNet prunes, recovers, finishes and
+recycles there; EWC estimates its Fisher; ER keeps its buffer). Every decision is
+recorded in the returned history, and its progress is a small record
+(:class:`TaskProgress`) so that a run can stop after any epoch or pruning step and resume.
 
-The rule (EideticNet): train until the training accuracy plateaus (``patience`` epochs
-without improvement, or 100%); optionally lower the learning rate; then repeat — keep a
-snapshot, prune ``pruning_step`` of the remaining neurons (``pruning_type``; both may be
-lists that cycle), recover for up to ``max_recovery_epochs`` — until the accuracy falls
-below ``best × (1 − tolerance)`` or the pruned fraction of the task's neurons exceeds
-``max_masking_ratio``, and then restore the last good snapshot.
+The stopping rule (EideticNet's, for every method): train until the training accuracy
+plateaus (``patience`` epochs without improvement, or 100%), then one more epoch,
+optionally at a learning rate lowered by ``lr_factor``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,17 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .bridge import bridge
-from .capacity import capacity
-from .config import TrainConfig, as_list
-from .errors import ConfigError, DataError, NothingToPrune
-from .lifecycle import finish_task, recycle
+from .config import TrainConfig
+from .eidetic import EideticNet
+from .errors import ConfigError, DataError
+from .method import Method, TaskContext, TaskProgress, advance, method_step, traits
 from .metrics import evaluate
-from .prune import prune
-from .score import DATA_METHODS, score
 from .state import EideticState
-from .step import StepMetrics, check_trainable, train_step
-from .taylor import Reduce
+from .step import StepMetrics, check_trainable
 from .topology import Topology
 from .types import Batch, LossFn, Record
 
@@ -44,31 +37,13 @@ if TYPE_CHECKING:
     from .distributed import Parallel
 
 Carry = TypeVar("Carry")
+# (the state, the method state): what a task's training threads
+TaskCarry = tuple[EideticState, Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskProgress:
-    """Where :func:`train_task` is: enough to resume it after a pruning step."""
+EIDETIC = EideticNet()  # the default method
 
-    phase: str = "train"  # "train" → "prune" → "done"
-    epoch: int = 0
-    best: float = 0.0
-    best_epoch: int = 0
-    metric: float = 0.0
-    pruning_iteration: int = 0
-    lrs: tuple[float, ...] = ()  # the optimizer's learning rates when the task started
-    lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
-    stopping: bool = False  # the plateau is reached: one more training epoch, then prune
-    adaptive_step: float = 0.0  # the adaptive schedule's next step (0: not started)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-CheckpointCallback = Callable[[EideticState, TaskProgress, list[Record]], None]
+CheckpointCallback = Callable[[EideticState, Any, TaskProgress, list[Record]], None]
 
 
 def train_task(
@@ -77,264 +52,154 @@ def train_task(
     loader: Iterable[Batch],
     *,
     task: int,
-    topology: Topology,
     optimizer: torch.optim.Optimizer,
-    config: TrainConfig | None = None,
     generator: torch.Generator,
+    method: Method = EIDETIC,
+    mstate: Any = None,
+    config: TrainConfig | None = None,
+    topology: Topology | None = None,
     loss_fn: LossFn = F.cross_entropy,
     score_loader: Iterable[Batch] | None = None,
+    stop_loader: Iterable[Batch] | None = None,
+    last: bool = False,
     progress: bool = True,
     checkpoint: CheckpointCallback | None = None,
     resume: TaskProgress | None = None,
     parallel: Parallel | None = None,
-    stop_loader: Iterable[Batch] | None = None,
-) -> tuple[EideticState, list[Record]]:
-    """Train, prune and (by default) finish task ``task``; return the new state and history.
+) -> tuple[EideticState, Any, list[Record]]:
+    """Train task ``task`` with ``method`` (default EideticNet) and end it:
+    ``(state, mstate, history)``.
 
-    ``loader`` yields ``(x, y)`` batches of the task's training data (re-iterated every
-    epoch). ``score_loader`` (default: ``loader``) feeds data-driven importance scores.
-    ``generator`` drives random pruning and recycling. ``checkpoint(state, progress,
-    history)`` is called after every training epoch, after the training phase, after every
-    kept pruning step and at the end; pass the progress back as ``resume`` (with that
-    state) to continue.
+    ``loader`` yields ``(x, y)`` batches (re-iterated every epoch); ``mstate`` is the
+    method's state (``method.init``); ``config`` the loop's and pruning's settings;
+    ``topology`` the network's (EideticNet needs it); ``score_loader`` (default
+    ``loader``) feeds importance scores; ``generator`` drives random choices; ``last``:
+    nothing is trained after this task (EideticNet does not prune it).
+    ``checkpoint(state, mstate, progress, history)`` is called after every epoch, after
+    the training phase, after every kept pruning step and at the end; pass the progress
+    back as ``resume`` (with that state) to continue.
 
-    The stopping metric (plateau, pruning tolerance) is the running training accuracy of
-    each epoch, the original's rule; with ``stop_loader`` (a held-out split of the task's
-    training data) it is the eval-mode accuracy on that split after each epoch, and the
-    training accuracy is kept in the history as ``train_metric``.
-
-    Works with any ``torch.optim`` optimizer built over ``model.parameters()``; one may
-    serve the whole sequence. Returns the state ready for the next task (finished and
-    recycled, unless ``config.finish`` is False). With ``parallel`` (data parallelism, see
-    :mod:`eidetic_func.distributed`) ``loader`` is this process's shard; gradients, BN
-    statistics, epoch metrics and scores are combined over processes, and the state is
-    checked to be identical on all of them at the end.
+    The stopping metric is the running training accuracy of each epoch (the original's
+    rule); with ``stop_loader`` (a held-out split) it is the eval-mode accuracy on it, and
+    the training accuracy is kept in the history as ``train_metric``. With ``parallel``
+    (:mod:`eidetic_func.distributed`; methods whose traits allow it) ``loader`` is this
+    process's shard: gradients, BN statistics, metrics and scores are combined, and the
+    state is checked to be identical on every process at the end. Works with any
+    ``torch.optim`` optimizer over ``model.parameters()``; its learning rates are restored
+    when the task ends, so every task starts at the same rate.
     """
-    check_trainable(state, task)
     config = config or TrainConfig()
-    progress_state = resume or TaskProgress()
-    if not progress_state.lrs:
-        progress_state = dataclasses.replace(progress_state, lrs=learning_rates(optimizer))
+    if parallel is not None and not traits(method).data_parallel:
+        raise ConfigError(f"{method.name} does not support data parallelism; run one process")
+    p = resume or TaskProgress()
+    if not p.lrs:
+        p = dataclasses.replace(p, lrs=learning_rates(optimizer))
     history: list[Record] = []
-    steps = itertools.cycle(as_list(config.pruning_step))
-    kinds = itertools.cycle(as_list(config.pruning_type))
-    for _ in range(progress_state.pruning_iteration):  # resume the cycles where they were
-        next(steps), next(kinds)
-
     latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
 
     def record(phase: str, **fields: Any) -> None:
-        lr = optimizer.param_groups[0]["lr"]
         extra = latest if phase in ("train", "recover") else {}
-        history.append(
-            {"task": task, "phase": phase, "time": time.time(), "lr": lr, **extra, **fields}
-        )
+        lr = optimizer.param_groups[0]["lr"]
+        entry = {"task": task, "phase": phase, "method": method.name, "time": time.time()}
+        history.append({**entry, "lr": lr, **extra, **fields})
 
+    step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
     device = _device(state)
-    progress = progress and (parallel is None or parallel.is_main)
+    shown = progress and (parallel is None or parallel.is_main)
 
-    def step(s: EideticState, batch: Batch) -> tuple[EideticState, StepMetrics]:
-        if parallel is None:
-            return train_step(
-                model,
-                s,
-                batch,
-                optimizer=optimizer,
-                task=task,
-                loss_fn=loss_fn,
-                compiled=config.compiled,
-            )
-        new, metrics = train_step(
+    def epoch(carry: TaskCarry, label: str) -> tuple[TaskCarry, float, float]:
+        carry, accuracy, loss = run_epoch(
+            step,
+            carry,
+            loader,
+            device=device,
+            description=f"{method.name} task {task} {label}",
+            progress=shown,
+            combine=None if parallel is None else parallel.sum_metrics,
+        )
+        if stop_loader is None:
+            return carry, accuracy, loss
+        latest["train_metric"] = accuracy
+        return carry, evaluate(model, carry[0], stop_loader, task=task), loss
+
+    def save(s: EideticState, ms: Any, q: TaskProgress) -> None:
+        if checkpoint is not None:
+            checkpoint(s, ms, q, history)
+
+    ctx = TaskContext(
+        loader=loader,
+        task=task,
+        generator=generator,
+        config=config,
+        topology=topology,
+        last=last,
+        progress=p,
+        epoch=epoch,
+        record=record,
+        checkpoint=save,
+        score_loader=score_loader,
+        reduce=None if parallel is None else parallel.reduce,
+        optimizer=optimizer,
+    )
+    if resume is None:
+        state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
+    check_trainable(state, task)
+    carry = (state, mstate)
+    if p.phase == "train":
+        carry, p = train_until_plateau(
+            epoch,
+            carry,
+            p,
+            config=config,
+            optimizer=optimizer,
+            record=record,
+            after_epoch=lambda c, q: save(c[0], c[1], q),
+        )
+        p = dataclasses.replace(p, phase="end", metric=p.best)
+        save(*carry, p)
+    start = time.perf_counter()
+    state, mstate = method.end_task(model, *carry, ctx.replace(progress=p))
+    record("end_task", seconds=time.perf_counter() - start)
+    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
+    if state.task == task and config.finish:  # the method did not finish the task itself
+        state = advance(state, task)
+    if parallel is not None:
+        parallel.check_identical(state, f"after task {task}")
+    save(state, mstate, dataclasses.replace(p, phase="done"))
+    return state, mstate, history
+
+
+def _stepper(
+    method: Method,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: int,
+    loss_fn: LossFn,
+    compiled: bool,
+    parallel: Parallel | None,
+) -> Callable[[TaskCarry, Batch], tuple[TaskCarry, StepMetrics]]:
+    """One training step of ``method`` on a ``(state, mstate)`` carry."""
+    average = None if parallel is None else parallel.average_grads
+
+    def step(carry: TaskCarry, batch: Batch) -> tuple[TaskCarry, StepMetrics]:
+        state, mstate = carry
+        new, mstate, metrics = method_step(
+            method,
             model,
-            s,
+            state,
+            mstate,
             batch,
             optimizer=optimizer,
             task=task,
             loss_fn=loss_fn,
-            grad_transform=parallel.average_grads,
-            compiled=config.compiled,
+            grad_transform=average,
+            compiled=compiled,
         )
-        return parallel.sync_buffers(new, s), metrics
+        if parallel is not None:
+            new = parallel.sync_buffers(new, state)
+        return (new, mstate), metrics
 
-    def epoch(s: EideticState, label: str) -> tuple[EideticState, float, float]:
-        s, accuracy, loss = run_epoch(
-            step,
-            s,
-            loader,
-            device=device,
-            description=f"task {task} {label}",
-            progress=progress,
-            combine=None if parallel is None else parallel.sum_metrics,
-        )
-        if stop_loader is None:
-            return s, accuracy, loss
-        latest["train_metric"] = accuracy
-        return s, evaluate(model, s, stop_loader, task=task), loss
-
-    p = progress_state
-    if p.phase == "train":
-        state, p = train_until_plateau(
-            epoch,
-            state,
-            p,
-            config=config,
-            optimizer=optimizer,
-            record=record,
-            after_epoch=None if checkpoint is None else lambda s, q: checkpoint(s, q, history),
-        )
-        if not config.last_task and not p.lr_lowered and config.lr_factor < 1.0:
-            # max_epochs ended training before a plateau: still prune at the lowered rate
-            _scale_lr(optimizer, config.lr_factor)
-            p = dataclasses.replace(p, lr_lowered=True)
-        p = dataclasses.replace(p, phase="done" if config.last_task else "prune", metric=p.best)
-        if checkpoint is not None:
-            checkpoint(state, p, history)
-
-    if p.phase == "prune":
-        state, p = _prune_phase(
-            model,
-            state,
-            p,
-            task=task,
-            topology=topology,
-            config=config,
-            generator=generator,
-            steps=steps,
-            kinds=kinds,
-            data=score_loader if score_loader is not None else loader,
-            epoch=epoch,
-            record=record,
-            checkpoint=checkpoint,
-            history=history,
-            reduce=None if parallel is None else parallel.reduce,
-        )
-
-    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
-    if config.finish:
-        state = finish_task(state, topology, task=task, forward_transfer=config.forward_transfer)
-        state = recycle(state, generator=generator)
-        record("finish", pruned_fraction=None)
-    if parallel is not None:
-        parallel.check_identical(state, f"after task {task}")
-    p = dataclasses.replace(p, phase="done")
-    if checkpoint is not None:
-        checkpoint(state, p, history)
-    return state, history
-
-
-def _prune_phase(
-    model: nn.Module,
-    state: EideticState,
-    p: TaskProgress,
-    *,
-    task: int,
-    topology: Topology,
-    config: TrainConfig,
-    generator: torch.Generator,
-    steps: Iterable[float],
-    kinds: Iterable[str],
-    data: Iterable[Batch],
-    epoch: Callable[[EideticState, str], tuple[EideticState, float, float]],
-    record: Callable[..., None],
-    checkpoint: CheckpointCallback | None,
-    history: list[Record],
-    reduce: Reduce | None,
-) -> tuple[EideticState, TaskProgress]:
-    step_iter, kind_iter = iter(steps), iter(kinds)
-    adaptive = config.pruning_schedule == "adaptive"
-    smallest = min(as_list(config.pruning_step))
-    if adaptive and p.adaptive_step == 0.0:
-        p = dataclasses.replace(p, adaptive_step=config.first_pruning_step)
-    good = state  # the last state whose accuracy is within tolerance
-    while True:
-        floor = p.best * (1 - config.tolerance)
-        if p.metric < floor:
-            record("stop", reason=f"accuracy {p.metric:.4f} below {floor:.4f}")
-            return good, p
-        pruned_fraction = capacity(state, topology).pruned_fraction
-        if pruned_fraction > config.max_masking_ratio:
-            record(
-                "stop",
-                reason=f"pruned fraction {pruned_fraction:.3f} above {config.max_masking_ratio}",
-            )
-            return good, p
-        good, good_metric = state, p.metric
-        if checkpoint is not None and p.pruning_iteration > 0:
-            checkpoint(state, p, history)
-        fraction, kind = next(step_iter), next(kind_iter)
-        if adaptive:  # of the remaining neurons, never past max_masking_ratio
-            left = 1.0 - pruned_fraction
-            headroom = (config.max_masking_ratio - pruned_fraction) / left if left > 0 else 0.0
-            fraction = min(p.adaptive_step, headroom)
-            if fraction <= 0.0:
-                record("stop", reason=f"pruned fraction at {config.max_masking_ratio}")
-                return good, p
-        start = time.perf_counter()
-        batches = (
-            _take(data, config.score_batches, _device(state)) if kind in DATA_METHODS else None
-        )
-        scores = score(
-            model,
-            state,
-            batches,
-            method=kind,
-            task=task,
-            topology=topology,
-            generator=generator,
-            reduce=reduce,
-        )
-        try:
-            state = bridge(
-                prune(
-                    state,
-                    topology,
-                    scores,
-                    fraction=fraction,
-                    method=kind,
-                    constant_step=config.constant_step,
-                ),
-                topology,
-            )
-        except NothingToPrune as stop:
-            record("stop", reason=str(stop))
-            return good, p
-        p = dataclasses.replace(p, pruning_iteration=p.pruning_iteration + 1)
-        pruned_fraction = capacity(state, topology).pruned_fraction
-        record(
-            "prune",
-            iteration=p.pruning_iteration,
-            method=kind,
-            step=fraction,
-            pruned_fraction=pruned_fraction,
-            seconds=time.perf_counter() - start,
-        )
-        for recovery in range(config.max_recovery_epochs):
-            start = time.perf_counter()
-            state, metric, loss = epoch(
-                state, f"prune {p.pruning_iteration} recovery {recovery + 1}"
-            )
-            p = dataclasses.replace(p, metric=metric)
-            record(
-                "recover",
-                iteration=p.pruning_iteration,
-                epoch=recovery + 1,
-                metric=metric,
-                loss=loss,
-                pruned_fraction=pruned_fraction,
-                seconds=time.perf_counter() - start,
-            )
-            within = metric >= p.best * (1 - config.tolerance)
-            p = dataclasses.replace(p, best=max(p.best, metric))
-            if within:
-                break
-        if adaptive and p.metric < p.best * (1 - config.tolerance):
-            # a failed step: back to the snapshot, and try half the step from there
-            state = good
-            p = dataclasses.replace(p, metric=good_metric, adaptive_step=p.adaptive_step / 2)
-            record("restore", reason=f"accuracy {metric:.4f} below the tolerance")
-            if p.adaptive_step < smallest:
-                record("stop", reason=f"the adaptive step fell below {smallest}")
-                return good, p
+    return step
 
 
 def train_until_plateau(
@@ -407,13 +272,6 @@ def run_epoch(
     if count == 0:
         raise DataError(f"no training data in {description!r}: the loader is empty")
     return carry, correct / count, loss_sum / count
-
-
-def _take(data: Iterable[Batch], n: int | None, device: torch.device) -> list[Batch]:
-    batches = list(data) if n is None else list(itertools.islice(iter(data), n))
-    if not batches:
-        raise DataError("no data to score importance with")
-    return [(x.to(device), y.to(device)) for x, y in batches]
 
 
 def _device(state: EideticState) -> torch.device:

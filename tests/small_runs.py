@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 import eidetic_func as ef
-from eidetic_func.baselines import train_method_task
 from eidetic_func.config import TrainConfig
 from eidetic_func.data import load_sequence, loaders
 from eidetic_func.metrics import evaluate
+from eidetic_func.train import train_task
 from models import MLP
 
 # `eidetic-func run` arguments for a run of seconds on the embedded data.
@@ -53,11 +53,11 @@ def run_sequence(
     generator = torch.Generator().manual_seed(seed)
     task_loaders = [loaders(task, 32, seed=seed + i) for i, task in enumerate(seq)]
     for t in range(len(seq)):
-        state, mstate, _ = train_method_task(
+        state, mstate, _ = train_task(
             model,
             state,
-            mstate,
             task_loaders[t].train,
+            mstate=mstate,
             method=method,
             task=t,
             optimizer=optimizer,
@@ -79,7 +79,7 @@ def embedded_summaries(
 ) -> dict[str, dict[str, Any]]:
     """``{method: summary}`` of ``eidetic_func.run`` on the embedded Split-MNIST with an MLP
     784-100-100 without BN, batch 32, ``epochs`` per task, no router, in ``scenario``."""
-    from eidetic_func.config import RunConfig
+    from eidetic_func.run_config import RunConfig
     from eidetic_func.sequence import run
 
     summaries = {}

@@ -8,6 +8,7 @@ from small_runs import embedded_summaries
 
 import eidetic_func as ef
 from eidetic_func.baselines.dgr import DGR, adam_init, adam_update, vae_init, vae_loss
+from eidetic_func.method import TaskContext, method_step
 from models import MLP
 
 
@@ -52,11 +53,13 @@ def test_replay_starts_with_the_second_task_and_the_state_is_never_mutated() -> 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = (torch.randn(6, 12), torch.randint(0, 2, (6,)))
     before = {k: v.clone() for k, v in mstate.vae.items()}
-    _, after, _ = method.step(model, state, mstate, batch, optimizer=opt, task=0)
+    _, after, _ = method_step(method, model, state, mstate, batch, optimizer=opt, task=0)
     for k, v in mstate.vae.items():
         assert torch.equal(v, before[k]), "the method state passed in was modified"
     assert any(not torch.equal(after.vae[k], before[k]) for k in before), "the VAE trained"
-    _, ended = method.end_task(model, state, after, [batch], task=0, generator=torch.Generator())
+    _, ended = method.end_task(
+        model, state, after, TaskContext([batch], task=0, generator=torch.Generator())
+    )
     assert ended.heads == (0,)
     assert all(torch.equal(ended.old_vae[k], after.vae[k]) for k in before)
 

@@ -9,7 +9,6 @@ from torch import Tensor
 
 import eidetic_func as ef
 from eidetic_func.baselines import (
-    BaseMethod,
     PackNet,
     Progressive,
     column_entries,
@@ -18,6 +17,7 @@ from eidetic_func.baselines import (
     own_entries,
     packnet_prunable,
 )
+from eidetic_func.method import BaseMethod, TaskContext, method_step
 from models import MLP
 from models.progressive import ProgressiveMLP
 
@@ -80,9 +80,14 @@ def test_packnet_end_task_owns_kept_weights_its_head_and_the_shared_entries() ->
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     mstate = method.init(model, state)
     for batch in _data(0):
-        state, mstate, _ = method.step(model, state, mstate, batch, optimizer=optimizer, task=0)
+        state, mstate, _ = method_step(
+            method, model, state, mstate, batch, optimizer=optimizer, task=0
+        )
     done, _ = method.end_task(
-        model, state, mstate, _data(0), task=0, generator=torch.Generator().manual_seed(0)
+        model,
+        state,
+        mstate,
+        TaskContext(_data(0), task=0, generator=torch.Generator().manual_seed(0)),
     )
     assert done.task == 1 and done.finished == (0,)
     assert all(bool(k.all()) for k in done.keep.values())
@@ -115,12 +120,15 @@ def test_packnet_tasks_are_bit_identical_after_later_tasks_with_one_adamw(bn: bo
         start = _snapshot(state.params)
         for _ in range(3):
             for batch in _data(10 + t):
-                state, mstate, _ = method.step(
-                    model, state, mstate, batch, optimizer=optimizer, task=t
+                state, mstate, _ = method_step(
+                    method, model, state, mstate, batch, optimizer=optimizer, task=t
                 )
         assert any(not torch.equal(start[k], state.params[k]) for k in state.params)  # it trains
         state, mstate = method.end_task(
-            model, state, mstate, _data(10 + t), task=t, generator=torch.Generator().manual_seed(t)
+            model,
+            state,
+            mstate,
+            TaskContext(_data(10 + t), task=t, generator=torch.Generator().manual_seed(t)),
         )
         for k in packnet_prunable(state):  # each task keeps (1 - ratio) of the free weights
             assert int((state.owner[k] == t).sum()) == free_before[k] - round(0.75 * free_before[k])
@@ -236,13 +244,16 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
         start = _snapshot(state.params)
         for _ in range(3):
             for batch in _data(20 + t):
-                state, mstate, _ = method.step(
-                    model, state, mstate, batch, optimizer=optimizer, task=t
+                state, mstate, _ = method_step(
+                    method, model, state, mstate, batch, optimizer=optimizer, task=t
                 )
         mine = [k for k in state.params if k.startswith(model.column_prefixes(t))]
         assert all(not torch.equal(start[k], state.params[k]) for k in mine)  # laterals train too
         state, mstate = method.end_task(
-            model, state, mstate, _data(20 + t), task=t, generator=torch.Generator().manual_seed(t)
+            model,
+            state,
+            mstate,
+            TaskContext(_data(20 + t), task=t, generator=torch.Generator().manual_seed(t)),
         )
         for s in range(t):
             for k, v in columns[s].items():

@@ -29,16 +29,17 @@ from eidetic_func.baselines import (
     fisher_diagonal,
     mas_importance,
     quadratic_penalty,
-    train_method_task,
 )
 from eidetic_func.baselines.ewc import FisherKind, online_update
 from eidetic_func.baselines.joint import replay_batches
 from eidetic_func.baselines.si import si_consolidate, si_init, si_observe
 from eidetic_func.config import TrainConfig
 from eidetic_func.data import load_sequence, loaders
+from eidetic_func.method import TaskContext, method_step
 from eidetic_func.metrics import accuracy_row
 from eidetic_func.per_sample import Implementation
 from eidetic_func.pytree import NAMESPACE
+from eidetic_func.train import train_task
 from models import MLP
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("vmap", "fast", "loop")
@@ -299,8 +300,12 @@ def test_mas_sums_importance_over_tasks() -> None:
     method = MAS(reg_lambda=0.5)
     mstate = method.init(model, state)
     loader = [(torch.randn(4, 3, dtype=torch.float64), torch.zeros(4))]
-    _, once = method.end_task(model, state, mstate, loader, task=0, generator=torch.Generator())
-    _, twice = method.end_task(model, state, once, loader, task=1, generator=torch.Generator())
+    _, once = method.end_task(
+        model, state, mstate, TaskContext(loader, task=0, generator=torch.Generator())
+    )
+    _, twice = method.end_task(
+        model, state, once, TaskContext(loader, task=1, generator=torch.Generator())
+    )
     assert torch.allclose(twice.importance["linear.weight"], 2 * once.importance["linear.weight"])
     theta = {k: v + 1 for k, v in state.params.items()}
     penalty = method.penalty(twice, theta, task=2)
@@ -333,8 +338,12 @@ def test_lwf_regularizer_distils_every_earlier_head_with_the_old_parameters() ->
     state = ef.init(model)
     method = LwF(lambda_o=0.5)
     mstate = method.init(model, state)
-    _, mstate = method.end_task(model, state, mstate, [], task=0, generator=torch.Generator())
-    _, mstate = method.end_task(model, state, mstate, [], task=1, generator=torch.Generator())
+    _, mstate = method.end_task(
+        model, state, mstate, TaskContext([], task=0, generator=torch.Generator())
+    )
+    _, mstate = method.end_task(
+        model, state, mstate, TaskContext([], task=1, generator=torch.Generator())
+    )
     assert mstate.heads == (0, 1)
     moved = {k: v + 0.1 for k, v in state.params.items()}
     x = torch.randn(5, 4)
@@ -382,12 +391,16 @@ def test_methods_never_mutate_their_inputs_and_states_are_pytrees(method: Any) -
     for task in (0, 1):
         for batch in data:
             s_print, m_print = _fingerprint(state), _fingerprint(mstate)
-            new, new_m, _ = method.step(model, state, mstate, batch, optimizer=optimizer, task=task)
+            new, new_m, _ = method_step(
+                method, model, state, mstate, batch, optimizer=optimizer, task=task
+            )
             _assert_same(state, s_print)
             _assert_same(mstate, m_print)
             state, mstate = new, new_m
         s_print, m_print = _fingerprint(state), _fingerprint(mstate)
-        new, new_m = method.end_task(model, state, mstate, data, task=task, generator=g)
+        new, new_m = method.end_task(
+            model, state, mstate, TaskContext(data, task=task, generator=g)
+        )
         _assert_same(state, s_print)
         _assert_same(mstate, m_print)
         state, mstate = new.replace(task=task + 1), new_m
@@ -431,7 +444,9 @@ def test_joint_mixes_an_equal_batch_of_every_stored_task_reproducibly() -> None:
     method = Joint(seed=5)
     mstate = method.init(model, state)
     old = [(torch.randn(10, 4), torch.randint(0, 2, (10,))) for _ in range(2)]
-    state, mstate = method.end_task(model, state, mstate, old, task=0, generator=torch.Generator())
+    state, mstate = method.end_task(
+        model, state, mstate, TaskContext(old, task=0, generator=torch.Generator())
+    )
     state = state.replace(task=1)
     assert mstate.tasks == (0,) and mstate.inputs[0].shape == (20, 4)
     draws = replay_batches(mstate, 6, seed=5)
@@ -449,7 +464,9 @@ def test_joint_mixes_an_equal_batch_of_every_stored_task_reproducibly() -> None:
                 torch.func.functional_call(model, params, (xo, 0)), yo, reduction="sum"
             )
         ) / 12
-    _, after, metrics = method.step(model, state, mstate, (x, y), optimizer=optimizer, task=1)
+    _, after, metrics = method_step(
+        method, model, state, mstate, (x, y), optimizer=optimizer, task=1
+    )
     assert math.isclose(metrics.loss, expected.item(), rel_tol=1e-6)
     assert after.steps == 1 and replay_batches(after, 6, seed=5)[0][1].shape == (6, 4)
 
@@ -506,7 +523,7 @@ def _synthetic_loader(seed: int) -> list[tuple[Tensor, Tensor]]:
     ],
     ids=lambda m: m.name,
 )
-def test_synapse_loop_reaches_the_same_parameters_as_train_method_task(method: Any) -> None:
+def test_synapse_loop_reaches_the_same_parameters_as_train_task(method: Any) -> None:
     def build() -> tuple[MLP, torch.optim.Optimizer]:
         torch.manual_seed(0)
         model = MLP(6, [2, 2], num_layers=2, width=5)  # with BatchNorm: buffers must match too
@@ -516,8 +533,8 @@ def test_synapse_loop_reaches_the_same_parameters_as_train_method_task(method: A
     state, mstate = ef.init(model), method.init(model, ef.init(model))
     generator = torch.Generator().manual_seed(7)
     for task in (0, 1):
-        state, mstate, _ = train_method_task(
-            model, state, mstate, _synthetic_loader(task), method=method, task=task,
+        state, mstate, _ = train_task(
+            model, state, _synthetic_loader(task), mstate=mstate, method=method, task=task,
             optimizer=optimizer, config=TrainConfig(max_epochs=2, patience=5), generator=generator, progress=False,
         )  # fmt: skip
 
@@ -609,8 +626,8 @@ def _split_mnist_results() -> dict[str, list[float]]:
         mstate = method.init(model, state)
         generator = torch.Generator().manual_seed(0)
         for i, task in enumerate(tasks):
-            state, mstate, _ = train_method_task(
-                model, state, mstate, loaders(task, 32, seed=i).train, method=method, task=i,
+            state, mstate, _ = train_task(
+                model, state, loaders(task, 32, seed=i).train, mstate=mstate, method=method, task=i,
                 optimizer=optimizer, config=TrainConfig(max_epochs=2, patience=5), generator=generator,
                 progress=False,
             )  # fmt: skip

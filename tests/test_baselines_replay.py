@@ -21,7 +21,6 @@ from eidetic_func.baselines import (
     DERPP,
     ER,
     GEM,
-    BaseMethod,
     Samples,
     agem_project,
     buffer_sample,
@@ -32,6 +31,7 @@ from eidetic_func.baselines import (
     solve_gem_dual,
 )
 from eidetic_func.baselines.replay import der_loss, er_loss
+from eidetic_func.method import BaseMethod, TaskContext, method_step
 from models import MLP
 
 # --------------------------------------------------------------------------- reservoir
@@ -260,7 +260,8 @@ def test_replay_steps_are_pure_seeded_and_store_the_step_logits(method) -> None:
         before_logits, _ = ef.forward(model, state, x, task=0, train=True)
         old = _leaves(mstate)
         # plain SGD keeps no state: two steps from the same states must agree exactly
-        twin, twin_m, _ = method.step(
+        twin, twin_m, _ = method_step(
+            method,
             model,
             state,
             mstate,
@@ -268,7 +269,8 @@ def test_replay_steps_are_pure_seeded_and_store_the_step_logits(method) -> None:
             optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             task=0,
         )
-        state, new, metrics = method.step(
+        state, new, metrics = method_step(
+            method,
             model,
             state,
             mstate,
@@ -292,7 +294,9 @@ def test_replay_steps_are_pure_seeded_and_store_the_step_logits(method) -> None:
     state = state.replace(task=1)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state, mstate, _ = method.step(model, state, mstate, (x, y), optimizer=optimizer, task=1)
+    state, mstate, _ = method_step(
+        method, model, state, mstate, (x, y), optimizer=optimizer, task=1
+    )
     assert mstate.buffer.contents().task.tolist() == [0] * 12 + [1] * 4
 
 
@@ -437,11 +441,14 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
     for t in range(2):  # two finished tasks with memories; the network learned task t
         x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
         for _ in range(5):
-            state, mstate, _ = method.step(
-                model, state, mstate, (x, y), optimizer=optimizer, task=t
+            state, mstate, _ = method_step(
+                method, model, state, mstate, (x, y), optimizer=optimizer, task=t
             )
         state, mstate = method.end_task(
-            model, state, mstate, [(x, y)], task=t, generator=torch.Generator().manual_seed(t)
+            model,
+            state,
+            mstate,
+            TaskContext([(x, y)], task=t, generator=torch.Generator().manual_seed(t)),
         )
         state = state.replace(task=t + 1)
         memories.append((x, y))
@@ -451,7 +458,7 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
     refs = [_ce_grad(model, state.params, mx, my, t) for t, (mx, my) in enumerate(memories)]
     assert min(float(g @ r) for r in refs) < 0  # the raw gradient conflicts with a memory
     before = torch.cat([p.reshape(-1) for p in state.params.values()])
-    new, _, _ = method.step(model, state, mstate, (x, y), optimizer=optimizer, task=2)
+    new, _, _ = method_step(method, model, state, mstate, (x, y), optimizer=optimizer, task=2)
     update = before - torch.cat([p.reshape(-1) for p in new.params.values()])  # = g̃ (SGD, lr 1)
     if isinstance(method, GEM):
         for r in refs:

@@ -22,7 +22,8 @@ from small_runs import SMALL_ARGS
 import eidetic_func as ef
 from eidetic_func import cli, rundir
 from eidetic_func.cli import main
-from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.config import TrainConfig
+from eidetic_func.run_config import RunConfig
 from eidetic_func.sequence import CHECKPOINT_FILE, run
 from models import MLP
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from strategies import prune_rows
 
 import eidetic_func as ef
-from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.config import TrainConfig
+from eidetic_func.run_config import RunConfig
 from models import MLP
 
 MODEL = MLP(6, [2, 3], num_layers=2, width=5)

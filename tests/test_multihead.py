@@ -13,7 +13,8 @@ from strategies import prune_free_neurons
 
 import eidetic_func as ef
 from eidetic_func.cli import main
-from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.config import TrainConfig
+from eidetic_func.run_config import RunConfig
 from eidetic_func.sequence import run
 
 pytestmark = pytest.mark.slow
@@ -92,7 +93,7 @@ def test_torchvision_resnet18_runs_a_three_task_sequence_from_the_cli(
         assert all(row[t] == matrix[t][t] for row in matrix[t:]), f"task {t} changed"
 
 
-@pytest.mark.parametrize("method", [m for m in ef.baselines.METHODS if m != "progressive"])
+@pytest.mark.parametrize("method", [m for m in ef.methods.METHODS if m != "progressive"])
 def test_baselines_run_on_a_torchvision_backbone(method: str, mnist_root: Path) -> None:
     config = RunConfig(
         dataset="permuted-mnist",

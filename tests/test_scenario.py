@@ -7,7 +7,7 @@ import torch
 from small_runs import embedded_summaries
 
 import eidetic_func as ef
-from eidetic_func.config import RunConfig
+from eidetic_func.run_config import RunConfig
 from eidetic_func.scenario import SharedHead, head_sizes, scenario_sequence
 from models import MLP
 

@@ -18,7 +18,8 @@ from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
 from eidetic_func.cli import main
-from eidetic_func.config import RunConfig, TrainConfig
+from eidetic_func.config import TrainConfig
+from eidetic_func.run_config import RunConfig
 from eidetic_func.sequence import run
 
 pytestmark = pytest.mark.slow
@@ -274,11 +275,11 @@ def _cli(out: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("method", ["eidetic", "er"])
+@pytest.mark.parametrize("method", ["eidetic", "er", "eidetic+er"])
 def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     method: str, tmp_path: Path
 ) -> None:
-    """EideticNet resumes after any pruning step; baselines from their last finished task."""
+    """Every method (a chain too) resumes after any epoch or pruning step, bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     options = ["--method", method]
     reference = tmp_path / "reference"
@@ -297,8 +298,7 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
                 meta = ef.load(checkpoint).meta
             except ef.CheckpointError:  # being replaced right now
                 continue
-            mid_task = meta["progress"] is not None if method == "eidetic" else True
-            if meta["visit"] >= 2 and mid_task:
+            if meta["visit"] >= 2 and meta["progress"] is not None:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_mid_task = True
                 break

@@ -34,7 +34,7 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
     model, state, topology, opt = _setup()
     data = _data(0)
     config = TrainConfig(max_epochs=15, patience=2, pruning_step=0.3, tolerance=0.05)
-    state, history = train_task(
+    state, _, history = train_task(
         model,
         state,
         data,
@@ -46,7 +46,7 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
         progress=False,
     )
     phases = [h["phase"] for h in history]
-    assert phases[0] == "train" and "prune" in phases and phases[-1] == "finish"
+    assert phases[0] == "train" and "prune" in phases and phases[-2:] == ["finish", "end_task"]
     assert state.task == 1 and state.finished == (0,)
     assert ef.metrics.evaluate(model, state, data, task=0) >= 0.9
     report = ef.capacity(state, topology)
@@ -68,7 +68,7 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
         finish=False,
     )
     checkpoints: list[tuple[ef.EideticState, TaskProgress]] = []
-    final, history = train_task(
+    final, _, history = train_task(
         model,
         state,
         data,
@@ -78,12 +78,12 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
         config=config,
         generator=torch.Generator().manual_seed(0),
         progress=False,
-        checkpoint=lambda s, p, h: checkpoints.append((s, p)),
+        checkpoint=lambda s, ms, p, h: checkpoints.append((s, p)),
     )
     stops = [h for h in history if h["phase"] == "stop"]
     assert len(stops) == 1
     # the returned state is the last one checkpointed as good (or the trained one)
-    good = [s for s, p in checkpoints if p.phase in ("prune", "done")]
+    good = [s for s, p in checkpoints if p.phase in ("end", "done")]
     assert any(all(torch.equal(final.params[k], s.params[k]) for k in final.params) for s in good)
 
 
@@ -97,7 +97,7 @@ def test_masking_ratio_bounds_the_pruned_share() -> None:
         max_masking_ratio=0.5,
         finish=False,
     )
-    final, history = train_task(
+    final, _, history = train_task(
         model,
         state,
         _data(2),
@@ -124,7 +124,7 @@ def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, lis
         pruning_schedule=schedule,
         **fields,  # type: ignore[arg-type]
     )
-    final, history = train_task(
+    final, _, history = train_task(
         model,
         state,
         _data(4, n=160),
@@ -134,7 +134,7 @@ def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, lis
         config=config,
         generator=torch.Generator().manual_seed(0),
         progress=False,
-        checkpoint=lambda s, p, h: checkpoints.append(s),
+        checkpoint=lambda s, ms, p, h: checkpoints.append(s),
     )
     return final, history, checkpoints
 
@@ -158,12 +158,12 @@ def test_adaptive_schedule_restores_the_snapshot_and_halves_the_step_after_a_fai
         "adaptive", tolerance=0.0, first_pruning_step=0.8, max_masking_ratio=0.95
     )
     phases = [h["phase"] for h in history]
-    assert "restore" in phases and phases[-1] == "stop"
+    assert "restore" in phases and phases[-2:] == ["stop", "end_task"]
     prunes = [h for h in history if h["phase"] in ("prune", "restore")]
     for before, restore, after in zip(prunes, prunes[1:], prunes[2:]):
         if restore["phase"] == "restore" and after["phase"] == "prune":
             assert after["step"] <= before["step"] / 2 + 1e-12
-    assert "fell below 0.1" in history[-1]["reason"] or "no neuron" in history[-1]["reason"]
+    assert "fell below 0.1" in history[-2]["reason"] or "no neuron" in history[-2]["reason"]
     # the result is a state that was kept (checkpointed as good), never a failed step's
     assert any(
         all(torch.equal(final.params[k], s.params[k]) for k in final.params) for s in checkpoints
@@ -181,7 +181,7 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
         max_masking_ratio=0.9,
         finish=False,
     )
-    _, history = train_task(
+    _, _, history = train_task(
         model,
         state,
         _data(3),
@@ -193,10 +193,10 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
         progress=False,
     )
     prunes = [h for h in history if h["phase"] == "prune"]
-    assert [p["method"] for p in prunes[:4]] == ["l2", "random", "l2", "random"]
+    assert [p["scoring"] for p in prunes[:4]] == ["l2", "random", "l2", "random"]
     assert [p["step"] for p in prunes[:4]] == [0.2, 0.1, 0.2, 0.1]
     model, state, topology, opt = _setup()
-    _, history = train_task(
+    _, _, history = train_task(
         model,
         state,
         _data(3),
@@ -213,7 +213,7 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
 def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> None:
     model, state, topology, opt = _setup()
     config = TrainConfig(max_epochs=50, patience=10, lr_factor=0.5, last_task=True)
-    _, history = train_task(
+    _, _, history = train_task(
         model,
         state,
         _data(4),
@@ -241,7 +241,7 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
         max_epochs=max_epochs, patience=1, pruning_step=0.3, tolerance=0.05, lr_factor=0.5
     )
     for task in range(2):
-        state, history = train_task(
+        state, _, history = train_task(
             model,
             state,
             _data(task),
@@ -279,10 +279,10 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     model, state, opt, g = fresh()
     saved = []
 
-    def keep(s: ef.EideticState, p: TaskProgress, h: list) -> None:
+    def keep(s: ef.EideticState, ms: object, p: TaskProgress, h: list) -> None:
         saved.append((s, p, _opt_copy(opt), g.get_state()))
 
-    reference, reference_history = train_task(
+    reference, _, reference_history = train_task(
         model,
         state,
         data,
@@ -296,7 +296,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     )
     reference_steps = [h["step"] for h in reference_history if h["phase"] == "prune"]
     mid_training = [entry for entry in saved if entry[1].phase == "train"]
-    mid_pruning = [e for e in saved if e[1].phase == "prune" and e[1].pruning_iteration > 0]
+    mid_pruning = [e for e in saved if e[1].phase == "end" and e[1].pruning_iteration > 0]
     assert mid_training, "expected a checkpoint after a training epoch"
     assert mid_pruning, "expected a checkpoint after a pruning step"
     if schedule == "adaptive":  # a checkpoint after a halved step must resume at that step
@@ -305,7 +305,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
         model, _, opt, g = fresh()
         opt.load_state_dict(opt_state)
         g.set_state(g_state)
-        resumed, history = train_task(
+        resumed, _, history = train_task(
             model,
             s,
             data,
@@ -371,7 +371,7 @@ def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None
     model, state, topology, opt = _setup()
     data = _data(0)
     flipped = [(x, 1 - y) for x, y in data]  # held-out labels the model cannot fit
-    _, history = train_task(
+    _, _, history = train_task(
         model,
         state,
         data,

@@ -1,14 +1,12 @@
 """Classic continual-learning methods in the same functional style, for comparison.
 
-Every method is a :class:`Method`: a small frozen object whose pure functions thread an
-immutable method state (importance, anchors, buffers) next to the :class:`EideticState`.
-:func:`train_method_task` is the shell that trains one task with any of them, sharing the
-epoch loop and stopping rule of :func:`eidetic_func.train.train_task`.
+Every method follows :class:`eidetic_func.method.Method`: a small frozen object whose pure
+functions thread an immutable method state (importance, anchors, buffers) next to the
+:class:`EideticState`; :func:`eidetic_func.train_task` trains a task with any of them (or
+a chain of them). The baselines import the core, never the reverse.
 """
 
-from .base import BaseMethod, Method, advance, train_method_task
-
-__all__ = ["BaseMethod", "Method", "advance", "train_method_task"]
+__all__: list[str] = []
 
 # Rehearsal, gradient episodic memory and parameter isolation (replay.py, gem.py,
 # packnet.py, progressive.py).
@@ -93,7 +91,3 @@ from .dgr import DGR, DGRState  # noqa: E402
 from .oml import OML, OMLState, adapt  # noqa: E402
 
 __all__ += ["DGR", "OML", "DGRState", "OMLState", "adapt"]
-
-from .registry import METHODS, create, decode_state, encode_state, parse_option, state_bytes  # noqa: E402
-
-__all__ += ["METHODS", "create", "decode_state", "encode_state", "parse_option", "state_bytes"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +27,11 @@ from torch import Tensor, nn
 from .. import validate
 from ..errors import ConfigError
 from ..forward import train_mode
+from ..method import StepPlan, TaskContext, TaskHooks
 from ..per_sample import call_logits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..step import Apply, StepMetrics, train_step
+from ..step import Apply
 from ..types import Batch
 from .replay import generator_from
 
@@ -120,7 +120,7 @@ class DGRState:
 
 
 @dataclasses.dataclass(frozen=True)
-class DGR:
+class DGR(TaskHooks):
     """Deep generative replay with the tutorial's VAE and ``replay_ratio`` (default 0.5)."""
 
     hidden: int = 256
@@ -151,16 +151,9 @@ class DGR:
             rng=g.get_state(),
         )
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: DGRState,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, DGRState, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: DGRState, batch: Batch, *, task: int
+    ) -> StepPlan:
         x, y = batch
         g = generator_from(mstate.rng)
         heads = [h for h in mstate.heads if h != task]
@@ -186,33 +179,23 @@ class DGR:
                 loss = loss + torch.stack(terms).mean()
             return loss, logits
 
-        state, metrics = train_step(
-            model, state, batch, optimizer=optimizer, task=task, objective=objective
-        )
-        inputs = (
-            x.flatten(1) if replayed is None else torch.cat([x.flatten(1), replayed.flatten(1)])
-        )
-        noise = torch.randn(inputs.shape[0], self.latent, generator=g).to(x.device)
-        leaves = {k: v.detach().requires_grad_(True) for k, v in mstate.vae.items()}
-        values = torch.autograd.grad(vae_loss(leaves, inputs, noise), list(leaves.values()))
-        grads = dict(zip(leaves, values))
-        vae, vae_opt = adam_update(mstate.vae, grads, mstate.vae_opt, self.generator_lr)
-        return (
-            state,
-            dataclasses.replace(mstate, vae=vae, vae_opt=vae_opt, rng=g.get_state()),
-            metrics,
-        )
+        def update(before: EideticState, after: EideticState) -> DGRState:
+            inputs = (
+                x.flatten(1) if replayed is None else torch.cat([x.flatten(1), replayed.flatten(1)])
+            )
+            noise = torch.randn(inputs.shape[0], self.latent, generator=g).to(x.device)
+            leaves = {k: v.detach().requires_grad_(True) for k, v in mstate.vae.items()}
+            values = torch.autograd.grad(vae_loss(leaves, inputs, noise), list(leaves.values()))
+            grads = dict(zip(leaves, values))
+            vae, vae_opt = adam_update(mstate.vae, grads, mstate.vae_opt, self.generator_lr)
+            return dataclasses.replace(mstate, vae=vae, vae_opt=vae_opt, rng=g.get_state())
+
+        return StepPlan(objective=objective, update=update)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: DGRState,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: DGRState, ctx: TaskContext
     ) -> tuple[EideticState, DGRState]:
+        task = ctx.task
         return state, dataclasses.replace(
             mstate,
             old_vae=dict(mstate.vae),

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .. import validate
 from ..errors import ConfigError
 from ..forward import train_mode
+from ..method import TaskContext
 from ..per_sample import (
     IMPLEMENTATIONS,
     Implementation,
@@ -201,15 +202,9 @@ class EWC(_FisherMethod):
         return 0.5 * self.lambda_ewc * torch.stack(terms).sum()
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, EWCState]:
+        loader, task, generator = ctx.loader, ctx.task, ctx.generator
         fisher = self.task_fisher(model, state, loader, task, generator)
         return state, EWCState(
             fishers=(*mstate.fishers, fisher), anchors=(*mstate.anchors, dict(state.params))
@@ -241,15 +236,9 @@ class OnlineEWC(_FisherMethod):
         return 0.5 * self.lambda_ewc * quadratic_penalty(mstate.fisher, mstate.anchor, params)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, OnlineEWCState]:
+        loader, task, generator = ctx.loader, ctx.task, ctx.generator
         fisher = self.task_fisher(model, state, loader, task, generator)
         return state, online_update(mstate, fisher, state.params, self.gamma)
 

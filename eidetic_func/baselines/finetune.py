@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import BaseMethod
+from ..method import BaseMethod
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, NonFiniteError, ShapeError
 from ..freeze import trainable
+from ..method import StepPlan, TaskContext, TaskHooks
 from ..pytree import pytree_dataclass
 from ..state import EideticState
-from ..step import Apply, GradTransform, StepMetrics, train_step
+from ..step import Apply, GradTransform
 from ..types import Batch
 from .replay import (
     Samples,
@@ -225,7 +226,7 @@ class EpisodicState:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Episodic:
+class _Episodic(TaskHooks):
     memory_per_task: int = 256
     seed: int = 0
 
@@ -243,47 +244,15 @@ class _Episodic:
         return EpisodicState(memory=Samples.empty(), rng=rng_init(self.seed))
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: EpisodicState,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: EpisodicState, ctx: TaskContext
     ) -> tuple[EideticState, EpisodicState]:
         """Store ``memory_per_task`` examples of ``task`` drawn uniformly from ``loader``."""
+        loader, task, generator = ctx.loader, ctx.task, ctx.generator
         device = next(iter(state.params.values())).device
         new = sample_loader(
             loader, self.memory_per_task, task=task, generator=generator, device=device
         )
         return state, dataclasses.replace(mstate, memory=concat_samples(mstate.memory, new))
-
-    def _step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-        transform: GradTransform | None,
-    ) -> tuple[EideticState, StepMetrics]:
-        x, y = batch
-
-        def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            logits = apply(x, task)
-            return F.cross_entropy(logits, y), logits
-
-        return train_step(
-            model,
-            state,
-            batch,
-            optimizer=optimizer,
-            task=task,
-            objective=objective,
-            grad_transform=transform,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,16 +277,15 @@ class AGEM(_Episodic):
                 f"buffer_sample_size must be an integer >= 1, got {self.buffer_sample_size!r}"
             )
 
-    def step(
+    def plan(
         self,
         model: nn.Module,
         state: EideticState,
         mstate: EpisodicState,
         batch: Batch,
         *,
-        optimizer: torch.optim.Optimizer,
         task: int,
-    ) -> tuple[EideticState, EpisodicState, StepMetrics]:
+    ) -> StepPlan:
         generator = generator_from(mstate.rng)
         reference = _sample(mstate.memory, self.buffer_sample_size, generator)
         transform: GradTransform | None = None
@@ -334,10 +302,10 @@ class AGEM(_Episodic):
 
             transform = project
 
-        state, metrics = self._step(
-            model, state, batch, optimizer=optimizer, task=task, transform=transform
-        )
-        return state, dataclasses.replace(mstate, rng=generator.get_state()), metrics
+        def update(before: EideticState, after: EideticState) -> EpisodicState:
+            return dataclasses.replace(mstate, rng=generator.get_state())
+
+        return StepPlan(grad_transform=transform, update=update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,38 +331,32 @@ class GEM(_Episodic):
         ):
             raise ConfigError(f"margin must be a finite number >= 0, got {self.margin!r}")
 
-    def step(
+    def plan(
         self,
         model: nn.Module,
         state: EideticState,
         mstate: EpisodicState,
         batch: Batch,
         *,
-        optimizer: torch.optim.Optimizer,
         task: int,
-    ) -> tuple[EideticState, EpisodicState, StepMetrics]:
+    ) -> StepPlan:
         memory = mstate.memory
         previous = [(t, index) for t, index in grouped_by_task(memory) if t != task]
-        transform: GradTransform | None = None
-        if previous:
-            mask = trainable(state)
+        if not previous:
+            return StepPlan()
+        mask = trainable(state)
 
-            def project(
-                grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
-            ) -> dict[str, Tensor]:
-                present = set(grads)
-                rows = []
-                for _, index in previous:
-                    g_k = _memory_grads(apply, params, samples_take(memory, index))
-                    present |= set(g_k)
-                    rows.append(_flatten(g_k, params, mask))
-                g = _flatten(grads, params, mask)
-                projected = gem_project(g, torch.stack(rows), margin=self.margin)
-                return _unflatten(projected, params, present)
+        def project(
+            grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
+        ) -> dict[str, Tensor]:
+            present = set(grads)
+            rows = []
+            for _, index in previous:
+                g_k = _memory_grads(apply, params, samples_take(memory, index))
+                present |= set(g_k)
+                rows.append(_flatten(g_k, params, mask))
+            g = _flatten(grads, params, mask)
+            projected = gem_project(g, torch.stack(rows), margin=self.margin)
+            return _unflatten(projected, params, present)
 
-            transform = project
-
-        state, metrics = self._step(
-            model, state, batch, optimizer=optimizer, task=task, transform=transform
-        )
-        return state, mstate, metrics
+        return StepPlan(grad_transform=project)

@@ -16,7 +16,6 @@ those of each task's batch).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -25,11 +24,11 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..errors import DataError
+from ..method import BaseMethod, StepPlan, TaskContext
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..step import Apply, StepMetrics, train_step
+from ..step import Apply
 from ..types import Batch
-from .base import BaseMethod
 from .regularizer import state_batches
 
 
@@ -71,16 +70,9 @@ class Joint(BaseMethod):
     def init(self, model: nn.Module, state: EideticState) -> JointState:
         return JointState()
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, Any, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
+    ) -> StepPlan:
         x, y = batch
         replay = [r for r in replay_batches(mstate, x.shape[0], self.seed) if r[0] != task]
 
@@ -91,21 +83,15 @@ class Joint(BaseMethod):
                 total = total + F.cross_entropy(apply(xt, t), yt, reduction="sum")
             return total / (x.shape[0] * (1 + len(replay))), logits
 
-        new, metrics = train_step(
-            model, state, batch, optimizer=optimizer, task=task, objective=objective
-        )
-        return new, dataclasses.replace(mstate, steps=mstate.steps + 1), metrics
+        def update(before: EideticState, after: EideticState) -> JointState:
+            return dataclasses.replace(mstate, steps=mstate.steps + 1)
+
+        return StepPlan(objective=objective, update=update)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, JointState]:
+        loader, task = ctx.loader, ctx.task
         xs, ys, seen = [], [], 0
         for x, y in state_batches(loader, state):
             xs.append(x)

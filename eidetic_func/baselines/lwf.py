@@ -16,7 +16,6 @@ fly equals recording it before the task: the old parameters never change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..forward import train_mode
+from ..method import TaskContext
 from ..per_sample import call_logits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
@@ -94,14 +94,8 @@ class LwF(RegularizedMethod):
         return self.lambda_o * torch.stack(terms).sum()
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, LwFState]:
+        task = ctx.task
         heads = tuple(sorted({*mstate.heads, task}))
         return state, LwFState(params=dict(state.params), buffers=dict(state.buffers), heads=heads)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import validate
+from ..method import TaskContext
 from ..per_sample import (
     IMPLEMENTATIONS,
     Implementation,
@@ -124,15 +125,9 @@ class MAS(RegularizedMethod):
         return self.reg_lambda * quadratic_penalty(mstate.importance, mstate.anchor, params)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, MASState]:
+        loader, task = ctx.loader, ctx.task
         importance = mas_importance(
             model,
             state.params,

@@ -19,7 +19,6 @@ a memory of 1000; the outer learning rate is the run's optimizer's (0.001 with A
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +26,11 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..forward import train_mode
+from ..method import StepPlan, TaskContext, TaskHooks
 from ..per_sample import call_logits
 from ..pytree import pytree_dataclass
 from ..state import EideticState
-from ..step import Apply, StepMetrics, train_step
+from ..step import Apply
 from ..types import Batch
 from .replay import (
     ReservoirBuffer,
@@ -80,7 +80,7 @@ def adapt(
 
 
 @dataclasses.dataclass(frozen=True)
-class OML:
+class OML(TaskHooks):
     """Online meta-learning with the tutorial's ``inner_lr``, ``inner_steps`` and memory."""
 
     inner_lr: float = 0.01
@@ -98,16 +98,9 @@ class OML:
     def init(self, model: nn.Module, state: EideticState) -> OMLState:
         return OMLState(buffer=reservoir_init(self.buffer_size), rng=rng_init(self.seed))
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: OMLState,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, OMLState, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: OMLState, batch: Batch, *, task: int
+    ) -> StepPlan:
         x, y = batch
         g = generator_from(mstate.rng)
         memory = buffer_sample(mstate.buffer, x.shape[0], generator=g)
@@ -132,20 +125,13 @@ class OML:
                 loss = loss + F.cross_entropy(apply(memory.x[index], t), memory.y[index])
             return loss, logits
 
-        state, metrics = train_step(
-            model, state, batch, optimizer=optimizer, task=task, objective=objective
-        )
-        buffer = reservoir_add(mstate.buffer, x, y, task, generator=g)
-        return state, OMLState(buffer=buffer, rng=g.get_state()), metrics
+        def update(before: EideticState, after: EideticState) -> OMLState:
+            buffer = reservoir_add(mstate.buffer, x, y, task, generator=g)
+            return OMLState(buffer=buffer, rng=g.get_state())
+
+        return StepPlan(objective=objective, update=update)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: OMLState,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: OMLState, ctx: TaskContext
     ) -> tuple[EideticState, OMLState]:
         return state, mstate

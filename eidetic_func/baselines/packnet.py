@@ -27,15 +27,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TaskError
+from ..method import BaseMethod, TaskContext, Traits
 from ..state import FREE, EideticState
 from ..step import train_step
 from ..types import Batch
-from .base import BaseMethod
 
 __all__ = ["PackNet", "magnitude_prune", "own_entries", "packnet_prunable"]
 
@@ -117,6 +118,8 @@ class PackNet(BaseMethod):
     retrains with its own schedule). Steps are plain cross-entropy (``BaseMethod``).
     """
 
+    traits: ClassVar[Traits] = Traits(task_incremental=True)
+
     prune_ratio: float = 0.75
     retrain_epochs: int = 1
     retrain_lr: float = 1e-3
@@ -141,16 +144,10 @@ class PackNet(BaseMethod):
         return None
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: None,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: None, ctx: TaskContext
     ) -> tuple[EideticState, None]:
         """Prune, retrain, then own what survived (and the shared entries, at task 0)."""
+        loader, task = ctx.loader, ctx.task
         state = magnitude_prune(state, self.prune_ratio, packnet_prunable(state))
         state = self.retrain(model, state, loader, task=task)
         return own_entries(state, task=task, entries=self.claims(state, task)), mstate

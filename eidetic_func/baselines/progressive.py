@@ -13,17 +13,16 @@ weight decay a decoupled-decay optimizer applied to them while they were unused.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..lifecycle import recycle
+from ..method import BaseMethod, TaskContext, Traits
 from ..state import EideticState
-from ..types import Batch
-from .base import BaseMethod
 from .packnet import own_entries
 
 __all__ = ["ColumnModel", "Progressive", "column_entries", "own_column"]
@@ -57,6 +56,7 @@ class Progressive(BaseMethod):
     """Progressive networks on a :class:`ColumnModel` (``models.progressive.ProgressiveMLP``)."""
 
     name: str = "progressive"
+    traits: ClassVar[Traits] = Traits(task_incremental=True, network="progressive")
 
     def init(self, model: nn.Module, state: EideticState) -> None:
         if not isinstance(model, ColumnModel):
@@ -67,16 +67,10 @@ class Progressive(BaseMethod):
         return None
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: None,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: None, ctx: TaskContext
     ) -> tuple[EideticState, None]:
         """Own column ``task``; re-initialize the later (free) columns from ``generator``."""
+        task, generator = ctx.task, ctx.generator
         if not isinstance(model, ColumnModel):
             raise ConfigError(f"{type(model).__name__} has no columns (column_prefixes)")
         state = own_column(state, model, task=task)

@@ -8,7 +8,7 @@ that must see the task loss's gradient (SI) set ``observes = True`` and implemen
 regularizer's gradient, and reports the parameter change of the step to ``observe``.
 
 The same three hooks drive the imperative :class:`eidetic_func.baselines.Synapse`
-adapter, so a method behaves identically in ``train_method_task`` and in a user's loop.
+adapter, so a method behaves identically in ``train_task`` and in a user's loop.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..method import BaseMethod, StepPlan
 from ..state import EideticState
-from ..step import Apply, StepMetrics, train_step
+from ..step import Apply
 from ..types import Batch
-from .base import BaseMethod
 
 
 def quadratic_penalty(
@@ -60,24 +59,12 @@ class RegularizedMethod(BaseMethod):
         ``before`` to ``after`` (only called when ``observes``)."""
         return mstate
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, Any, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
+    ) -> StepPlan:
         if not self.observes:
-            return super().step(model, state, mstate, batch, optimizer=optimizer, task=task)
-        x, y = batch
+            return super().plan(model, state, mstate, batch, task=task)
         recorded: dict[str, Tensor] = {}
-
-        def task_loss(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            logits = apply(x, task)
-            return F.cross_entropy(logits, y), logits
 
         def add_regularizer(
             grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
@@ -86,16 +73,10 @@ class RegularizedMethod(BaseMethod):
             extra = self.regularizer(model, mstate, apply, params, batch, task)
             return grads if extra is None else add_gradient(grads, extra, params)
 
-        new, metrics = train_step(
-            model,
-            state,
-            batch,
-            optimizer=optimizer,
-            task=task,
-            objective=task_loss,
-            grad_transform=add_regularizer,
-        )
-        return new, self.observe(mstate, recorded, state.params, new.params), metrics
+        def update(before: EideticState, after: EideticState) -> Any:
+            return self.observe(mstate, recorded, before.params, after.params)
+
+        return StepPlan(grad_transform=add_regularizer, update=update)
 
 
 def add_gradient(

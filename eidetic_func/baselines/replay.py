@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError, ShapeError
+from ..method import StepPlan, TaskHooks
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..step import Apply, StepMetrics, train_step
+from ..step import Apply
 from ..types import Batch
 
 __all__ = [
@@ -424,7 +425,7 @@ class ReplayState:
 
 
 @dataclasses.dataclass(frozen=True)
-class ER:
+class ER(TaskHooks):
     """Experience replay with a reservoir buffer (Chaudhry et al. 2019, "tiny episodic memories").
 
     ``buffer_size``: examples kept (all tasks together); ``buffer_sample_size``: examples
@@ -443,16 +444,9 @@ class ER:
     def init(self, model: nn.Module, state: EideticState) -> ReplayState:
         return ReplayState(buffer=reservoir_init(self.buffer_size), rng=rng_init(self.seed))
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: ReplayState,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, ReplayState, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: ReplayState, batch: Batch, *, task: int
+    ) -> StepPlan:
         x, y = batch
         generator = generator_from(mstate.rng)
         replay = buffer_sample(mstate.buffer, self.buffer_sample_size, generator=generator)
@@ -460,27 +454,15 @@ class ER:
         def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
             return er_loss(apply, x, y, task, replay, min_size=min_group(model))
 
-        state, metrics = train_step(
-            model, state, batch, optimizer=optimizer, task=task, objective=objective
-        )
-        buffer = reservoir_add(mstate.buffer, x, y, task, generator=generator)
-        return state, ReplayState(buffer=buffer, rng=generator.get_state()), metrics
+        def update(before: EideticState, after: EideticState) -> ReplayState:
+            buffer = reservoir_add(mstate.buffer, x, y, task, generator=generator)
+            return ReplayState(buffer=buffer, rng=generator.get_state())
 
-    def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: ReplayState,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
-    ) -> tuple[EideticState, ReplayState]:
-        return state, mstate
+        return StepPlan(objective=objective, update=update)
 
 
 @dataclasses.dataclass(frozen=True)
-class DER:
+class DER(TaskHooks):
     """Dark experience replay (Buzzega et al. 2020): match stored logits, weight ``alpha``.
 
     The buffer stores each example's logits from the step it was seen in (zero-padded to
@@ -509,16 +491,9 @@ class DER:
         buffer = reservoir_init(self.buffer_size, logits_width=int(width))
         return ReplayState(buffer=buffer, rng=rng_init(self.seed))
 
-    def step(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: ReplayState,
-        batch: Batch,
-        *,
-        optimizer: torch.optim.Optimizer,
-        task: int,
-    ) -> tuple[EideticState, ReplayState, StepMetrics]:
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: ReplayState, batch: Batch, *, task: int
+    ) -> StepPlan:
         x, y = batch
         generator = generator_from(mstate.rng)
         replay = buffer_sample(mstate.buffer, self.buffer_sample_size, generator=generator)
@@ -544,23 +519,11 @@ class DER:
             seen.append(logits.detach())
             return loss, logits
 
-        state, metrics = train_step(
-            model, state, batch, optimizer=optimizer, task=task, objective=objective
-        )
-        buffer = reservoir_add(mstate.buffer, x, y, task, seen[0], generator=generator)
-        return state, ReplayState(buffer=buffer, rng=generator.get_state()), metrics
+        def update(before: EideticState, after: EideticState) -> ReplayState:
+            buffer = reservoir_add(mstate.buffer, x, y, task, seen[0], generator=generator)
+            return ReplayState(buffer=buffer, rng=generator.get_state())
 
-    def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: ReplayState,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
-    ) -> tuple[EideticState, ReplayState]:
-        return state, mstate
+        return StepPlan(objective=objective, update=update)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,16 +16,15 @@ plain-SGD special case).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .. import validate
+from ..method import TaskContext
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
-from ..types import Batch
 from .regularizer import RegularizedMethod, quadratic_penalty
 
 
@@ -112,13 +111,6 @@ class SI(RegularizedMethod):
         return si_observe(mstate, grads, before, after)
 
     def end_task(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: Any,
-        loader: Iterable[Batch],
-        *,
-        task: int,
-        generator: torch.Generator,
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, SIState]:
         return state, si_consolidate(mstate, state.params, self.xi)

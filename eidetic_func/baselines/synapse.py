@@ -45,10 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..method import Method, TaskContext
 from ..per_sample import takes_task
 from ..state import EideticState
 from ..types import Batch
-from .base import Method
 from .joint import Joint
 
 
@@ -66,7 +66,7 @@ class Synapse:
         if isinstance(method, Joint):
             raise ConfigError(
                 "joint training is offline (it keeps every task's data); train it with "
-                "eidetic_func.baselines.train_method_task, not in a backward()"
+                "eidetic_func.train_task, not in a backward()"
             )
         if not hasattr(method, "regularizer") and not hasattr(method, "penalty"):
             raise ConfigError(
@@ -115,14 +115,8 @@ class Synapse:
     def end_task(self, loader: Any, *, task: int) -> None:
         """Close task ``task``: importance, anchors or old outputs from ``loader``'s batches."""
         self._settle()
-        _, self.mstate = self.method.end_task(
-            self.model,
-            self.snapshot(task),
-            self.mstate,
-            loader,
-            task=task,
-            generator=self.generator,
-        )
+        ctx = TaskContext(loader=loader, task=task, generator=self.generator)
+        _, self.mstate = self.method.end_task(self.model, self.snapshot(task), self.mstate, ctx)
 
     def _apply(self, x: Tensor, head: int) -> Tensor:
         return self.model(x, task=head) if takes_task(self.model) else self.model(x)

@@ -1,32 +1,36 @@
-"""Baselines by name, with their hyperparameters (what ``--method`` / ``--method-option`` pick)."""
+"""Methods by name: EideticNet and the baselines, alone or chained (``"ewc+er"``), with
+their hyperparameters (what ``--method`` / ``--method-option`` pick), and method states in
+the form a checkpoint holds. The top of the package: the shell (``run``, the CLI) names
+methods here; the core and the baselines never import it."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import json
+import re
 from typing import Any
 
-from torch import Tensor
-
-from ..errors import ConfigError
-from .base import Method
-from .dgr import DGR
-from .ewc import EWC, OnlineEWC
-from .finetune import FineTune
-from .gem import AGEM, GEM
-from .joint import Joint
-from .lwf import LwF
-from .mas import MAS
-from .oml import OML
-from .packnet import PackNet
-from .progressive import Progressive
-from .replay import DER, DERPP, ER
-from .si import SI
+from .baselines.dgr import DGR
+from .baselines.ewc import EWC, OnlineEWC
+from .baselines.finetune import FineTune
+from .baselines.gem import AGEM, GEM
+from .baselines.joint import Joint
+from .baselines.lwf import LwF
+from .baselines.mas import MAS
+from .baselines.oml import OML
+from .baselines.packnet import PackNet
+from .baselines.progressive import Progressive
+from .baselines.replay import DER, DERPP, ER
+from .baselines.si import SI
+from .eidetic import EideticNet
+from .errors import ConfigError
+from .method import Method, chain
 
 METHODS: dict[str, type] = {
     cls.name: cls
     for cls in (
+        EideticNet,
         FineTune,
         Joint,
         EWC,
@@ -48,20 +52,52 @@ METHODS: dict[str, type] = {
 
 
 def create(name: str, *, seed: int = 0, **options: Any) -> Method:
-    """The baseline ``name`` with ``options`` as hyperparameters; ``seed`` reaches its sampling."""
+    """The method ``name`` with ``options`` as hyperparameters; ``seed`` reaches its sampling.
+
+    ``name`` may chain methods, ``"ewc+er"`` (:func:`eidetic_func.method.chain`); an option
+    then goes to the member that has it, or to one named ``"member.option"``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"method must be a name, got {name!r}")
+    names = re.split(r"\+(?=[^+])", name)  # a + before a name joins; der++ keeps its own
+    if len(names) == 1:
+        return _create(name, seed=seed, options=options)
+    per_member: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in options.items():
+        member, dot, option = key.rpartition(".")
+        if dot:
+            if member not in per_member:
+                raise ConfigError(f"option {key!r} names {member!r}, not a method of {name!r}")
+            per_member[member][option] = value
+            continue
+        owners = [n for n in names if key in _options(n)]
+        if not owners:
+            raise ConfigError(f"option {key!r} fits no method of {name!r}")
+        if len(owners) > 1:
+            raise ConfigError(f"{owners} all have option {key!r}: write {owners[0]}.{key}")
+        per_member[owners[0]][key] = value
+    return chain(*(_create(n, seed=seed, options=per_member[n]) for n in names))
+
+
+def _options(name: str) -> set[str]:
     if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    cls = METHODS[name]
-    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        raise ConfigError(
+            f"method must be one of {sorted(METHODS)}, or a chain of them like ewc+er; got {name!r}"
+        )
+    return {f.name for f in dataclasses.fields(METHODS[name])} - {"name"}
+
+
+def _create(name: str, *, seed: int, options: dict[str, Any]) -> Method:
+    fields = _options(name)
     unknown = set(options) - fields
     if unknown:
         raise ConfigError(
             f"{name} has no option {sorted(unknown)}; its options are {sorted(fields) or 'none'}"
         )
     if "seed" in fields:
-        options.setdefault("seed", seed)
+        options = {"seed": seed, **options}
     try:
-        method: Method = cls(**options)
+        method: Method = METHODS[name](**options)
     except TypeError as err:
         raise ConfigError(f"bad options for {name}: {err}") from None
     return method
@@ -109,16 +145,3 @@ def decode_state(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(decode_state(v) for v in value)
     return value
-
-
-def state_bytes(value: Any) -> int:
-    """Bytes held by the tensors of a method state (its extra memory)."""
-    if isinstance(value, Tensor):
-        return value.numel() * value.element_size()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return sum(state_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
-    if isinstance(value, dict):
-        return sum(state_bytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(state_bytes(v) for v in value)
-    return 0
