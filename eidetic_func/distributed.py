@@ -61,6 +61,44 @@ def _collective(method: Callable[..., T]) -> Callable[..., T]:
     return wrapped
 
 
+def _all_reduce_sum(tensors: list[Tensor]) -> list[Tensor]:
+    """The sums over processes of ``tensors`` (same dtype): one all-reduce of them all."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Single:
+    """One process: what :func:`eidetic_func.train_task` runs on when not data-parallel.
+
+    The same interface as :class:`Parallel`, where every combination is the identity (and
+    no gradient transform or score reduction is added at all)."""
+
+    rank: int = 0
+    world_size: int = 1
+    is_main: bool = True
+    grad_transform: None = None  # no averaging
+    score_reduce: None = None  # scores are this process's
+
+    def sync_buffers(self, new: EideticState, old: EideticState) -> EideticState:
+        return new
+
+    def sum_metrics(self, correct: int, count: int, loss_sum: float) -> tuple[int, int, float]:
+        return correct, count, loss_sum
+
+    def check_identical(self, state: EideticState, where: str) -> str:
+        """Nothing to compare with (and no digest computed): ``""``."""
+        return ""
+
+    def shard_of(self, loader: Any, batch_size: int, *, seed: int) -> Any:
+        """``loader`` itself: one process reads all the data."""
+        return loader
+
+
+SINGLE = Single()
+
+
 @dataclasses.dataclass(frozen=True)
 class Parallel:
     """This process's place in an initialized process group."""
@@ -73,21 +111,22 @@ class Parallel:
         """Only the main process writes files and shows progress."""
         return self.rank == 0
 
+    @property
+    def grad_transform(self) -> Callable[..., dict[str, Tensor]]:
+        return self.average_grads
+
+    @property
+    def score_reduce(self) -> Callable[..., tuple[dict[str, Tensor], int]]:
+        return self.reduce
+
     @_collective
     def average_grads(
         self, grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """A ``grad_transform`` for ``train_step``: the mean gradient over processes."""
         names = list(grads)
-        flat = torch.cat([grads[n].reshape(-1) for n in names])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        out, offset = {}, 0
-        for n in names:
-            size = grads[n].numel()
-            out[n] = flat[offset : offset + size].view_as(grads[n])
-            offset += size
-        return out
+        summed = _all_reduce_sum([grads[n] for n in names])
+        return {n: g / self.world_size for n, g in zip(names, summed)}
 
     @_collective
     def sync_buffers(self, new: EideticState, old: EideticState) -> EideticState:
@@ -95,14 +134,8 @@ class Parallel:
         names = [k for k, v in new.buffers.items() if v.is_floating_point()]
         if not names:
             return new
-        flat = torch.cat([new.buffers[k].reshape(-1) for k in names])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        buffers, offset = dict(new.buffers), 0
-        for k in names:
-            size = buffers[k].numel()
-            buffers[k] = flat[offset : offset + size].view_as(buffers[k]).clone()
-            offset += size
+        summed = _all_reduce_sum([new.buffers[k] for k in names])
+        buffers = {**new.buffers, **{k: t / self.world_size for k, t in zip(names, summed)}}
         # the average of equal values is not always bit-equal: restore owned entries
         return freeze(new.replace(buffers=buffers), old)
 
@@ -110,21 +143,10 @@ class Parallel:
     def reduce(self, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:
         """Sum per-unit partial sums and the sample count over processes (for scoring)."""
         names = sorted(sums)
-        flat = torch.cat(
-            [sums[n].reshape(-1) for n in names]
-            + [
-                torch.tensor(
-                    [float(count)], dtype=sums[names[0]].dtype, device=sums[names[0]].device
-                )
-            ]
-        )
-        dist.all_reduce(flat)
-        out, offset = {}, 0
-        for n in names:
-            size = sums[n].numel()
-            out[n] = flat[offset : offset + size].view_as(sums[n])
-            offset += size
-        return out, int(flat[-1].item())
+        ref = sums[names[0]]
+        total = torch.tensor([float(count)], dtype=ref.dtype, device=ref.device)
+        *summed, counted = _all_reduce_sum([sums[n] for n in names] + [total])
+        return dict(zip(names, summed)), int(counted.item())
 
     @_collective
     def sum_metrics(self, correct: int, count: int, loss_sum: float) -> tuple[int, int, float]:
@@ -145,8 +167,9 @@ class Parallel:
             )
         return mine
 
-    def shard(self, dataset: Dataset[Any], batch_size: int, *, seed: int) -> ShardedLoader:
-        return ShardedLoader(dataset, batch_size, self, seed=seed)
+    def shard_of(self, loader: Any, batch_size: int, *, seed: int) -> ShardedLoader:
+        """This process's shard of ``loader``'s dataset, reshuffled with ``seed`` each pass."""
+        return ShardedLoader(loader.dataset, batch_size, self, seed=seed)
 
 
 class ShardedLoader:
@@ -203,8 +226,8 @@ DEFAULT_TIMEOUT_S = 300.0
 
 def from_environment(
     device: torch.device, *, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> Parallel | None:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else None.
+) -> Parallel | Single:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else :data:`SINGLE`.
 
     A collective that waits longer than ``timeout_s`` for a peer fails with
     :class:`DistributedError`. On Linux each worker also ends when its launcher dies
@@ -212,7 +235,7 @@ def from_environment(
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return None
+        return SINGLE
     _end_with_parent()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

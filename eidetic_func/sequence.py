@@ -28,7 +28,7 @@ from . import data as data_module
 from . import metrics, rundir
 from .capacity import capacity
 from .checkpoint import Checkpoint, load, save
-from .distributed import Parallel, from_environment
+from .distributed import Parallel, Single, from_environment
 from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
 from .method import Method, TaskProgress, state_bytes, traits
@@ -285,7 +285,7 @@ class _Setup:
     loaders: list[data_module.TaskLoaders]
     trains: list[Any]  # the training loaders (this process's shards under parallelism)
     schedule: list[int]  # the task of every visit
-    parallel: Parallel | None
+    parallel: Parallel | Single
     path: Path | None
     log: Callable[[str], None]
     started: float
@@ -446,13 +446,11 @@ def _setup(
     """Data, network, method, optimizer and generators of ``config`` (seeded)."""
     device = torch.device(config.device)
     parallel = from_environment(device, timeout_s=config.dist_timeout)
-    if parallel is not None:
-        if device.type == "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
-        if not parallel.is_main:
-            log = _silent
+    if device.type == "cuda" and parallel.world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
+    log = log if parallel.is_main else _silent
     torch.set_num_threads(cpu_threads(config.threads))
-    world_size = 1 if parallel is None else parallel.world_size
+    world_size = parallel.world_size
     if saved is not None and world_size != saved.world_size:
         raise CheckpointError(
             f"the run in {saved.checkpoint.source} was checkpointed by {saved.world_size} "
@@ -469,7 +467,7 @@ def _setup(
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
     method = config.build_method()
-    if parallel is not None and not traits(method).data_parallel:
+    if world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
     topology = model_topology(model, sequence) if traits(method).topology else None
     optimizer = build_optimizer(config, model)
@@ -491,10 +489,8 @@ def _setup(
         for t, task in enumerate(sequence)
     ]
     # with data parallelism each process trains on its shard of every task
-    trains: list[Any] = [
-        lo.train
-        if parallel is None
-        else parallel.shard(lo.train.dataset, config.batch_size, seed=config.seed * 1000 + t)
+    trains = [
+        parallel.shard_of(lo.train, config.batch_size, seed=config.seed * 1000 + t)
         for t, lo in enumerate(loaders)
     ]
     schedule = [t for _ in range(config.cycles) for t in range(len(sequence))]
@@ -596,7 +592,7 @@ def _route(setup: _Setup, record: RunRecord) -> RunRecord:
 
 def _save(setup: _Setup, record: RunRecord) -> None:
     """The one place a run is checkpointed (by the main process, with an output dir)."""
-    if setup.path is None or (setup.parallel is not None and not setup.parallel.is_main):
+    if setup.path is None or not setup.parallel.is_main:
         return
     meta = {
         "config": setup.config.to_dict(),
@@ -659,7 +655,7 @@ def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
 
 def _result(setup: _Setup, record: RunRecord) -> RunResult:
     parallel_info = None
-    if setup.parallel is not None:
+    if setup.world_size > 1:
         parallel_info = {
             "world_size": setup.parallel.world_size,
             "state_digest": setup.parallel.check_identical(record.state, "at the end of the run"),
@@ -683,7 +679,7 @@ def _result(setup: _Setup, record: RunRecord) -> RunResult:
         seconds=record.seconds + time.perf_counter() - setup.started,
         state=record.state,
         parallel=parallel_info,
-        is_main=setup.parallel is None or setup.parallel.is_main,
+        is_main=setup.parallel.is_main,
     )
 
 
@@ -745,17 +741,14 @@ def _train_router(setup: _Setup, record: RunRecord) -> tuple[EideticState, Any, 
     router = len(loaders)
     union = task_id_dataset([lo.train.dataset for lo in loaders])  # type: ignore[misc]
     # a last batch of one sample cannot be batch-normalized in training mode
-    loader: Any = (
-        DataLoader(
-            union,
-            config.batch_size,
-            shuffle=True,
-            generator=setup.generators[router],
-            drop_last=len(union) % config.batch_size == 1,  # type: ignore[arg-type]
-        )
-        if setup.parallel is None
-        else setup.parallel.shard(union, config.batch_size, seed=config.seed * 1000 + router)
+    batches = DataLoader(
+        union,
+        config.batch_size,
+        shuffle=True,
+        generator=setup.generators[router],
+        drop_last=len(union) % config.batch_size == 1,  # type: ignore[arg-type]
     )
+    loader = setup.parallel.shard_of(batches, config.batch_size, seed=config.seed * 1000 + router)
     stop = None
     if config.holdout:
         held = task_id_dataset([lo.val.dataset for lo in loaders])  # type: ignore[union-attr, misc]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import TrainConfig
+from .distributed import SINGLE, Parallel, Single
 from .eidetic import EideticNet
 from .errors import ConfigError, DataError
 from .method import Method, TaskContext, TaskProgress, advance, method_step, traits
@@ -32,9 +33,6 @@ from .state import EideticState
 from .step import StepMetrics, check_trainable
 from .topology import Topology
 from .types import Batch, LossFn, Record
-
-if TYPE_CHECKING:
-    from .distributed import Parallel
 
 Carry = TypeVar("Carry")
 # (the state, the method state): what a task's training threads
@@ -65,7 +63,7 @@ def train_task(
     progress: bool = True,
     checkpoint: CheckpointCallback | None = None,
     resume: TaskProgress | None = None,
-    parallel: Parallel | None = None,
+    parallel: Parallel | Single = SINGLE,
 ) -> tuple[EideticState, Any, list[Record]]:
     """Train task ``task`` with ``method`` (default EideticNet) and end it:
     ``(state, mstate, history)``.
@@ -89,7 +87,7 @@ def train_task(
     when the task ends, so every task starts at the same rate.
     """
     config = config or TrainConfig()
-    if parallel is not None and not traits(method).data_parallel:
+    if parallel.world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
     p = resume or TaskProgress()
     if not p.lrs:
@@ -105,7 +103,7 @@ def train_task(
 
     step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
     device = _device(state)
-    shown = progress and (parallel is None or parallel.is_main)
+    shown = progress and parallel.is_main
 
     def epoch(carry: TaskCarry, label: str) -> tuple[TaskCarry, float, float]:
         carry, accuracy, loss = run_epoch(
@@ -115,7 +113,7 @@ def train_task(
             device=device,
             description=f"{method.name} task {task} {label}",
             progress=shown,
-            combine=None if parallel is None else parallel.sum_metrics,
+            combine=parallel.sum_metrics,
         )
         if stop_loader is None:
             return carry, accuracy, loss
@@ -138,7 +136,7 @@ def train_task(
         record=record,
         checkpoint=save,
         score_loader=score_loader,
-        reduce=None if parallel is None else parallel.reduce,
+        reduce=parallel.score_reduce,
         optimizer=optimizer,
     )
     if resume is None:
@@ -163,8 +161,7 @@ def train_task(
     set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
     if state.task == task and config.finish:  # the method did not finish the task itself
         state = advance(state, task)
-    if parallel is not None:
-        parallel.check_identical(state, f"after task {task}")
+    parallel.check_identical(state, f"after task {task}")
     save(state, mstate, dataclasses.replace(p, phase="done"))
     return state, mstate, history
 
@@ -176,10 +173,9 @@ def _stepper(
     task: int,
     loss_fn: LossFn,
     compiled: bool,
-    parallel: Parallel | None,
+    parallel: Parallel | Single,
 ) -> Callable[[TaskCarry, Batch], tuple[TaskCarry, StepMetrics]]:
     """One training step of ``method`` on a ``(state, mstate)`` carry."""
-    average = None if parallel is None else parallel.average_grads
 
     def step(carry: TaskCarry, batch: Batch) -> tuple[TaskCarry, StepMetrics]:
         state, mstate = carry
@@ -192,12 +188,10 @@ def _stepper(
             optimizer=optimizer,
             task=task,
             loss_fn=loss_fn,
-            grad_transform=average,
+            grad_transform=parallel.grad_transform,
             compiled=compiled,
         )
-        if parallel is not None:
-            new = parallel.sync_buffers(new, state)
-        return (new, mstate), metrics
+        return (parallel.sync_buffers(new, state), mstate), metrics
 
     return step
 

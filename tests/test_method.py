@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import eidetic_func as ef
 from eidetic_func.baselines import DER, ER, EWC, MAS, SI, FineTune, ReplayState
 from eidetic_func.config import TrainConfig
+from eidetic_func.distributed import Parallel
 from eidetic_func.method import StepPlan, TaskContext, chain, method_step, traits
 from eidetic_func.methods import create
 from eidetic_func.train import train_task
@@ -152,7 +153,7 @@ def test_a_method_without_data_parallel_traits_is_refused_under_parallelism() ->
             task=0,
             optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             generator=torch.Generator(),
-            parallel=cast(Any, object()),
+            parallel=Parallel(rank=0, world_size=2),  # refused before any collective
         )
 
 
