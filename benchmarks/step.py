@@ -56,8 +56,8 @@ def _state_with_owned_entries(
         == 0
         for unit in topology.units
     }
-    state = ef.bridge(ef.prune_neurons(state, topology, halves), topology)
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.bridge(ef.prune_neurons(state, halves))
+    state = ef.finish_task(state, task=0)
     return ef.recycle(state, generator=torch.Generator().manual_seed(0))
 
 

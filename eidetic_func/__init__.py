@@ -56,7 +56,7 @@ from .multihead import MultiHead, multihead
 from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import SCORING_METHODS, prunable, score
-from .state import FREE, EideticState, init
+from .state import FREE, EideticState, init, topology_of, with_topology
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
 from .traced_topology import trace_topology
@@ -155,6 +155,7 @@ __all__ = [
     "sequence",
     "task_entries",
     "task_split",
+    "topology_of",
     "trace_topology",
     "train_step",
     "train_task",
@@ -162,4 +163,5 @@ __all__ = [
     "tree_flatten",
     "tree_leaves",
     "tree_map",
+    "with_topology",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .state import EideticState
-from .topology import Topology, check_topology, columns, neuron_alive, reader_columns, rows
+from .state import EideticState, topology_of
+from .topology import columns, neuron_alive, reader_columns, rows
 
 
-def bridge(state: EideticState, topology: Topology) -> EideticState:
+def bridge(state: EideticState) -> EideticState:
     """Make the pruning mask consistent; idempotent, and it only ever removes.
 
     A neuron is dead when none of its own entries is kept (the liveness rule of
@@ -22,7 +22,7 @@ def bridge(state: EideticState, topology: Topology) -> EideticState:
     alive (its readers still see it). Every removed free entry ends up zero; owned
     entries are never touched.
     """
-    check_topology(topology, state.params, state.buffers)
+    topology = topology_of(state)
     keep, params = dict(state.keep), dict(state.params)
     changed = True
     while changed:

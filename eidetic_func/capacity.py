@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .state import EideticState
-from .topology import Topology, check_topology, neuron_alive, neuron_owner
+from .state import EideticState, topology_of
+from .topology import neuron_alive, neuron_owner
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ class Capacity:
         }
 
 
-def capacity(state: EideticState, topology: Topology) -> Capacity:
+def capacity(state: EideticState) -> Capacity:
     """Count every unit's neurons: owned by each task, pruned in this task, still free."""
-    check_topology(topology, state.params, state.buffers)
+    topology = topology_of(state)
     units = []
     owned_total: dict[int, int] = {}
     for unit in topology.units:

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import CheckpointError
-from .state import OWNER_DTYPE, EideticState
+from .state import OWNER_DTYPE, EideticState, declared_topology, with_topology
 
 FORMAT = "eidetic_func.checkpoint"
 FORMAT_VERSION = 1
@@ -163,7 +163,13 @@ def save(
     path = Path(path)
     if not isinstance(state, EideticState):
         raise CheckpointError(f"state must be an EideticState, got {type(state).__name__}")
-    unknown = {f.name for f in dataclasses.fields(state)} - {*_STATE_FIELDS, "task", "finished"}
+    # the topology is not stored: it belongs to the model (re-attach it with with_topology)
+    unknown = {f.name for f in dataclasses.fields(state)} - {
+        *_STATE_FIELDS,
+        "task",
+        "finished",
+        "topology",
+    }
     if unknown:  # a field added to EideticState must be added to the format too
         raise CheckpointError(
             f"this checkpoint format does not store state fields {sorted(unknown)}"
@@ -241,6 +247,11 @@ def load(
         raise CheckpointError(f"{path}: the saved state is inconsistent: " + "; ".join(problems))
     checkpoint = dataclasses.replace(checkpoint, source=path)
     checkpoint.fit(model=model, optimizer=optimizer)
+    topology = None if model is None else declared_topology(model)
+    if topology is not None:  # the topology belongs to the model; it is not stored
+        checkpoint = dataclasses.replace(
+            checkpoint, state=with_topology(checkpoint.state, topology)
+        )
     return checkpoint
 
 
@@ -620,7 +631,14 @@ def _decode_checkpoint(manifest: dict[str, Any], tensors: Mapping[str, Tensor]) 
     task, finished = saved["task"], saved["finished"]
     if type(task) is not int or not all(type(t) is int for t in finished):
         raise CheckpointError(f"bad task {task!r} or finished tasks {finished!r}")
-    state = EideticState(**fields, task=task, finished=tuple(finished))
+    state = EideticState(
+        params=fields["params"],
+        buffers=fields["buffers"],
+        owner=fields["owner"],
+        keep=fields["keep"],
+        task=task,
+        finished=tuple(finished),
+    )
 
     optimizer_state = None
     if manifest["optimizer"] is not None:

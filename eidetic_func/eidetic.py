@@ -30,7 +30,6 @@ from .method import StepPlan, TaskContext, TaskProgress, Traits
 from .prune import prune
 from .score import DATA_METHODS, score
 from .state import EideticState
-from .topology import Topology
 from .types import Batch
 
 
@@ -39,12 +38,12 @@ class EideticNet:
     """Iterative structured pruning and freezing (Miller et al., EideticNet).
 
     Configured by the run's ``TrainConfig`` (pruning steps, types, tolerance, schedule,
-    ``forward_transfer``, ``finish``); the network's topology comes from ``TaskContext``.
+    ``forward_transfer``, ``finish``); the network's topology is the state's.
     """
 
     name: str = "eidetic"
     traits: ClassVar[Traits] = Traits(
-        data_parallel=True, task_incremental=True, router=True, revisits=True, topology=True
+        data_parallel=True, task_incremental=True, router=True, revisits=True
     )
 
     def init(self, model: nn.Module, state: EideticState) -> None:
@@ -60,15 +59,13 @@ class EideticNet:
     ) -> tuple[EideticState, Any]:
         """A finished task is revisited (its head released, everything else frozen)."""
         if task in state.finished:
-            state = revisit(
-                state, _topology(ctx), task=task, forward_transfer=ctx.config.forward_transfer
-            )
+            state = revisit(state, task=task, forward_transfer=ctx.config.forward_transfer)
         return state, mstate
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
     ) -> tuple[EideticState, Any]:
-        topology, config = _topology(ctx), ctx.config
+        config = ctx.config
         if not (ctx.last or config.last_task):
             p = ctx.progress
             if not p.lr_lowered and config.lr_factor < 1.0 and ctx.optimizer is not None:
@@ -76,20 +73,12 @@ class EideticNet:
                 for group in ctx.optimizer.param_groups:
                     group["lr"] = group["lr"] * config.lr_factor
                 p = dataclasses.replace(p, lr_lowered=True)
-            state, mstate = _prune_phase(model, state, mstate, p, topology, ctx)
+            state, mstate = _prune_phase(model, state, mstate, p, ctx)
         if config.finish:
-            state = finish_task(
-                state, topology, task=ctx.task, forward_transfer=config.forward_transfer
-            )
+            state = finish_task(state, task=ctx.task, forward_transfer=config.forward_transfer)
             state = recycle(state, generator=ctx.generator)
             ctx.record("finish", pruned_fraction=None)
         return state, mstate
-
-
-def _topology(ctx: TaskContext) -> Topology:
-    if ctx.topology is None:
-        raise ConfigError("EideticNet needs the network's topology (TaskContext.topology)")
-    return ctx.topology
 
 
 def _prune_phase(
@@ -97,7 +86,6 @@ def _prune_phase(
     state: EideticState,
     mstate: Any,
     p: TaskProgress,
-    topology: Topology,
     ctx: TaskContext,
 ) -> tuple[EideticState, Any]:
     """Prune and recover until the accuracy leaves the tolerance; the last good state."""
@@ -119,7 +107,7 @@ def _prune_phase(
         if p.metric < floor:
             record("stop", reason=f"accuracy {p.metric:.4f} below {floor:.4f}")
             return good
-        pruned_fraction = capacity(state, topology).pruned_fraction
+        pruned_fraction = capacity(state).pruned_fraction
         if pruned_fraction > config.max_masking_ratio:
             record(
                 "stop",
@@ -145,25 +133,23 @@ def _prune_phase(
             batches,
             method=kind,
             task=ctx.task,
-            topology=topology,
             generator=ctx.generator,
             reduce=ctx.reduce,
         )
         try:
             pruned = prune(
                 state,
-                topology,
                 scores,
                 fraction=fraction,
                 method=kind,
                 constant_step=config.constant_step,
             )
-            state = bridge(pruned, topology)
+            state = bridge(pruned)
         except NothingToPrune as stop:
             record("stop", reason=str(stop))
             return good
         p = dataclasses.replace(p, pruning_iteration=p.pruning_iteration + 1)
-        pruned_fraction = capacity(state, topology).pruned_fraction
+        pruned_fraction = capacity(state).pruned_fraction
         record(
             "prune",
             iteration=p.pruning_iteration,

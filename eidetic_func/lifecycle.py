@@ -22,11 +22,10 @@ from torch import Tensor
 
 from . import validate
 from .errors import TaskError
-from .state import BN_STATS, FREE, EideticState, bn_prefixes
+from .state import BN_STATS, FREE, EideticState, bn_prefixes, topology_of
 from .topology import (
     Topology,
     Unit,
-    check_topology,
     columns,
     neuron_alive,
     neuron_owner,
@@ -37,17 +36,20 @@ from .validate import task_id
 
 
 def finish_task(
-    state: EideticState, topology: Topology, *, task: int, forward_transfer: bool = True
+    state: EideticState, *, task: int | None = None, forward_transfer: bool = True
 ) -> EideticState:
-    """Give task ``task`` its surviving neurons and head; zero pruned ones; move to ``task + 1``.
+    """Give task ``task`` (default: the state's) its surviving neurons and head; zero pruned
+    ones; move to ``task + 1``.
 
     Returns a state whose ``keep`` is all True (save the forward-transfer mask) for the
     next task. ``owner`` only grows.
     """
+    topology = topology_of(state)
+    if task is None:
+        task = state.task
     task_id(task, num_tasks=topology.num_tasks)
     if task != state.task:
         raise TaskError(f"cannot finish task {task}: the state is training task {state.task}")
-    check_topology(topology, state.params, state.buffers)
     params, owner = dict(state.params), dict(state.owner)
     t = torch.tensor(task, dtype=next(iter(owner.values())).dtype)
 
@@ -134,9 +136,7 @@ def _initial_value(
     return (u * (2 * bound) - bound).to(p.device)
 
 
-def revisit(
-    state: EideticState, topology: Topology, *, task: int, forward_transfer: bool = True
-) -> EideticState:
+def revisit(state: EideticState, *, task: int, forward_transfer: bool = True) -> EideticState:
     """Train finished task ``task`` again: its head is released, everything else stays frozen.
 
     The task may also take free capacity. Neurons it owns, and everything other tasks own,
@@ -145,12 +145,12 @@ def revisit(
     :func:`finish_task`; the next task must then be named explicitly (a new one, or
     another ``revisit``).
     """
+    topology = topology_of(state)
     task_id(task, num_tasks=topology.num_tasks)
     if task not in state.finished:
         raise TaskError(
             f"task {task} is not finished (finished: {list(state.finished)}); train it normally"
         )
-    check_topology(topology, state.params, state.buffers)
     head = topology.heads[task]
     owner = dict(state.owner)
     for key in (f"{head}.weight", f"{head}.bias"):

@@ -33,7 +33,6 @@ from .errors import ConfigError
 from .state import EideticState
 from .step import Apply, GradTransform, Objective, StepMetrics, train_step
 from .taylor import Reduce
-from .topology import Topology
 from .types import Batch, LossFn
 
 # penalty(apply, params) -> a differentiable scalar added to the loss, or None
@@ -51,15 +50,14 @@ class Traits:
     ``data_parallel``: its state stays identical across data-parallel processes.
     ``task_incremental``: it needs one head (or column) per task. ``router``: a task router
     can be trained on its frozen features. ``revisits``: a finished task can be trained
-    again. ``topology``: it reads the network's prunable topology. ``network``: the
-    network it is built for (``"progressive"``: columns), None for any.
+    again. ``network``: the network it is built for (``"progressive"``: columns), None
+    for any.
     """
 
     data_parallel: bool = False
     task_incremental: bool = False
     router: bool = False
     revisits: bool = False
-    topology: bool = False
     network: str | None = None
 
 
@@ -119,8 +117,8 @@ class TaskContext:
     """What a method sees when task ``task`` ends.
 
     ``loader``: the task's training data; ``generator``: the run's generator for random
-    choices; ``config``: how tasks are trained and pruned; ``topology``: the network's
-    (for methods whose traits ask for it); ``last``: nothing is trained after this task;
+    choices; ``config``: how tasks are trained and pruned; ``last``: nothing is trained
+    after this task;
     ``progress``: where the task is (a resumed run may be mid-way); ``epoch``: trains one
     more epoch with the whole method's step; ``record(phase, **fields)`` adds to the
     history; ``checkpoint(state, mstate, progress)`` saves a resumable point;
@@ -132,7 +130,6 @@ class TaskContext:
     task: int
     generator: torch.Generator
     config: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    topology: Topology | None = None
     last: bool = False
     progress: TaskProgress = dataclasses.field(default_factory=TaskProgress)
     epoch: Epoch | None = None
@@ -227,17 +224,19 @@ def method_step(
     batch: Batch,
     *,
     optimizer: torch.optim.Optimizer,
-    task: int,
+    task: int | None = None,
     loss_fn: LossFn = F.cross_entropy,
     grad_transform: GradTransform | None = None,
     compiled: bool = False,
 ) -> tuple[EideticState, Any, StepMetrics]:
-    """One optimizer step of ``method`` on ``batch``: ``(state, mstate, metrics)``.
+    """One optimizer step of ``method`` on ``batch`` for ``task`` (default: the state's):
+    ``(state, mstate, metrics)``.
 
     The loss is the plan's objective, else ``loss_fn(logits, targets)``, plus its penalty.
     ``grad_transform`` (e.g. averaging over data-parallel processes) runs before the
     plan's own. Frozen entries come back bit-identical (:func:`train_step`).
     """
+    task = state.task if task is None else task
     plan = method.plan(model, state, mstate, batch, task=task)
     objective = plan.objective
     if plan.penalty is not None:
@@ -331,7 +330,6 @@ class Chain:
             task_incremental=any(t.task_incremental for t in each),
             router=any(t.router for t in each),
             revisits=all(t.revisits for t in each),
-            topology=any(t.topology for t in each),
             network=next((t.network for t in each if t.network is not None), None),
         )
 

@@ -10,13 +10,12 @@ from torch import Tensor
 from . import validate
 from .errors import ConfigError, NonFiniteError, NothingToPrune
 from .score import GLOBAL_METHODS, SCORING_METHODS, prunable
-from .state import EideticState
-from .topology import Topology, check_topology, neuron_owner, neuron_vector_keys, rows
+from .state import EideticState, topology_of
+from .topology import neuron_owner, neuron_vector_keys, rows
 
 
 def prune(
     state: EideticState,
-    topology: Topology,
     scores: dict[str, Tensor],
     *,
     fraction: float,
@@ -42,8 +41,8 @@ def prune(
     fraction = validate.fraction(fraction, "fraction")
     validate.choice(method, "method", SCORING_METHODS)
     validate.boolean(constant_step, "constant_step")
-    check_topology(topology, state.params, state.buffers)
-    candidates = prunable(state, topology)
+    topology = topology_of(state)
+    candidates = prunable(state)
     missing = {u.name for u in topology.units} - scores.keys()
     if missing:
         raise ConfigError(f"scores are missing for units {sorted(missing)}")
@@ -71,12 +70,10 @@ def prune(
             f"no neuron to prune: {remaining} candidate neurons remain (each unit keeps at "
             f"least one) and fraction={fraction} selects none"
         )
-    return prune_neurons(state, topology, chosen)
+    return prune_neurons(state, chosen)
 
 
-def prune_neurons(
-    state: EideticState, topology: Topology, neurons: dict[str, Tensor]
-) -> EideticState:
+def prune_neurons(state: EideticState, neurons: dict[str, Tensor]) -> EideticState:
     """The state with the given neurons removed: ``neurons`` maps unit names to ``[C]`` bools.
 
     Each chosen neuron loses all its own entries (``keep = False``, value zero): its
@@ -85,6 +82,7 @@ def prune_neurons(
     :class:`TopologyError` for an unknown unit, :class:`ConfigError` for a wrong shape or
     an owned neuron.
     """
+    topology = topology_of(state)
     keep, params = dict(state.keep), dict(state.params)
     for name, dead in neurons.items():
         unit = topology.unit(name)

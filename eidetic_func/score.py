@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .mask import apply_task_mask, needs_task_mask
-from .state import EideticState
+from .state import EideticState, topology_of
 from .taylor import Implementation, Reduce, batch_scores, per_sample_scores
-from .topology import Topology, Unit, check_topology, neuron_alive, neuron_owner
+from .topology import Unit, neuron_alive, neuron_owner
 from .types import Batch
 from .validate import task_id
 
@@ -26,8 +26,7 @@ def score(
     batches: Iterable[Batch] | None,
     *,
     method: str,
-    task: int,
-    topology: Topology,
+    task: int | None = None,
     generator: torch.Generator | None = None,
     implementation: Implementation = "fast",
     reduce: Reduce | None = None,
@@ -42,15 +41,15 @@ def score(
 
     Neurons owned by a task, or already pruned in this task, score ``+inf``: no pruning
     step can select them. Scoring uses BatchNorm in inference mode and never changes
-    ``state``. With data parallelism, ``reduce`` sums the data-driven scores' partial sums
+    ``state``. ``task`` defaults to the state's. With data parallelism, ``reduce`` sums the data-driven scores' partial sums
     over processes (see :mod:`eidetic_func.distributed`), so every process prunes alike.
     """
     if not isinstance(method, str) or method not in SCORING_METHODS:
         raise ConfigError(
             f"unknown scoring method {method!r}; choose one of {list(SCORING_METHODS)}"
         )
-    task_id(task, num_tasks=topology.num_tasks)
-    check_topology(topology, state.params, state.buffers)
+    topology = topology_of(state)
+    task = state.task if task is None else task_id(task, num_tasks=topology.num_tasks)
     params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
     if method in DATA_METHODS:
         if batches is None:
@@ -80,18 +79,18 @@ def score(
     else:
         p = 1 if method == "l1" else 2
         raw = {unit.name: _row_norm(state, unit, p) for unit in topology.units}
-    ok = prunable(state, topology)
+    ok = prunable(state)
     return {
         name: torch.where(ok[name].to(s.device), s, torch.full_like(s, float("inf")))
         for name, s in raw.items()
     }
 
 
-def prunable(state: EideticState, topology: Topology) -> dict[str, Tensor]:
+def prunable(state: EideticState) -> dict[str, Tensor]:
     """``{unit: [C] bool}``: free neurons still alive in the current task."""
     return {
         u.name: (neuron_owner(u, state.owner) < 0) & neuron_alive(u, state.keep)
-        for u in topology.units
+        for u in topology_of(state).units
     }
 
 

@@ -43,7 +43,7 @@ from .run_config import (
     torchvision_classifier,
 )
 from .scenario import SharedHead, head_sizes, scenario_sequence
-from .state import EideticState, init
+from .state import EideticState, init, with_topology
 from .task_split import image_folder
 from .topology import Topology
 from .traced_topology import trace_topology
@@ -469,7 +469,8 @@ def _setup(
     method = config.build_method()
     if world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
-    topology = model_topology(model, sequence) if traits(method).topology else None
+    # every network but progressive columns has a prune topology (checked once, by init)
+    topology = None if traits(method).network else model_topology(model, sequence)
     optimizer = build_optimizer(config, model)
     generators = [
         torch.Generator().manual_seed(config.seed * 1000 + t) for t in range(len(sequence) + 1)
@@ -501,7 +502,7 @@ def _setup(
 
 
 def _first_record(setup: _Setup) -> RunRecord:
-    state = init(setup.model)
+    state = init(setup.model, topology=setup.topology)
     return RunRecord(state=state, mstate=setup.method.init(setup.model, state))
 
 
@@ -565,7 +566,6 @@ def _train(
         optimizer=setup.optimizer,
         generator=setup.core,
         config=setup.config.train,
-        topology=setup.topology,
         stop_loader=stop_loader,
         last=last,
         progress=setup.config.progress,
@@ -633,7 +633,7 @@ def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
             loader.epoch = epoch
     meta = ckpt.meta
     record = RunRecord(
-        state=ckpt.state,
+        state=ckpt.state if setup.topology is None else with_topology(ckpt.state, setup.topology),
         mstate=decode_state(ckpt.extra.get("method")),
         visit=int(meta["visit"]),
         progress=None if meta["progress"] is None else TaskProgress(**meta["progress"]),
@@ -670,9 +670,7 @@ def _result(setup: _Setup, record: RunRecord) -> RunResult:
         after_finish={k: list(v) for k, v in record.after_finish.items()},
         final=matrix[-1],
         summary=metrics.summarize(matrix[:num_tasks]).to_dict(),
-        capacity=None
-        if setup.topology is None
-        else capacity(record.state, setup.topology).to_dict(),
+        capacity=None if record.state.topology is None else capacity(record.state).to_dict(),
         extra_memory_bytes=_extra_memory(record.state, record.mstate),
         router=record.router,
         history=list(record.history),

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .batchnorm import is_task_batchnorm
 from .errors import StateMismatchError, TopologyError
 from .pytree import pytree_dataclass, static_field
+from .topology import Topology, check_topology
 
 FREE = -1
 OWNER_DTYPE = torch.int16
@@ -41,6 +42,8 @@ class EideticState:
     - ``keep``: ``{name: bool Tensor}`` per parameter; the current task's pruning mask.
     - ``task``: the task being trained (or the next one, after ``finish_task``).
     - ``finished``: the tasks finished so far, in ascending order.
+    - ``topology``: the network's prunable structure, checked against the tensors once
+      (:func:`init`, :func:`with_topology`); None for methods that need none.
     """
 
     params: dict[str, Tensor]
@@ -49,18 +52,22 @@ class EideticState:
     keep: dict[str, Tensor]
     task: int = static_field(default=0)
     finished: tuple[int, ...] = static_field(default=())
+    topology: Topology | None = static_field(default=None)
 
     def replace(self, **changes: Any) -> EideticState:
         """A copy with ``changes`` applied (like ``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
 
-def init(model: nn.Module, *, task: int = 0) -> EideticState:
+def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -> EideticState:
     """The state of a fresh model: everything free, nothing pruned, training ``task``.
 
     The model's parameters and buffers are copied (detached); the model is not modified.
     Every BatchNorm must be a Task variant (see ``eidetic_func.convert_batchnorm``) so
     that channels of finished tasks can keep their statistics while later tasks train.
+    ``topology`` (default: the model's own ``model.topology()``, if it declares one; a
+    traced one from :func:`eidetic_func.trace_topology` otherwise) is checked once here
+    and carried by the state: the pure functions read it from there.
     """
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_task_batchnorm(module):
@@ -75,7 +82,40 @@ def init(model: nn.Module, *, task: int = 0) -> EideticState:
     owned = {**params, **{k: v for k, v in buffers.items() if k.rsplit(".", 1)[-1] in BN_STATS}}
     owner = {k: torch.full_like(v, FREE, dtype=OWNER_DTYPE) for k, v in owned.items()}
     keep = {k: torch.ones_like(v, dtype=torch.bool) for k, v in params.items()}
-    return EideticState(params=params, buffers=buffers, owner=owner, keep=keep, task=task)
+    state = EideticState(params=params, buffers=buffers, owner=owner, keep=keep, task=task)
+    topology = topology if topology is not None else declared_topology(model)
+    return state if topology is None else with_topology(state, topology)
+
+
+def declared_topology(model: nn.Module) -> Topology | None:
+    """``model.topology()`` if the model declares one, else None."""
+    declared = getattr(model, "topology", None)
+    if not callable(declared):
+        return None
+    try:
+        topology: Topology = declared()
+    except TopologyError:  # a network that declares it has none (progressive columns)
+        return None
+    return topology
+
+
+def with_topology(state: EideticState, topology: Topology) -> EideticState:
+    """``state`` carrying ``topology``, checked against its tensors (TopologyError if it
+    does not fit). A loaded checkpoint's state gets its topology back this way."""
+    if not isinstance(topology, Topology):
+        raise TopologyError(f"topology must be a Topology, got {type(topology).__name__}")
+    check_topology(topology, state.params, state.buffers)
+    return state.replace(topology=topology)
+
+
+def topology_of(state: EideticState) -> Topology:
+    """The topology ``state`` carries; TopologyError if it carries none."""
+    if state.topology is None:
+        raise TopologyError(
+            "this state carries no topology: create it with ef.init(model, topology=...) "
+            "(ef.trace_topology traces one) or attach one with ef.with_topology(state, ...)"
+        )
+    return state.topology
 
 
 def check_state(model: nn.Module, state: EideticState) -> None:

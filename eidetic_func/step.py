@@ -66,14 +66,15 @@ def train_step(
     batch: tuple[Tensor, Tensor],
     *,
     optimizer: torch.optim.Optimizer,
-    task: int,
+    task: int | None = None,
     loss_fn: LossFn = F.cross_entropy,
     objective: Objective | None = None,
     grad_transform: GradTransform | None = None,
     zero_frozen_grads: bool = False,
     compiled: bool = False,
 ) -> tuple[EideticState, StepMetrics]:
-    """Train ``task`` on one batch; owned and pruned entries come back bit-identical.
+    """Train ``task`` (default: the state's) on one batch; owned and pruned entries come back
+    bit-identical.
 
     The loss is ``loss_fn(logits, targets)`` (a scalar), or ``objective(apply, params)``
     returning ``(loss, logits of batch)`` — for methods whose loss has more terms:
@@ -91,6 +92,7 @@ def train_step(
     later ones; a new task's frozen BN channels or learning rate may recompile once).
     Freezing is unchanged: the projection runs after the compiled optimizer step.
     """
+    task = state.task if task is None else task
     check_trainable(state, task)
     check_task(model, task)
     if not isinstance(batch, tuple | list) or len(batch) != 2:

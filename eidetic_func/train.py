@@ -31,7 +31,6 @@ from .method import Method, TaskContext, TaskProgress, advance, method_step, tra
 from .metrics import evaluate
 from .state import EideticState
 from .step import StepMetrics, check_trainable
-from .topology import Topology
 from .types import Batch, LossFn, Record
 
 Carry = TypeVar("Carry")
@@ -55,7 +54,6 @@ def train_task(
     method: Method = EIDETIC,
     mstate: Any = None,
     config: TrainConfig | None = None,
-    topology: Topology | None = None,
     loss_fn: LossFn = F.cross_entropy,
     score_loader: Iterable[Batch] | None = None,
     stop_loader: Iterable[Batch] | None = None,
@@ -70,7 +68,7 @@ def train_task(
 
     ``loader`` yields ``(x, y)`` batches (re-iterated every epoch); ``mstate`` is the
     method's state (``method.init``); ``config`` the loop's and pruning's settings;
-    ``topology`` the network's (EideticNet needs it); ``score_loader`` (default
+    ``score_loader`` (default
     ``loader``) feeds importance scores; ``generator`` drives random choices; ``last``:
     nothing is trained after this task (EideticNet does not prune it).
     ``checkpoint(state, mstate, progress, history)`` is called after every epoch, after
@@ -129,7 +127,6 @@ def train_task(
         task=task,
         generator=generator,
         config=config,
-        topology=topology,
         last=last,
         progress=p,
         epoch=epoch,

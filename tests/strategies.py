@@ -90,14 +90,12 @@ def prune_free_neurons(
     data: list[tuple[Tensor, Tensor]] | None = None,
 ) -> ef.EideticState:
     """One pruning step (score, prune, bridge); a no-op when nothing is left to prune."""
-    scores = ef.score(
-        model, state, data, method=method, task=state.task, topology=topology, generator=generator
-    )
+    scores = ef.score(model, state, data, method=method, task=state.task, generator=generator)
     try:
-        pruned = ef.prune(state, topology, scores, fraction=fraction, method=method)
+        pruned = ef.prune(state, scores, fraction=fraction, method=method)
     except ef.NothingToPrune:
         return state
-    return ef.bridge(pruned, topology)
+    return ef.bridge(pruned)
 
 
 # How a task prunes each unit (cycled over tasks and units): the corners of ownership.
@@ -119,7 +117,7 @@ def prune_by_plan(
     generator: torch.Generator,
 ) -> ef.EideticState:
     """Prune each unit as ``plan`` says (``ef.prune_neurons`` + ``ef.bridge``)."""
-    candidates = ef.prunable(state, topology)
+    candidates = ef.prunable(state)
     chosen = {}
     for i, unit in enumerate(topology.units):
         free = candidates[unit.name]
@@ -133,7 +131,7 @@ def prune_by_plan(
             chosen[unit.name] = free & (torch.arange(free.numel()) != first)
     if not chosen:  # a task that prunes nothing (as an unpruned last task): no bridge either
         return state
-    return ef.bridge(ef.prune_neurons(state, topology, chosen), topology)
+    return ef.bridge(ef.prune_neurons(state, chosen))
 
 
 @dataclass
@@ -185,7 +183,7 @@ def run_sequence(
                     state = prune_by_plan(state, topology, plan, generator)
                 yield Event("prune", task, state)
         yield Event("finishing", task, state)
-        state = ef.finish_task(state, topology, task=task, forward_transfer=forward_transfer)
+        state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         yield Event("finish", task, state)
         state = ef.recycle(state, generator=generator)
         yield Event("recycle", task, state)
@@ -213,7 +211,7 @@ def prune_rows(
     unit = next(u for u in topology.units if layer in u.producers)
     dead = torch.zeros(state.params[weight_key].shape[0], dtype=torch.bool)
     dead[indices] = True
-    return ef.bridge(ef.prune_neurons(state, topology, {unit.name: dead}), topology)
+    return ef.bridge(ef.prune_neurons(state, {unit.name: dead}))
 
 
 def perturbed(model: nn.Module, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -84,7 +84,7 @@ def test_owned_channels_never_depend_on_trainable_entries_so_constant_is_exact()
     x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
     state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.finish_task(state, task=0)
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 
     def gradients(frozen: bool = True) -> dict[str, torch.Tensor]:

@@ -70,7 +70,7 @@ def _train_from_scratch(
     opt = opt_cls(model.parameters(), **(opt_kwargs or {"lr": 1e-2, "weight_decay": 0.1}))
     state = _train(model, ef.init(model), opt, _batches(4, seed=1))
     state = prune_rows(state, topology, "blocks.0.linear.weight", [1, 4])
-    state = ef.finish_task(state, topology, task=0, forward_transfer=False)
+    state = ef.finish_task(state, task=0, forward_transfer=False)
     state = _train(model, state, opt, _batches(3, seed=2))
     return model, state, opt
 

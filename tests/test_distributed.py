@@ -76,11 +76,11 @@ SCORING = textwrap.dedent(
     everything = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 96, 16)]
     out = {}
     for method in ("taylor", "taylor_batch"):
-        shared = ef.score(model, state, mine, method=method, task=0, topology=topology,
+        shared = ef.score(model, state, mine, method=method, task=0,
                           reduce=parallel.reduce)
-        alone = ef.score(model, state, everything, method=method, task=0, topology=topology)
-        a = ef.prune(state, topology, shared, fraction=0.4, method=method)
-        b = ef.prune(state, topology, alone, fraction=0.4, method=method)
+        alone = ef.score(model, state, everything, method=method, task=0)
+        a = ef.prune(state, shared, fraction=0.4, method=method)
+        b = ef.prune(state, alone, fraction=0.4, method=method)
         same_keep = all(torch.equal(a.keep[k], b.keep[k]) for k in a.keep)
         close = all(torch.allclose(shared[n], alone[n], rtol=1e-6) for n in shared)
         out[method] = {"same_keep": same_keep, "close": close,

@@ -21,7 +21,7 @@ def _finished_state(seed: int = 0) -> tuple[MLP, ef.EideticState]:
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
     topology = model.topology()
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.finish_task(state, task=0)
     return model, ef.recycle(state, generator=torch.Generator().manual_seed(seed))
 
 

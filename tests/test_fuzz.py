@@ -26,9 +26,7 @@ def _state() -> ef.EideticState:
     torch.manual_seed(0)
     state = ef.init(MODEL)
     state = prune_rows(state, TOPOLOGY, "blocks.0.linear.weight", [0])
-    return ef.recycle(
-        ef.finish_task(state, TOPOLOGY, task=0), generator=torch.Generator().manual_seed(0)
-    )
+    return ef.recycle(ef.finish_task(state, task=0), generator=torch.Generator().manual_seed(0))
 
 
 STATE = _state()
@@ -81,10 +79,8 @@ def test_train_step_with_bad_inputs(x: Any, y: Any, task: Any) -> None:
 
 @given(task=weird_numbers, forward_transfer=st.booleans())
 def test_lifecycle_with_bad_tasks(task: Any, forward_transfer: bool) -> None:
-    _call_safely(
-        lambda: ef.finish_task(STATE, TOPOLOGY, task=task, forward_transfer=forward_transfer)
-    )
-    _call_safely(lambda: ef.revisit(STATE, TOPOLOGY, task=task))
+    _call_safely(lambda: ef.finish_task(STATE, task=task, forward_transfer=forward_transfer))
+    _call_safely(lambda: ef.revisit(STATE, task=task))
     _call_safely(lambda: ef.apply_task_mask(STATE, task))
 
 
@@ -97,7 +93,7 @@ def test_lifecycle_with_bad_tasks(task: Any, forward_transfer: bool) -> None:
 def test_prune_with_bad_fractions_methods_and_scores(
     fraction: Any, method: Any, constant_step: bool, corrupt: str
 ) -> None:
-    scores = ef.score(MODEL, STATE, None, method="l2", task=1, topology=TOPOLOGY)
+    scores = ef.score(MODEL, STATE, None, method="l2", task=1)
     name = TOPOLOGY.units[0].name
     if corrupt == "nan":
         scores = {**scores, name: torch.full_like(scores[name], float("nan"))}
@@ -109,7 +105,7 @@ def test_prune_with_bad_fractions_methods_and_scores(
         scores = {k: v for k, v in scores.items() if k != name}
     _call_safely(
         lambda: ef.prune(
-            STATE, TOPOLOGY, scores, fraction=fraction, method=method, constant_step=constant_step
+            STATE, scores, fraction=fraction, method=method, constant_step=constant_step
         )
     )
 
@@ -130,7 +126,6 @@ def test_score_with_bad_inputs(method: Any, task: Any, batches: Any) -> None:
             batches,
             method=method,
             task=task,
-            topology=TOPOLOGY,
             generator=torch.Generator(),
         )
     )

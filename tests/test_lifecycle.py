@@ -25,7 +25,7 @@ def test_finish_task_owns_survivors_whole_rows_and_the_head_and_frees_pruned_neu
     model = _model()
     topology = model.topology()
     state = _prune_rows(ef.init(model), "blocks.0.linear.weight", [1, 3], topology)
-    done = ef.finish_task(state, topology, task=0)
+    done = ef.finish_task(state, task=0)
     w0 = done.owner["blocks.0.linear.weight"]
     assert (w0[[0, 2]] == 0).all() and (w0[[1, 3]] == -1).all()
     assert (done.params["blocks.0.linear.weight"][[1, 3]] == 0).all()
@@ -47,7 +47,7 @@ def test_without_forward_transfer_the_next_task_cannot_read_owned_neurons() -> N
     topology = model.topology()
     state = _prune_rows(ef.init(model), "blocks.0.linear.weight", [1, 3], topology)
     state = _prune_rows(state, "blocks.1.linear.weight", [0, 1], topology)
-    done = ef.finish_task(state, topology, task=0, forward_transfer=False)
+    done = ef.finish_task(state, task=0, forward_transfer=False)
     keep1 = done.keep["blocks.1.linear.weight"]
     # free rows 0, 1 of layer 1 may not read owned neurons 0, 2 of layer 0
     assert not keep1[0:2][:, [0, 2]].any() and keep1[0:2][:, [1, 3]].all()
@@ -56,7 +56,7 @@ def test_without_forward_transfer_the_next_task_cannot_read_owned_neurons() -> N
     assert not done.keep["heads.1.weight"][:, [2, 3]].any()
     # the first layer reads the input, never masked
     assert done.keep["blocks.0.linear.weight"].all()
-    with_ft = ef.finish_task(state, topology, task=0, forward_transfer=True)
+    with_ft = ef.finish_task(state, task=0, forward_transfer=True)
     assert all(bool(k.all()) for k in with_ft.keep.values())
 
 
@@ -64,7 +64,7 @@ def test_recycle_is_deterministic_and_resets_only_free_entries() -> None:
     model = _model()
     topology = model.topology()
     state = _prune_rows(ef.init(model), "blocks.0.linear.weight", [1, 3], topology)
-    done = ef.finish_task(state, topology, task=0)
+    done = ef.finish_task(state, task=0)
     a = ef.recycle(done, generator=torch.Generator().manual_seed(7))
     b = ef.recycle(done, generator=torch.Generator().manual_seed(7))
     c = ef.recycle(done, generator=torch.Generator().manual_seed(8))
@@ -85,8 +85,7 @@ def test_recycle_is_deterministic_and_resets_only_free_entries() -> None:
 
 def test_recycle_keeps_masked_out_free_entries_at_zero() -> None:
     model = _model()
-    topology = model.topology()
-    done = ef.finish_task(ef.init(model), topology, task=0, forward_transfer=False)
+    done = ef.finish_task(ef.init(model), task=0, forward_transfer=False)
     # everything was owned: nothing is free in the body; heads 1, 2 read owned neurons
     recycled = ef.recycle(done, generator=torch.Generator().manual_seed(0))
     masked = ~recycled.keep["heads.1.weight"]
@@ -106,22 +105,22 @@ def test_revisit_releases_only_the_head_and_keeps_others_bit_identical() -> None
             else state
         )
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
-        state = ef.finish_task(state, topology, task=task)
+        state = ef.finish_task(state, task=task)
     out1, _ = ef.forward(model, state, x, task=1, train=False)
-    again = ef.revisit(state, topology, task=0)
+    again = ef.revisit(state, task=0)
     assert (again.owner["heads.0.weight"] == -1).all() and again.task == 0
     assert again.finished == (1,)
     for _ in range(3):
         again, _ = ef.train_step(model, again, (x, y), optimizer=opt, task=0)
-    again = ef.finish_task(again, topology, task=0)
+    again = ef.finish_task(again, task=0)
     assert torch.equal(ef.forward(model, again, x, task=1, train=False)[0], out1)
     with pytest.raises(ef.TaskError, match="revisit"):
         ef.train_step(model, again, (x, y), optimizer=opt, task=1)
     with pytest.raises(ef.TaskError, match="not finished"):
-        ef.revisit(again, topology, task=2)
+        ef.revisit(again, task=2)
 
 
 def test_finish_task_refuses_the_wrong_task() -> None:
     model = _model()
     with pytest.raises(ef.TaskError, match="training task 0"):
-        ef.finish_task(ef.init(model), model.topology(), task=1)
+        ef.finish_task(ef.init(model), task=1)

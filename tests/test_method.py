@@ -123,7 +123,7 @@ def test_chains_flatten_and_combine_traits() -> None:
     method = chain(chain(ef.EideticNet(), EWC()), ER())
     assert [m.name for m in method.methods] == ["eidetic", "ewc", "er"]
     kind = traits(method)
-    assert kind.router and kind.task_incremental and kind.topology
+    assert kind.router and kind.task_incremental
     assert not kind.data_parallel, "ER's buffer differs across processes"
 
 
@@ -157,11 +157,12 @@ def test_a_method_without_data_parallel_traits_is_refused_under_parallelism() ->
         )
 
 
-def test_eidetic_end_of_task_without_a_topology_is_a_clear_error() -> None:
+def test_eidetic_end_of_task_on_a_state_without_a_topology_is_a_clear_error() -> None:
     model = _model()
-    ctx = TaskContext(_data(0), task=0, generator=torch.Generator())
-    with pytest.raises(ef.ConfigError, match="topology"):
-        ef.EideticNet().end_task(model, ef.init(model), None, ctx)
+    bare = ef.init(model).replace(topology=None)
+    ctx = TaskContext(_data(0), task=0, generator=torch.Generator(), last=True)
+    with pytest.raises(ef.TopologyError, match="carries no topology"):
+        ef.EideticNet().end_task(model, bare, None, ctx)
 
 
 def test_a_plan_update_sees_the_state_before_and_after_the_step() -> None:

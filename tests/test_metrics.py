@@ -274,7 +274,7 @@ def test_evaluate_uses_the_task_subnetwork_after_training(tiny) -> None:
     x0, y0 = torch.randn(16, 4), torch.randint(0, 2, (16,))
     for _ in range(5):
         state, _ = ef.train_step(model, state, (x0, y0), optimizer=opt, task=0)
-    state = ef.finish_task(state, model.topology(), task=0)
+    state = ef.finish_task(state, task=0)
     logits, _ = ef.forward(model, state, x0, task=0, train=False)
     expected = (logits.argmax(1) == y0).double().mean().item()
     assert evaluate(model, state, [(x0, y0)], task=0) == pytest.approx(expected)

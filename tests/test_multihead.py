@@ -40,7 +40,7 @@ def _sequence_keeps_finished_logits(model: ef.MultiHead, tasks: int, steps: int)
             if phase == 0:
                 state = prune_free_neurons(state, topology, g, 0.3, method="l2")
         expected[task], _ = ef.forward(model, state, probe, task=task, train=False)
-        state = ef.recycle(ef.finish_task(state, topology, task=task), generator=g)
+        state = ef.recycle(ef.finish_task(state, task=task), generator=g)
         for t, out in expected.items():
             now, _ = ef.forward(model, state, probe, task=t, train=False)
             assert torch.equal(now, out), f"task {t} changed after task {task}"

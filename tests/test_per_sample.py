@@ -274,7 +274,6 @@ def test_non_finite_values_raise_naming_the_entry() -> None:
                 bad,
                 method="taylor",
                 task=0,
-                topology=model.topology(),
                 implementation=cast(Implementation, impl),
             )
         with pytest.raises(ef.NonFiniteError, match="Fisher information of parameter"):
@@ -288,7 +287,7 @@ def test_non_finite_values_raise_naming_the_entry() -> None:
                 implementation=cast(Implementation, impl),
             )
     with pytest.raises(ef.NonFiniteError, match="batch-level Taylor importance of unit"):
-        ef.score(model, state, bad, method="taylor_batch", task=0, topology=model.topology())
+        ef.score(model, state, bad, method="taylor_batch", task=0)
 
 
 # --------------------------------------------------------------------------- Fisher and MAS: fast == vmap == loop

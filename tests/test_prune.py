@@ -22,7 +22,7 @@ def _random_partial_state(
     topology = model.topology()
     g = torch.Generator().manual_seed(seed)
     state = prune_free_neurons(ef.init(model), topology, g, 0.5)
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.finish_task(state, task=0)
     state = ef.recycle(state, generator=g)
     return model, prune_free_neurons(state, topology, g, 0.3), topology
 
@@ -37,14 +37,14 @@ def _random_partial_state(
 def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_count(
     spec: ModelSpec, seed: int, fraction: float, method: str, constant_step: bool
 ) -> None:
-    model, state, topology = _random_partial_state(spec, seed)
+    model, state, _ = _random_partial_state(spec, seed)
     g = torch.Generator().manual_seed(seed)
     data = [batch(spec, g)]
-    scores = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)
-    before = ef.prunable(state, topology)
+    scores = ef.score(model, state, data, method=method, task=1, generator=g)
+    before = ef.prunable(state)
     try:
         after_state = ef.prune(
-            state, topology, scores, fraction=fraction, method=method, constant_step=constant_step
+            state, scores, fraction=fraction, method=method, constant_step=constant_step
         )
     except ef.NothingToPrune:
         return
@@ -54,7 +54,7 @@ def test_prune_never_touches_owned_entries_never_unprunes_and_prunes_the_ruled_c
             assert torch.equal(after_state.params[k][owned], state.params[k][owned])
             assert not bool((state.keep[k] & ~after_state.keep[k] & owned).any())
             assert bool((after_state.keep[k] <= state.keep[k]).all()), "un-pruned an entry"
-    after = ef.prunable(after_state, topology)
+    after = ef.prunable(after_state)
     pruned = {n: before[n] & ~after[n] for n in before}
     for name in pruned:
         assert not bool((after[name] & ~before[name]).any())
@@ -100,13 +100,13 @@ def test_after_bridge_no_live_weight_reads_a_pruned_neuron_and_bridge_is_idempot
         draw = torch.rand(size, generator=g)
         dead_sets[unit.name] = (draw < 0.3) & free
         rows_only[unit.name] = (draw > 0.8) & free
-    state = ef.prune_neurons(state, topology, dead_sets)
+    state = ef.prune_neurons(state, dead_sets)
     keep = dict(state.keep)
     for unit in topology.units:
         key = f"{unit.producers[0]}.weight"
         keep[key] = keep[key] & ~ef.topology.rows(rows_only[unit.name], keep[key])
     rough = state.replace(keep=keep)
-    bridged = ef.bridge(rough, topology)
+    bridged = ef.bridge(rough)
     for k in keep:
         assert bool((bridged.keep[k] <= rough.keep[k]).all()), "bridge added an entry back"
         own = state.owner[k] >= 0
@@ -126,7 +126,7 @@ def test_after_bridge_no_live_weight_reads_a_pruned_neuron_and_bridge_is_idempot
             assert bool((w[:, cols] == 0).all()), (
                 f"{reader.layer} reads a pruned neuron of {unit.name}"
             )
-    twice = ef.bridge(bridged, topology)
+    twice = ef.bridge(bridged)
     for k in keep:
         assert torch.equal(twice.keep[k], bridged.keep[k])
         assert torch.equal(twice.params[k], bridged.params[k])
@@ -154,7 +154,7 @@ def test_pruned_then_finished_tasks_stay_bit_identical_while_later_tasks_train(
                 state = prune_free_neurons(state, topology, g, 0.4, method, model, [data])
             for t, out in expected.items():
                 assert torch.equal(ef.forward(model, state, probe, task=t, train=False)[0], out)
-        state = ef.finish_task(state, topology, task=task, forward_transfer=forward_transfer)
+        state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         state = ef.recycle(state, generator=g)
         expected[task] = ef.forward(model, state, probe, task=task, train=False)[0]
         for t, out in expected.items():
@@ -164,11 +164,10 @@ def test_pruned_then_finished_tasks_stay_bit_identical_while_later_tasks_train(
 def test_nothing_to_prune_is_explicit() -> None:
     spec = ModelSpec("mlp", bn=True, width=2, num_layers=1, num_tasks=2)
     model = spec.build(0)
-    topology = model.topology()
     state = ef.init(model)
-    scores = ef.score(model, state, None, method="l2", task=0, topology=topology)
+    scores = ef.score(model, state, None, method="l2", task=0)
     with pytest.raises(ef.NothingToPrune, match="candidate"):
-        ef.prune(state, topology, scores, fraction=0.4, method="l2")
+        ef.prune(state, scores, fraction=0.4, method="l2")
 
 
 def test_random_and_lp_pruning_never_reach_frozen_neurons_when_few_free_remain() -> None:
@@ -178,25 +177,25 @@ def test_random_and_lp_pruning_never_reach_frozen_neurons_when_few_free_remain()
     state = ef.init(model)
     for key in ("blocks.0.linear.weight", "blocks.1.linear.weight"):
         state = prune_rows(state, topology, key, [0, 1])  # 2 stay free after task 0
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.finish_task(state, task=0)
     g = torch.Generator().manual_seed(0)
     for method in ("random", "l1", "l2"):
-        scores = ef.score(model, state, None, method=method, task=1, topology=topology, generator=g)
-        pruned = ef.prune(state, topology, scores, fraction=0.9, method=method, constant_step=True)
+        scores = ef.score(model, state, None, method=method, task=1, generator=g)
+        pruned = ef.prune(state, scores, fraction=0.9, method=method, constant_step=True)
         for k, own in state.owner.items():
             if k in state.params:
                 assert bool(pruned.keep[k][own >= 0].all()), method
-        assert all(int(m.sum()) == 1 for m in ef.prunable(pruned, topology).values())
+        assert all(int(m.sum()) == 1 for m in ef.prunable(pruned).values())
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 2.0, float("nan")])
 def test_fractions_outside_the_open_unit_interval_are_refused(fraction: float) -> None:
     spec = ModelSpec("mlp", bn=True, width=4, num_layers=1, num_tasks=2)
     model = spec.build(0)
-    state, topology = ef.init(model), model.topology()
-    scores = ef.score(model, state, None, method="l1", task=0, topology=topology)
+    state = ef.init(model)
+    scores = ef.score(model, state, None, method="l1", task=0)
     with pytest.raises(ef.ConfigError, match="fraction"):
-        ef.prune(state, topology, scores, fraction=fraction, method="l1")
+        ef.prune(state, scores, fraction=fraction, method="l1")
 
 
 def test_capacity_counts_owned_pruned_and_free_neurons() -> None:
@@ -205,8 +204,8 @@ def test_capacity_counts_owned_pruned_and_free_neurons() -> None:
     topology = model.topology()
     state = ef.init(model)
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
-    state = ef.finish_task(state, topology, task=0)
-    report = ef.capacity(prune_rows(state, topology, "blocks.0.linear.weight", [0]), topology)
+    state = ef.finish_task(state, task=0)
+    report = ef.capacity(prune_rows(state, topology, "blocks.0.linear.weight", [0]))
     first = report.units[0]
     assert (first.size, first.owned, first.pruned, first.free) == (6, {0: 4}, 1, 1)
     assert (
@@ -224,11 +223,11 @@ def test_a_neuron_with_only_its_bias_or_batchnorm_shift_left_stays_alive(bn: boo
     state = ef.init(model)
     keep = dict(state.keep)
     keep["blocks.1.linear.weight"] = torch.zeros_like(keep["blocks.1.linear.weight"])
-    bridged = ef.bridge(state.replace(keep=keep), topology)
+    bridged = ef.bridge(state.replace(keep=keep))
     # every input column is gone, but readers still see the bias (or BN shift): alive
     assert bool(neuron_alive(topology.units[1], bridged.keep).all())
     assert bool(bridged.keep["heads.0.weight"].all())
-    assert int(ef.capacity(bridged, topology).units[1].free) == 4
+    assert int(ef.capacity(bridged).units[1].free) == 4
     # pruning removes a neuron's every entry, and then the head no longer reads it
     pruned = prune_rows(state, topology, "blocks.1.linear.weight", [0])
     assert not bool(neuron_alive(topology.units[1], pruned.keep)[0])

@@ -54,9 +54,7 @@ def test_fast_taylor_equals_vmap_equals_loop(kind: str, seed: int, batch: int) -
     ]
     topology = model.topology()
     results = {
-        impl: ef.score(
-            model, state, batches, method="taylor", task=1, topology=topology, implementation=impl
-        )
+        impl: ef.score(model, state, batches, method="taylor", task=1, implementation=impl)
         for impl in ("fast", "vmap", "loop")
     }
     for unit in topology.units:
@@ -80,7 +78,7 @@ def test_taylor_is_the_square_of_the_per_sample_weight_gradient_sum_by_hand() ->
         w, b = "blocks.0.linear.weight", "blocks.0.linear.bias"
         gw, gb = torch.autograd.grad(loss, [params[w], params[b]])
         expected += ((state.params[w] * gw).sum(1) + state.params[b] * gb) ** 2
-    scores = ef.score(model, state, [(x, y)], method="taylor", task=0, topology=model.topology())
+    scores = ef.score(model, state, [(x, y)], method="taylor", task=0)
     assert torch.allclose(scores["blocks.0"], expected / 4)
 
 
@@ -90,14 +88,12 @@ def test_owned_and_already_pruned_neurons_score_infinity() -> None:
     topology = model.topology()
     state = ef.init(model)
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
-    state = ef.finish_task(state, topology, task=0)  # neurons 2..5 owned, 0 and 1 free
+    state = ef.finish_task(state, task=0)  # neurons 2..5 owned, 0 and 1 free
     state = prune_rows(state, topology, "blocks.0.linear.weight", [0])  # pruned in task 1
     data = [(torch.randn(4, 6), torch.randint(0, 2, (4,)))]
     g = torch.Generator().manual_seed(0)
     for method in ef.SCORING_METHODS:
-        s = ef.score(model, state, data, method=method, task=1, topology=topology, generator=g)[
-            "blocks.0"
-        ]
+        s = ef.score(model, state, data, method=method, task=1, generator=g)["blocks.0"]
         assert torch.isinf(s[[0, 2, 3, 4, 5]]).all(), method
         assert torch.isfinite(s[1]), method
 
@@ -105,10 +101,9 @@ def test_owned_and_already_pruned_neurons_score_infinity() -> None:
 def test_lp_scores_are_row_norms_and_random_is_seeded() -> None:
     model = MLP(4, [2], num_layers=1, width=3)
     state = ef.init(model)
-    topology = model.topology()
     w = state.params["blocks.0.linear.weight"]
-    l1 = ef.score(model, state, None, method="l1", task=0, topology=topology)["blocks.0"]
-    l2 = ef.score(model, state, None, method="l2", task=0, topology=topology)["blocks.0"]
+    l1 = ef.score(model, state, None, method="l1", task=0)["blocks.0"]
+    l2 = ef.score(model, state, None, method="l2", task=0)["blocks.0"]
     assert torch.allclose(l1, w.abs().sum(1)) and torch.allclose(l2, w.norm(dim=1))
     r1 = ef.score(
         model,
@@ -116,7 +111,6 @@ def test_lp_scores_are_row_norms_and_random_is_seeded() -> None:
         None,
         method="random",
         task=0,
-        topology=topology,
         generator=torch.Generator().manual_seed(3),
     )
     r2 = ef.score(
@@ -125,7 +119,6 @@ def test_lp_scores_are_row_norms_and_random_is_seeded() -> None:
         None,
         method="random",
         task=0,
-        topology=topology,
         generator=torch.Generator().manual_seed(3),
     )
     assert torch.equal(r1["blocks.0"], r2["blocks.0"])
@@ -133,18 +126,18 @@ def test_lp_scores_are_row_norms_and_random_is_seeded() -> None:
 
 def test_bad_scoring_requests_raise_clear_errors() -> None:
     model = MLP(4, [2], num_layers=1, width=3)
-    state, topology = ef.init(model), model.topology()
+    state = ef.init(model)
     with pytest.raises(ef.ConfigError, match="unknown scoring method"):
-        ef.score(model, state, None, method="l3", task=0, topology=topology)
+        ef.score(model, state, None, method="l3", task=0)
     with pytest.raises(ef.ConfigError, match="Generator"):
-        ef.score(model, state, None, method="random", task=0, topology=topology)
+        ef.score(model, state, None, method="random", task=0)
     with pytest.raises(ef.ConfigError, match="needs batches"):
-        ef.score(model, state, None, method="taylor", task=0, topology=topology)
+        ef.score(model, state, None, method="taylor", task=0)
     with pytest.raises(ef.DataError, match="empty"):
-        ef.score(model, state, [], method="taylor", task=0, topology=topology)
+        ef.score(model, state, [], method="taylor", task=0)
     bad = [(torch.full((2, 4), float("nan")), torch.zeros(2, dtype=torch.long))]
     with pytest.raises(ef.NonFiniteError):
-        ef.score(model, state, bad, method="taylor", task=0, topology=topology)
+        ef.score(model, state, bad, method="taylor", task=0)
 
 
 def test_batch_level_taylor_matches_hooks_on_the_plain_module() -> None:
@@ -166,8 +159,6 @@ def test_batch_level_taylor_matches_hooks_on_the_plain_module() -> None:
         expected[name] = (z * g).abs().mean((0, 2, 3))
     for h in handles:
         h.remove()
-    scores = ef.score(
-        model, state, [(x, y)], method="taylor_batch", task=0, topology=model.topology()
-    )
+    scores = ef.score(model, state, [(x, y)], method="taylor_batch", task=0)
     for name, value in expected.items():
         assert torch.allclose(scores[name], value, rtol=1e-5, atol=1e-9), name

@@ -103,3 +103,47 @@ def test_check_state_names_what_differs(model: MLP) -> None:
     broken = state.replace(params={k: v for k, v in state.params.items() if "heads.1" not in k})
     with pytest.raises(ef.StateMismatchError, match="missing"):
         ef.forward(model, broken, torch.randn(2, 6), task=0, train=False)
+
+
+def test_the_state_carries_its_topology_checked_once_at_init(
+    model: MLP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[int] = []
+    real = ef.state.check_topology  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        "eidetic_func.state.check_topology", lambda *a: checks.append(1) or real(*a)
+    )
+    state = ef.init(model)
+    assert state.topology == model.topology() and checks == [1]
+    scores = ef.score(model, state, None, method="l2")  # the state's task
+    state = ef.bridge(ef.prune(state, scores, fraction=0.5, method="l2"))
+    ef.capacity(state)
+    state = ef.recycle(ef.finish_task(state), generator=torch.Generator().manual_seed(0))
+    assert state.finished == (0,) and checks == [1], "the pure functions never re-check it"
+
+
+def test_a_topology_that_does_not_fit_is_refused_when_attached(model: MLP) -> None:
+    other = MLP(6, [2, 3], num_layers=1, width=5).topology()
+    with pytest.raises(ef.TopologyError):
+        ef.init(model, topology=other)
+    with pytest.raises(ef.TopologyError, match="must be a Topology"):
+        ef.with_topology(ef.init(model), "mlp")  # type: ignore[arg-type]
+
+
+def test_a_state_without_a_topology_says_how_to_get_one(model: MLP) -> None:
+    bare = ef.init(model).replace(topology=None)
+    for call in (lambda: ef.capacity(bare), lambda: ef.bridge(bare), lambda: ef.finish_task(bare)):
+        with pytest.raises(ef.TopologyError, match=r"ef\.init\(model, topology="):
+            call()
+    assert ef.with_topology(bare, model.topology()).topology == model.topology()
+
+
+def test_a_named_task_must_be_the_states_and_a_loaded_state_gets_its_topology_back(
+    model: MLP, tmp_path: object
+) -> None:
+    state = ef.init(model)
+    with pytest.raises(ef.TaskError, match="training task 0"):
+        ef.finish_task(state, task=1)
+    path = ef.save(f"{tmp_path}/s.safetensors", state)
+    assert ef.load(path).state.topology is None, "the topology belongs to the model"
+    assert ef.load(path, model=model).state.topology == model.topology()

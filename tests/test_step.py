@@ -62,11 +62,10 @@ def test_non_finite_loss_raises_and_leaves_state_and_optimizer_untouched(setup) 
 
 def test_training_a_finished_task_needs_an_explicit_revisit(setup) -> None:
     model, state, opt = setup
-    topology = model.topology()
-    state = ef.finish_task(state, topology, task=0)
+    state = ef.finish_task(state, task=0)
     with pytest.raises(ef.TaskError, match="revisit"):
         ef.train_step(model, state, _batch(), optimizer=opt, task=0)
-    revisited = ef.revisit(state, topology, task=0)
+    revisited = ef.revisit(state, task=0)
     ef.train_step(model, revisited, _batch(), optimizer=opt, task=0)
 
 
@@ -149,7 +148,6 @@ def test_the_workspace_is_reloaded_whenever_it_does_not_hold_the_state_passed() 
 def test_a_compiled_step_keeps_owned_entries_and_bn_statistics_bit_identical() -> None:
     torch.manual_seed(0)
     model = MLP(8, [3, 3], num_layers=2, width=6)  # BN: owned channels stay frozen in training
-    topology = model.topology()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     state = ef.init(model)
     for _ in range(3):
@@ -157,8 +155,8 @@ def test_a_compiled_step_keeps_owned_entries_and_bn_statistics_bit_identical() -
     key = "blocks.0.linear.weight"
     keep = state.keep[key].clone()
     keep[::2] = False
-    state = ef.bridge(state.replace(keep={**state.keep, key: keep}), topology)
-    state = ef.recycle(ef.finish_task(state, topology, task=0), generator=torch.Generator())
+    state = ef.bridge(state.replace(keep={**state.keep, key: keep}))
+    state = ef.recycle(ef.finish_task(state, task=0), generator=torch.Generator())
     eager_model = MLP(8, [3, 3], num_layers=2, width=6)
     eager_opt = torch.optim.AdamW(eager_model.parameters(), lr=1e-2, weight_decay=0.1)
     eager_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the same moments
@@ -186,11 +184,10 @@ def test_a_compiled_step_keeps_owned_entries_and_bn_statistics_bit_identical() -
 def test_a_gradient_transform_runs_the_network_in_training_mode_with_frozen_bn_channels() -> None:
     torch.manual_seed(0)
     model = MLP(8, [3, 3], num_layers=1, width=6)
-    topology = model.topology()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     state = ef.init(model)
     state, _ = ef.train_step(model, state, _batch(8), optimizer=opt, task=0)
-    state = ef.recycle(ef.finish_task(state, topology, task=0), generator=torch.Generator())
+    state = ef.recycle(ef.finish_task(state, task=0), generator=torch.Generator())
     bn = model.blocks[0].norm
     seen: list[tuple[bool, int]] = []
 
@@ -203,3 +200,12 @@ def test_a_gradient_transform_runs_the_network_in_training_mode_with_frozen_bn_c
     ef.train_step(model, state, _batch(8), optimizer=opt, task=1, grad_transform=transform)
     assert seen == [(True, 6)]
     assert not model.training and bn.frozen_channels.numel() == 0, "restored after the step"
+
+
+def test_a_step_trains_the_states_task_unless_one_is_named(setup) -> None:
+    model, state, opt = setup
+    new, _ = ef.train_step(model, state, _batch(), optimizer=opt)
+    assert not torch.equal(new.params["heads.0.weight"], state.params["heads.0.weight"])
+    assert torch.equal(new.params["heads.1.weight"], state.params["heads.1.weight"])
+    with pytest.raises(ef.TaskError, match="not the task being trained"):
+        ef.train_step(model, new, _batch(), optimizer=opt, task=1)

@@ -116,7 +116,7 @@ def test_a_traced_user_model_keeps_finished_tasks_bit_identical(
     g = torch.Generator().manual_seed(seed)
     probe = torch.randn(3, 2, 8, 8, generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    state, expected = ef.init(model), {}
+    state, expected = ef.init(model, topology=topology), {}
     for task in range(3):
         for _ in range(3):
             batch = (torch.randn(6, 2, 8, 8, generator=g), torch.randint(0, 2, (6,), generator=g))
@@ -126,7 +126,7 @@ def test_a_traced_user_model_keeps_finished_tasks_bit_identical(
             batch = (torch.randn(6, 2, 8, 8, generator=g), torch.randint(0, 2, (6,), generator=g))
             state, _ = ef.train_step(model, state, batch, optimizer=opt, task=task)
         before, _ = ef.forward(model, state, probe, task=task, train=False)
-        state = ef.finish_task(state, topology, task=task, forward_transfer=forward_transfer)
+        state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         state = ef.recycle(state, generator=g)
         expected[task] = before
         for t, out in expected.items():

@@ -24,14 +24,14 @@ def _data(seed: int, n: int = 96, noise: float = 0.0) -> list[tuple[torch.Tensor
     return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
 
 
-def _setup(width: int = 16) -> tuple[MLP, ef.EideticState, ef.Topology, torch.optim.Optimizer]:
+def _setup(width: int = 16) -> tuple[MLP, ef.EideticState, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = MLP(10, [2, 2], num_layers=2, width=width)
-    return model, ef.init(model), model.topology(), torch.optim.Adam(model.parameters(), lr=1e-2)
+    return model, ef.init(model), torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
 def test_train_task_learns_prunes_and_finishes_the_task() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     data = _data(0)
     config = TrainConfig(max_epochs=15, patience=2, pruning_step=0.3, tolerance=0.05)
     state, _, history = train_task(
@@ -39,7 +39,6 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
         state,
         data,
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
@@ -49,7 +48,7 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
     assert phases[0] == "train" and "prune" in phases and phases[-2:] == ["finish", "end_task"]
     assert state.task == 1 and state.finished == (0,)
     assert ef.metrics.evaluate(model, state, data, task=0) >= 0.9
-    report = ef.capacity(state, topology)
+    report = ef.capacity(state)
     assert 0 < report.owned[0] < report.total, "pruning should leave capacity for later tasks"
     for record in history:
         if record["phase"] in ("train", "recover"):
@@ -57,7 +56,7 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
 
 
 def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> None:
-    model, state, topology, opt = _setup(width=8)
+    model, state, opt = _setup(width=8)
     data = _data(1, noise=0.2)
     config = TrainConfig(
         max_epochs=6,
@@ -73,7 +72,6 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
         state,
         data,
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
@@ -88,7 +86,7 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
 
 
 def test_masking_ratio_bounds_the_pruned_share() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     config = TrainConfig(
         max_epochs=3,
         patience=1,
@@ -102,18 +100,17 @@ def test_masking_ratio_bounds_the_pruned_share() -> None:
         state,
         _data(2),
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
-    assert ef.capacity(final, topology).pruned_fraction <= 0.5 + 1e-9
+    assert ef.capacity(final).pruned_fraction <= 0.5 + 1e-9
     assert any("pruned fraction" in h.get("reason", "") for h in history if h["phase"] == "stop")
 
 
 def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, list]:
-    model, state, topology, opt = _setup(width=32)
+    model, state, opt = _setup(width=32)
     checkpoints: list[ef.EideticState] = []
     config = TrainConfig(
         max_epochs=3,
@@ -129,7 +126,6 @@ def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, lis
         state,
         _data(4, n=160),
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
@@ -140,14 +136,13 @@ def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, lis
 
 
 def test_adaptive_schedule_reaches_the_capacity_of_the_fixed_one_in_fewer_recoveries() -> None:
-    topology = _setup(width=32)[2]
     fixed, fixed_history, _ = _pruned("fixed", tolerance=0.5, max_masking_ratio=0.9)
     adaptive, history, _ = _pruned("adaptive", tolerance=0.5, max_masking_ratio=0.9)
     recoveries = [
         len([h for h in hs if h["phase"] == "recover"]) for hs in (fixed_history, history)
     ]
     assert recoveries[1] * 2 < recoveries[0], recoveries
-    kept = [ef.capacity(s, topology).pruned_fraction for s in (fixed, adaptive)]
+    kept = [ef.capacity(s).pruned_fraction for s in (fixed, adaptive)]
     assert kept[0] <= kept[1] <= 0.9 + 1e-9, kept
     steps = [h["step"] for h in history if h["phase"] == "prune"]
     assert steps[0] == 0.5 and all(s <= 0.5 for s in steps)
@@ -171,7 +166,7 @@ def test_adaptive_schedule_restores_the_snapshot_and_halves_the_step_after_a_fai
 
 
 def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     config = TrainConfig(
         max_epochs=3,
         patience=1,
@@ -186,7 +181,6 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
         state,
         _data(3),
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
@@ -195,13 +189,12 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
     prunes = [h for h in history if h["phase"] == "prune"]
     assert [p["scoring"] for p in prunes[:4]] == ["l2", "random", "l2", "random"]
     assert [p["step"] for p in prunes[:4]] == [0.2, 0.1, 0.2, 0.1]
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     _, _, history = train_task(
         model,
         state,
         _data(3),
         task=0,
-        topology=topology,
         optimizer=opt,
         config=dataclasses.replace(config, last_task=True),
         generator=torch.Generator().manual_seed(0),
@@ -211,14 +204,13 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
 
 
 def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     config = TrainConfig(max_epochs=50, patience=10, lr_factor=0.5, last_task=True)
     _, _, history = train_task(
         model,
         state,
         _data(4),
         task=0,
-        topology=topology,
         optimizer=opt,
         config=config,
         generator=torch.Generator().manual_seed(0),
@@ -236,7 +228,7 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
     max_epochs: int,
 ) -> None:
     # max_epochs=1 ends training before any plateau: pruning still runs at the lowered rate
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     config = TrainConfig(
         max_epochs=max_epochs, patience=1, pruning_step=0.3, tolerance=0.05, lr_factor=0.5
     )
@@ -246,7 +238,6 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
             state,
             _data(task),
             task=task,
-            topology=topology,
             optimizer=opt,
             config=config,
             generator=torch.Generator().manual_seed(0),
@@ -273,7 +264,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     data = _data(5)
 
     def fresh() -> tuple[MLP, ef.EideticState, torch.optim.Optimizer, torch.Generator]:
-        model, state, _, opt = _setup()
+        model, state, opt = _setup()
         return model, state, opt, torch.Generator().manual_seed(7)
 
     model, state, opt, g = fresh()
@@ -287,7 +278,6 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
         state,
         data,
         task=0,
-        topology=model.topology(),
         optimizer=opt,
         config=config,
         generator=g,
@@ -310,7 +300,6 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
             s,
             data,
             task=0,
-            topology=model.topology(),
             optimizer=opt,
             config=config,
             generator=g,
@@ -353,14 +342,13 @@ def test_invalid_pruning_settings_are_refused_before_training(field: str, value:
 
 
 def test_an_empty_loader_is_a_clear_error() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     with pytest.raises(ef.DataError, match="empty"):
         train_task(
             model,
             state,
             [],
             task=0,
-            topology=topology,
             optimizer=opt,
             generator=torch.Generator(),
             progress=False,
@@ -368,7 +356,7 @@ def test_an_empty_loader_is_a_clear_error() -> None:
 
 
 def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None:
-    model, state, topology, opt = _setup()
+    model, state, opt = _setup()
     data = _data(0)
     flipped = [(x, 1 - y) for x, y in data]  # held-out labels the model cannot fit
     _, _, history = train_task(
@@ -376,7 +364,6 @@ def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None
         state,
         data,
         task=0,
-        topology=topology,
         optimizer=opt,
         config=TrainConfig(max_epochs=6, patience=1, pruning_step=0.3, tolerance=0.05),
         generator=torch.Generator().manual_seed(0),
