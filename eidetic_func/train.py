@@ -91,6 +91,59 @@ def train_task(
     if not p.lrs:
         p = dataclasses.replace(p, lrs=learning_rates(optimizer))
     history: list[Record] = []
+    ctx = _context(
+        model, state, loader, method, task, optimizer, generator, config, loss_fn,
+        score_loader, stop_loader, last, progress, checkpoint, parallel, p, history,
+    )  # fmt: skip
+    if resume is None:
+        state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
+    check_trainable(state, task)
+    carry = (state, mstate)
+    if p.phase == "train":
+        assert ctx.epoch is not None
+        carry, p = train_until_plateau(
+            ctx.epoch,
+            carry,
+            p,
+            config=config,
+            optimizer=optimizer,
+            record=ctx.record,
+            after_epoch=lambda c, q: ctx.checkpoint(c[0], c[1], q),
+        )
+        p = dataclasses.replace(p, phase="end", metric=p.best)
+        ctx.checkpoint(*carry, p)
+    start = time.perf_counter()
+    state, mstate = method.end_task(model, *carry, ctx.replace(progress=p))
+    ctx.record("end_task", seconds=time.perf_counter() - start)
+    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
+    if state.task == task and config.finish:  # the method did not finish the task itself
+        state = advance(state, task)
+    parallel.check_identical(state, f"after task {task}")
+    ctx.checkpoint(state, mstate, dataclasses.replace(p, phase="done"))
+    return state, mstate, history
+
+
+def _context(
+    model: nn.Module,
+    state: EideticState,
+    loader: Iterable[Batch],
+    method: Method,
+    task: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+    loss_fn: LossFn,
+    score_loader: Iterable[Batch] | None,
+    stop_loader: Iterable[Batch] | None,
+    last: bool,
+    progress: bool,
+    checkpoint: CheckpointCallback | None,
+    parallel: Parallel | Single,
+    p: TaskProgress,
+    history: list[Record],
+) -> TaskContext:
+    """The task's context: its epoch (the method's steps over ``loader``, measured on
+    ``stop_loader`` if given), its history record and its checkpoint callback."""
     latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
 
     def record(phase: str, **fields: Any) -> None:
@@ -101,7 +154,6 @@ def train_task(
 
     step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
     device = _device(state)
-    shown = progress and parallel.is_main
 
     def epoch(carry: TaskCarry, label: str) -> tuple[TaskCarry, float, float]:
         carry, accuracy, loss = run_epoch(
@@ -110,7 +162,7 @@ def train_task(
             loader,
             device=device,
             description=f"{method.name} task {task} {label}",
-            progress=shown,
+            progress=progress and parallel.is_main,
             combine=parallel.sum_metrics,
         )
         if stop_loader is None:
@@ -122,7 +174,7 @@ def train_task(
         if checkpoint is not None:
             checkpoint(s, ms, q, history)
 
-    ctx = TaskContext(
+    return TaskContext(
         loader=loader,
         task=task,
         generator=generator,
@@ -136,31 +188,6 @@ def train_task(
         reduce=parallel.score_reduce,
         optimizer=optimizer,
     )
-    if resume is None:
-        state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
-    check_trainable(state, task)
-    carry = (state, mstate)
-    if p.phase == "train":
-        carry, p = train_until_plateau(
-            epoch,
-            carry,
-            p,
-            config=config,
-            optimizer=optimizer,
-            record=record,
-            after_epoch=lambda c, q: save(c[0], c[1], q),
-        )
-        p = dataclasses.replace(p, phase="end", metric=p.best)
-        save(*carry, p)
-    start = time.perf_counter()
-    state, mstate = method.end_task(model, *carry, ctx.replace(progress=p))
-    record("end_task", seconds=time.perf_counter() - start)
-    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
-    if state.task == task and config.finish:  # the method did not finish the task itself
-        state = advance(state, task)
-    parallel.check_identical(state, f"after task {task}")
-    save(state, mstate, dataclasses.replace(p, phase="done"))
-    return state, mstate, history
 
 
 def _stepper(
