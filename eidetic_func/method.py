@@ -8,7 +8,8 @@ pure functions thread an immutable method state ``mstate`` next to the
 - ``plan(model, state, mstate, batch, *, task)`` → a :class:`StepPlan`: what the method
   adds to one training step (a loss of its own, a penalty, a gradient transform, and its
   state after the step). :func:`method_step` runs the plan as one :func:`train_step`;
-- ``begin_task(state, mstate, *, task)`` → ``(state, mstate)`` before a task is trained;
+- ``begin_task(state, mstate, *, task, ctx)`` → ``(state, mstate)`` before a task is
+  trained;
 - ``end_task(model, state, mstate, ctx)`` → ``(state, mstate)`` once the task is learned
   (:class:`TaskContext` holds the task's data and the means to train more epochs): importance,
   anchors, memories, or EideticNet's prune → recover → finish → recycle.
@@ -47,7 +48,9 @@ Epoch = Callable[[tuple[EideticState, Any], str], tuple[tuple[EideticState, Any]
 class Traits:
     """What the shell needs to know about a method (instead of its name).
 
-    ``data_parallel``: its state stays identical across data-parallel processes.
+    ``data_parallel``: the network's state stays identical across data-parallel
+    processes — every update is an averaged gradient and every end of task a function of
+    identical parameters (a per-process method state, such as a replay buffer, may differ).
     ``task_incremental``: it needs one head (or column) per task. ``router``: a task router
     can be trained on its frozen features. ``revisits``: a finished task can be trained
     again. ``network``: the network it is built for (``"progressive"``: columns), None

@@ -228,3 +228,22 @@ def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path
         timeout=120,
     )
     assert "CAUGHT rank 0 of 2: sum_metrics failed" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["ewc+er", "si"])
+def test_baselines_train_data_parallel_with_identical_states(method: str, tmp_path: Path) -> None:
+    """EWC's penalty, ER's replay and SI's path integral act through averaged gradients:
+    the run checks after every task that both ranks hold the same state."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        _torchrun("-m", "eidetic_func", "run", *ARGS, "--method", method, "--output-dir", str(out)),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["parallel"]["world_size"] == 2
+    state = ef.load(out / "checkpoint.safetensors").state
+    assert ef.distributed.digest(state) == results["parallel"]["state_digest"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import eidetic_func as ef
-from eidetic_func.baselines import DER, ER, EWC, MAS, SI, FineTune, ReplayState
+from eidetic_func.baselines import DER, ER, EWC, GEM, MAS, SI, FineTune, ReplayState
 from eidetic_func.config import TrainConfig
 from eidetic_func.distributed import Parallel
 from eidetic_func.method import StepPlan, TaskContext, chain, method_step, traits
@@ -123,8 +123,8 @@ def test_chains_flatten_and_combine_traits() -> None:
     method = chain(chain(ef.EideticNet(), EWC()), ER())
     assert [m.name for m in method.methods] == ["eidetic", "ewc", "er"]
     kind = traits(method)
-    assert kind.router and kind.task_incremental
-    assert not kind.data_parallel, "ER's buffer differs across processes"
+    assert kind.router and kind.task_incremental and kind.data_parallel
+    assert not traits(chain(ER(), GEM())).data_parallel, "GEM projects per process"
 
 
 def test_the_registry_builds_chains_and_routes_their_options() -> None:
@@ -149,7 +149,7 @@ def test_a_method_without_data_parallel_traits_is_refused_under_parallelism() ->
             model,
             ef.init(model),
             _data(0),
-            method=ER(),
+            method=GEM(),  # projects against this process's own memory
             task=0,
             optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             generator=torch.Generator(),
@@ -187,3 +187,7 @@ def test_a_plan_update_sees_the_state_before_and_after_the_step() -> None:
         task=0,
     )
     assert seen[0][0] is state and seen[0][1] is new
+
+
+def test_progress_saved_mid_pruning_by_earlier_versions_resumes_at_the_end_of_the_task() -> None:
+    assert ef.TaskProgress(phase="prune", pruning_iteration=3).phase == "end"

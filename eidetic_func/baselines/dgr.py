@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from .. import validate
 from ..errors import ConfigError
 from ..forward import train_mode
-from ..method import StepPlan, TaskContext, TaskHooks
+from ..method import StepPlan, TaskContext, TaskHooks, Traits
 from ..per_sample import call_logits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
@@ -122,6 +123,9 @@ class DGRState:
 @dataclasses.dataclass(frozen=True)
 class DGR(TaskHooks):
     """Deep generative replay with the tutorial's VAE and ``replay_ratio`` (default 0.5)."""
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     hidden: int = 256
     latent: int = 32

@@ -8,12 +8,16 @@ should beat it on the tasks already learned.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from ..method import BaseMethod
+from ..method import BaseMethod, Traits
 
 
 @dataclasses.dataclass(frozen=True)
 class FineTune(BaseMethod):
     """Plain cross-entropy on the current task's head; no method state, nothing at task end."""
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     name: str = "finetune"

@@ -227,6 +227,7 @@ class EpisodicState:
 
 @dataclasses.dataclass(frozen=True)
 class _Episodic(TaskHooks):
+    # not data-parallel (the default traits): each process projects against its own memory
     memory_per_task: int = 256
     seed: int = 0
 

@@ -16,7 +16,7 @@ those of each task's batch).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..errors import DataError
-from ..method import BaseMethod, StepPlan, TaskContext
+from ..method import BaseMethod, StepPlan, TaskContext, Traits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply
@@ -57,6 +57,9 @@ def replay_batches(mstate: JointState, size: int, seed: int) -> list[tuple[int, 
 class Joint(BaseMethod):
     """Joint training (offline upper bound); ``seed`` drives the draws from stored tasks,
     ``max_samples_per_task`` caps what is stored per task (None: everything)."""
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     name: str = "joint"
     seed: int = 0

@@ -19,6 +19,7 @@ a memory of 1000; the outer learning rate is the run's optimizer's (0.001 with A
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..forward import train_mode
-from ..method import StepPlan, TaskContext, TaskHooks
+from ..method import StepPlan, TaskContext, TaskHooks, Traits
 from ..per_sample import call_logits
 from ..pytree import pytree_dataclass
 from ..state import EideticState
@@ -82,6 +83,9 @@ def adapt(
 @dataclasses.dataclass(frozen=True)
 class OML(TaskHooks):
     """Online meta-learning with the tutorial's ``inner_lr``, ``inner_steps`` and memory."""
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     inner_lr: float = 0.01
     inner_steps: int = 5

@@ -118,6 +118,7 @@ class PackNet(BaseMethod):
     retrains with its own schedule). Steps are plain cross-entropy (``BaseMethod``).
     """
 
+    # not data-parallel: retraining steps a fresh optimizer on this process's data alone
     traits: ClassVar[Traits] = Traits(task_incremental=True)
 
     prune_ratio: float = 0.75

@@ -56,7 +56,9 @@ class Progressive(BaseMethod):
     """Progressive networks on a :class:`ColumnModel` (``models.progressive.ProgressiveMLP``)."""
 
     name: str = "progressive"
-    traits: ClassVar[Traits] = Traits(task_incremental=True, network="progressive")
+    traits: ClassVar[Traits] = Traits(
+        data_parallel=True, task_incremental=True, network="progressive"
+    )
 
     def init(self, model: nn.Module, state: EideticState) -> None:
         if not isinstance(model, ColumnModel):

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..method import BaseMethod, StepPlan
+from ..method import BaseMethod, StepPlan, Traits
 from ..state import EideticState
 from ..step import Apply
 from ..types import Batch
@@ -45,6 +45,9 @@ def quadratic_penalty(
 class RegularizedMethod(BaseMethod):
     """Cross-entropy on the current task plus :meth:`regularizer` (see the module docstring);
     with ``observes``, the step also reports the task-loss gradient to :meth:`observe`."""
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     observes: ClassVar[bool] = False
 

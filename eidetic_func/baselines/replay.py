@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError, ShapeError
-from ..method import StepPlan, TaskHooks
+from ..method import StepPlan, TaskHooks, Traits
 from ..pytree import pytree_dataclass, static_field
 from ..state import EideticState
 from ..step import Apply
@@ -432,6 +432,9 @@ class ER(TaskHooks):
     replayed per step; ``seed``: the buffer's sampling and reservoir draws.
     """
 
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
+
     buffer_size: int = 1024
     buffer_sample_size: int = 32
     seed: int = 0
@@ -468,6 +471,9 @@ class DER(TaskHooks):
     The buffer stores each example's logits from the step it was seen in (zero-padded to
     the widest head of ``model.num_classes``).
     """
+
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
     buffer_size: int = 1024
     buffer_sample_size: int = 32
