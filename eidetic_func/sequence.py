@@ -496,9 +496,23 @@ def _setup(
     ]
     schedule = [t for _ in range(config.cycles) for t in range(len(sequence))]
     return _Setup(
-        config, sequence, model, method, topology, optimizer, generators, core, loaders,
-        trains, schedule, parallel, path, log, started, world_size,
-    )  # fmt: skip
+        config=config,
+        sequence=sequence,
+        model=model,
+        method=method,
+        topology=topology,
+        optimizer=optimizer,
+        generators=generators,
+        core=core,
+        loaders=loaders,
+        trains=trains,
+        schedule=schedule,
+        parallel=parallel,
+        path=path,
+        log=log,
+        started=started,
+        world_size=world_size,
+    )
 
 
 def _first_record(setup: _Setup) -> RunRecord:
@@ -509,8 +523,8 @@ def _first_record(setup: _Setup) -> RunRecord:
 def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
     """Train the task of visit ``record.visit`` (or finish it, resumed) and evaluate all."""
     config, task = setup.config, setup.schedule[record.visit]
-    setup.log(f"task {task} ({setup.sequence[task].name}), visit {record.visit + 1}/"
-              f"{len(setup.schedule)}")  # fmt: skip
+    visit = f"visit {record.visit + 1}/{len(setup.schedule)}"
+    setup.log(f"task {task} ({setup.sequence[task].name}), {visit}")
 
     def checkpoint(s: EideticState, ms: Any, p: TaskProgress, h: list[Record]) -> None:
         if config.checkpoint_every == "pruning-step" and p.phase != "done":

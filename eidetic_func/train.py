@@ -92,9 +92,24 @@ def train_task(
         p = dataclasses.replace(p, lrs=learning_rates(optimizer))
     history: list[Record] = []
     ctx = _context(
-        model, state, loader, method, task, optimizer, generator, config, loss_fn,
-        score_loader, stop_loader, last, progress, checkpoint, parallel, p, history,
-    )  # fmt: skip
+        model,
+        state,
+        loader,
+        method=method,
+        task=task,
+        optimizer=optimizer,
+        generator=generator,
+        config=config,
+        loss_fn=loss_fn,
+        score_loader=score_loader,
+        stop_loader=stop_loader,
+        last=last,
+        progress=progress,
+        checkpoint=checkpoint,
+        parallel=parallel,
+        resume_at=p,
+        history=history,
+    )
     if resume is None:
         state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
     check_trainable(state, task)
@@ -127,6 +142,7 @@ def _context(
     model: nn.Module,
     state: EideticState,
     loader: Iterable[Batch],
+    *,
     method: Method,
     task: int,
     optimizer: torch.optim.Optimizer,
@@ -139,7 +155,7 @@ def _context(
     progress: bool,
     checkpoint: CheckpointCallback | None,
     parallel: Parallel | Single,
-    p: TaskProgress,
+    resume_at: TaskProgress,
     history: list[Record],
 ) -> TaskContext:
     """The task's context: its epoch (the method's steps over ``loader``, measured on
@@ -180,7 +196,7 @@ def _context(
         generator=generator,
         config=config,
         last=last,
-        progress=p,
+        progress=resume_at,
         epoch=epoch,
         record=record,
         checkpoint=save,
