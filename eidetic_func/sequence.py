@@ -264,10 +264,23 @@ class SavedRun:
 
     config: RunConfig
     checkpoint: Checkpoint
+    stamp: tuple[int, int, int] = (0, 0, 0)  # the file's inode, size and mtime when read
 
     @property
     def world_size(self) -> int:
         return int(self.checkpoint.meta.get("world_size", 1))
+
+    def is_current(self, path: Path) -> bool:
+        """``path`` still holds the file that was read (no run replaced it since)."""
+        try:
+            return _stamp(path) == self.stamp
+        except OSError:
+            return False
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +364,7 @@ def saved_run(path: Path, *, device: str | None = None) -> SavedRun:
 
     ``device`` replaces the saved device (a CUDA run may be resumed on another machine)."""
     try:
-        os.stat(path)
+        stamp = _stamp(path)
     except FileNotFoundError:
         raise CheckpointError(f"nothing to resume: {path} does not exist") from None
     except OSError as e:
@@ -371,7 +384,7 @@ def saved_run(path: Path, *, device: str | None = None) -> SavedRun:
     if device is not None:
         saved["device"] = device
     try:
-        return SavedRun(RunConfig.from_dict(saved), checkpoint)
+        return SavedRun(RunConfig.from_dict(saved), checkpoint, stamp)
     except (TypeError, ValueError, EideticError) as e:
         raise CheckpointError(f"{path}: the saved run configuration is not valid here: {e}") from e
 
@@ -410,7 +423,8 @@ def _run(
     if resume:
         if path is None:
             raise CheckpointError("nothing to resume: no output directory was given")
-        saved = saved or saved_run(path, device=None if config is None else config.device)
+        if saved is None or not saved.is_current(path):  # read before the run held the dir
+            saved = saved_run(path, device=None if config is None else config.device)
         config = _resumed_config(config, saved, path)
     if config is None:
         raise ConfigError("config is required unless resuming (resume=True)")

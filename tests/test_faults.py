@@ -24,7 +24,7 @@ from eidetic_func import cli, rundir
 from eidetic_func.cli import main
 from eidetic_func.config import TrainConfig
 from eidetic_func.run_config import RunConfig
-from eidetic_func.sequence import CHECKPOINT_FILE, run
+from eidetic_func.sequence import CHECKPOINT_FILE, run, saved_run
 from models import MLP
 
 TINY = RunConfig(
@@ -376,3 +376,21 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def test_a_checkpoint_read_before_the_run_held_the_directory_is_read_again_if_replaced(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    checkpoint = out / CHECKPOINT_FILE
+    checkpoint.write_bytes((finished_run / CHECKPOINT_FILE).read_bytes())
+    early = saved_run(checkpoint)
+    assert early.is_current(checkpoint)
+    # another run replaces the file (atomically: a new inode) after it was read
+    replacement = out / "new"
+    replacement.write_bytes(checkpoint.read_bytes())
+    os.replace(replacement, checkpoint)
+    assert not early.is_current(checkpoint)
+    resumed = run(None, output_dir=out, resume=True, saved=early, log=_quiet)
+    assert resumed.matrix == run(None, output_dir=finished_run, resume=True, log=_quiet).matrix
