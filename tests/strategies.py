@@ -155,26 +155,31 @@ def run_sequence(
     prune_fraction: float = 0.4,
     plan: tuple[int, ...] | None = None,
     compiled: bool = False,
+    method: ef.Method | None = None,
 ) -> Iterator[Event]:
     """Train every task of ``spec`` in order with one optimizer; yield after every change.
 
     Without ``plan`` every task prunes ``prune_fraction`` of its neurons at random; with
-    one, each unit is pruned as :func:`prune_by_plan` says.
+    one, each unit is pruned as :func:`prune_by_plan` says. With ``method`` its steps
+    (penalties, replayed losses, gradient transforms) train, and its end of task runs
+    before each task is finished (EideticNet's freezing chained with the method).
     """
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
     state = ef.init(model)
+    mstate = None if method is None else method.init(model, state)
     for task in range(spec.num_tasks):
         for phase in range(2):
             for _ in range(steps):
-                state, _ = ef.train_step(
-                    model,
-                    state,
-                    batch(spec, generator),
-                    optimizer=optimizer,
-                    task=task,
-                    compiled=compiled,
-                )
+                data = batch(spec, generator)
+                if method is None:
+                    state, _ = ef.train_step(
+                        model, state, data, optimizer=optimizer, task=task, compiled=compiled
+                    )
+                else:
+                    state, mstate, _ = ef.method_step(
+                        method, model, state, mstate, data, optimizer=optimizer, task=task
+                    )
                 yield Event("step", task, state)
             if phase == 0:
                 if plan is None:
@@ -182,6 +187,9 @@ def run_sequence(
                 else:
                     state = prune_by_plan(state, topology, plan, generator)
                 yield Event("prune", task, state)
+        if method is not None:
+            ctx = ef.TaskContext([batch(spec, generator)], task=task, generator=generator)
+            state, mstate = method.end_task(model, state, mstate, ctx)
         yield Event("finishing", task, state)
         state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         yield Event("finish", task, state)

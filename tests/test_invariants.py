@@ -43,7 +43,15 @@ SEQUENCE = {
 }
 
 
-@given(**SEQUENCE)
+def chained_method() -> ef.Method:
+    """Every part of a step plan at once: ER's own loss, EWC's penalty, SI's gradient
+    transform and state update."""
+    from eidetic_func.baselines import ER, EWC, SI
+
+    return ef.chain(EWC(lambda_ewc=10.0), SI(c=0.5), ER(buffer_size=16, buffer_sample_size=4))
+
+
+@given(**SEQUENCE, chained=st.booleans())
 def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimizer(
     spec: ModelSpec,
     optimizer: str,
@@ -51,12 +59,20 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
     seed: int,
     steps: int,
     plan: tuple[int, ...] | None,
+    chained: bool,
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     snapshot = None
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
+        model,
+        spec,
+        opt,
+        seed=seed,
+        steps=steps,
+        forward_transfer=forward_transfer,
+        plan=plan,
+        method=chained_method() if chained else None,
     ):
         if snapshot is not None:
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
