@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import types
@@ -265,17 +266,21 @@ def _resume_config(
 
 
 def _list_methods() -> None:
-    import dataclasses
-
     from .methods import METHODS
 
     for name, cls in METHODS.items():
         options = ", ".join(
             f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name != "name"
         )
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}\n{'':12s} options: {options or 'none'}")
+        print(f"{name:12s} {_first_sentence(cls.__doc__)}\n{'':12s} options: {options or 'none'}")
     print("Chain methods with +, e.g. --method ewc+er (options: member.option=value).")
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    head, dot, _ = paragraph.partition(". ")
+    return head + "." if dot else paragraph
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eidetic-func: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (``eidetic-func methods | head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
-from eidetic_func import RunConfig, TrainConfig
+from eidetic_func import RunConfig, TrainConfig, cli
 from eidetic_func.cli import (
     BENCH_FLAGS,
     NOT_FLAGS,
@@ -223,3 +225,24 @@ def test_presets_are_typed() -> None:
     for preset in PRESETS.values():
         assert isinstance(preset, Preset)
         assert isinstance(preset.config, RunConfig) and preset.about
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """``eidetic-func methods | head -1``: the closed pipe ends the listing quietly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eidetic_func", "methods"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the listing is written: the child imports torch first
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+def test_methods_are_listed_with_their_first_sentence() -> None:
+    assert cli._first_sentence("Joint training (offline); ``seed`` drives\n    draws. More.") == (
+        "Joint training (offline); ``seed`` drives draws."
+    )
