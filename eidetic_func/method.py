@@ -101,6 +101,7 @@ class TaskProgress:
     lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
     stopping: bool = False  # the plateau is reached: one more training epoch, then end
     adaptive_step: float = 0.0  # the adaptive pruning schedule's next step (0: not started)
+    end_member: int = 0  # in a chain: the member whose end of task was checkpointed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
@@ -380,8 +381,10 @@ class Chain:
         self, model: nn.Module, state: EideticState, mstate: tuple[Any, ...], ctx: TaskContext
     ) -> tuple[EideticState, tuple[Any, ...]]:
         states = list(mstate)
-        for i, m in enumerate(self.methods):
-            state, states[i] = m.end_task(model, state, states[i], _member_context(ctx, states, i))
+        # resumed mid-way: the members before the checkpointed one had ended the task already
+        for i in range(ctx.progress.end_member, len(self.methods)):
+            member = _member_context(ctx, states, i)
+            state, states[i] = self.methods[i].end_task(model, state, states[i], member)
         return state, tuple(states)
 
 
@@ -401,7 +404,7 @@ def _member_context(ctx: TaskContext, states: list[Any], i: int) -> TaskContext:
 
     def member_checkpoint(state: EideticState, mstate: Any, progress: TaskProgress) -> None:
         states[i] = mstate
-        ctx.checkpoint(state, tuple(states), progress)
+        ctx.checkpoint(state, tuple(states), dataclasses.replace(progress, end_member=i))
 
     return ctx.replace(epoch=None if epoch is None else member_epoch, checkpoint=member_checkpoint)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -191,3 +192,44 @@ def test_a_plan_update_sees_the_state_before_and_after_the_step() -> None:
 
 def test_progress_saved_mid_pruning_by_earlier_versions_resumes_at_the_end_of_the_task() -> None:
     assert ef.TaskProgress(phase="prune", pruning_iteration=3).phase == "end"
+
+
+def test_a_chain_resumed_mid_pruning_ends_its_earlier_members_only_once() -> None:
+    config = TrainConfig(
+        max_epochs=20, patience=3, pruning_step=0.2, tolerance=0.2, max_recovery_epochs=1
+    )
+    method = chain(EWC(), ef.EideticNet())  # EWC's Fisher first, then EideticNet prunes
+    data = _data(5)
+
+    def fresh() -> tuple[Any, ef.EideticState, torch.optim.Optimizer, torch.Generator]:
+        model = _model()
+        return (
+            model,
+            ef.init(model),
+            torch.optim.Adam(model.parameters(), lr=1e-2),
+            (torch.Generator().manual_seed(7)),
+        )
+
+    def run(**kwargs: Any) -> tuple[ef.EideticState, Any, list]:
+        return train_task(
+            model, state, data, method=method, task=0, optimizer=opt, generator=g,
+            config=config, progress=False, **kwargs,
+        )  # fmt: skip
+
+    model, state, opt, g = fresh()
+    saved: list[tuple[Any, ...]] = []
+
+    def keep(s: ef.EideticState, ms: Any, p: ef.TaskProgress, h: list) -> None:
+        saved.append((s, ms, p, copy.deepcopy(opt.state_dict()), g.get_state()))
+
+    reference, reference_m, _ = run(mstate=method.init(model, state), checkpoint=keep)
+    mid = [e for e in saved if e[2].phase == "end" and e[2].pruning_iteration > 0]
+    assert mid and mid[0][2].end_member == 1, "a checkpoint inside EideticNet's pruning"
+    state, mstate, progress, opt_state, g_state = mid[0]
+    model, _, opt, g = fresh()
+    opt.load_state_dict(opt_state)
+    g.set_state(g_state)
+    resumed, resumed_m, _ = run(mstate=mstate, resume=progress)
+    assert len(resumed_m[0].fishers) == len(reference_m[0].fishers) == 1
+    for k in reference.params:
+        assert torch.equal(resumed.params[k], reference.params[k]), k
