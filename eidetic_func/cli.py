@@ -43,7 +43,7 @@ NOT_FLAGS = {
     "method": "--method is written out below (the method's name; see `eidetic-func methods`)",
     "method_options": "a dict: --method-option KEY=VALUE, repeatable",
     "train": "a TrainConfig: its fields are flags of their own",
-    "last_task": "set by the sequence for the task that ends a run (no pruning)",
+    "last_task": "for train_task's callers; a run tells its last task so itself (no pruning)",
     "finish": "for train_task's callers that close a task themselves; a run finishes each",
 }
 """The fields of RunConfig and TrainConfig that are not derived flags, with the reason."""

@@ -56,7 +56,8 @@ class TrainConfig:
     restores the snapshot and halves it, stopping when it falls below ``pruning_step``
     (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
     far fewer recovery epochs.
-    ``last_task`` skips pruning. ``finish`` closes the task (``finish_task`` + ``recycle``).
+    ``last_task`` skips pruning (as ``train_task(last=True)``, which a run passes for its
+    last task). ``finish`` closes the task (``finish_task`` + ``recycle``).
     ``compiled`` runs every training step under ``torch.compile`` (see ``train_step``).
     """
 
