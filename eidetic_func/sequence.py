@@ -43,7 +43,7 @@ from .run_config import (
     torchvision_classifier,
 )
 from .scenario import SharedHead, head_sizes, scenario_sequence
-from .state import EideticState, init, with_topology
+from .state import EideticState, declared_topology, init, with_topology
 from .task_split import image_folder
 from .topology import Topology
 from .traced_topology import trace_topology
@@ -168,9 +168,9 @@ def _import_model(spec: str, heads: list[int], input_shape: tuple[int, ...]) -> 
 
 def model_topology(model: nn.Module, sequence: data_module.TaskSequence) -> Topology:
     """The model's declared topology (``model.topology()``), else one traced on a zero batch."""
-    declared = getattr(model, "topology", None)
-    if callable(declared):
-        return declared()
+    declared = declared_topology(model)
+    if declared is not None:
+        return declared
     device = next(model.parameters()).device
     return trace_topology(model, torch.zeros(2, *sequence.input_shape, device=device))
 
@@ -302,7 +302,6 @@ class _Setup:
     path: Path | None
     log: Callable[[str], None]
     started: float
-    world_size: int
 
     @property
     def router(self) -> bool:
@@ -525,7 +524,6 @@ def _setup(
         path=path,
         log=log,
         started=started,
-        world_size=world_size,
     )
 
 
@@ -624,7 +622,7 @@ def _save(setup: _Setup, record: RunRecord) -> None:
         return
     meta = {
         "config": setup.config.to_dict(),
-        "world_size": setup.world_size,
+        "world_size": setup.parallel.world_size,
         "visit": record.visit,
         "progress": None if record.progress is None else record.progress.to_dict(),
         "matrix": [list(row) for row in record.matrix],
@@ -683,7 +681,7 @@ def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
 
 def _result(setup: _Setup, record: RunRecord) -> RunResult:
     parallel_info = None
-    if setup.world_size > 1:
+    if setup.parallel.world_size > 1:
         parallel_info = {
             "world_size": setup.parallel.world_size,
             "state_digest": setup.parallel.check_identical(record.state, "at the end of the run"),
