@@ -37,10 +37,11 @@ def _torchrun(*args: str) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 
 
-def test_two_ranks_train_the_embedded_default_with_identical_states(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _run_on_two_ranks(out: Path, *args: str) -> dict:
+    """``eidetic-func run`` on two gloo ranks; its results, checked to be those of identical
+    states (every rank compared its state digest with the others' after every task)."""
     done = subprocess.run(
-        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(out)),
+        _torchrun("-m", "eidetic_func", "run", *ARGS, *args, "--output-dir", str(out)),
         env=ENV,
         capture_output=True,
         text=True,
@@ -48,14 +49,17 @@ def test_two_ranks_train_the_embedded_default_with_identical_states(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    # every rank checked its state digest against the others after every task and at the end
     assert results["parallel"]["world_size"] == 2
     assert len(results["parallel"]["state_digest"]) == 64
-    matrix = results["accuracy_matrix"]
-    for t in range(len(matrix)):
-        assert all(row[t] == matrix[t][t] for row in matrix[t:]), f"task {t} changed"
     state = ef.load(out / "checkpoint.safetensors").state
     assert ef.distributed.digest(state) == results["parallel"]["state_digest"]
+    return results
+
+
+def test_two_ranks_train_the_embedded_default_with_identical_states(tmp_path: Path) -> None:
+    matrix = _run_on_two_ranks(tmp_path / "out")["accuracy_matrix"]
+    for t in range(len(matrix)):
+        assert all(row[t] == matrix[t][t] for row in matrix[t:]), f"task {t} changed"
 
 
 SCORING = textwrap.dedent(
@@ -187,18 +191,7 @@ def test_parallel_helpers_in_a_single_process_group() -> None:
 
 def test_a_shard_whose_last_batch_holds_one_sample_trains(tmp_path: Path) -> None:
     # 120 images per task, 60 per rank, in batches of 59: the one left over is dropped
-    out = tmp_path / "out"
-    done = subprocess.run(
-        _torchrun(
-            "-m", "eidetic_func", "run", *ARGS, "--batch-size", "59", "--output-dir", str(out)
-        ),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((out / "results.json").read_text())["parallel"]["world_size"] == 2
+    _run_on_two_ranks(tmp_path / "out", "--batch-size", "59")
 
 
 def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path: Path) -> None:
@@ -234,16 +227,4 @@ def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path
 def test_baselines_train_data_parallel_with_identical_states(method: str, tmp_path: Path) -> None:
     """EWC's penalty, ER's replay and SI's path integral act through averaged gradients:
     the run checks after every task that both ranks hold the same state."""
-    out = tmp_path / "out"
-    done = subprocess.run(
-        _torchrun("-m", "eidetic_func", "run", *ARGS, "--method", method, "--output-dir", str(out)),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results["parallel"]["world_size"] == 2
-    state = ef.load(out / "checkpoint.safetensors").state
-    assert ef.distributed.digest(state) == results["parallel"]["state_digest"]
+    _run_on_two_ranks(tmp_path / "out", "--method", method)
