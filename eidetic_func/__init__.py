@@ -40,6 +40,7 @@ from .errors import (
 )
 from .forward import forward
 from .freeze import freeze, freeze_grads, trainable
+from .growth import full_units, grow, regrow
 from .lifecycle import finish_task, recycle, revisit
 from .mask import apply_task_mask, task_entries
 from .method import (
@@ -56,7 +57,7 @@ from .multihead import MultiHead, multihead
 from .prune import prune, prune_neurons
 from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
 from .score import SCORING_METHODS, prunable, score
-from .state import FREE, EideticState, init, topology_of, with_topology
+from .state import FREE, EideticState, Growth, init, topology_of, with_topology
 from .step import StepMetrics, train_step
 from .topology import Reader, Topology, Unit, check_topology
 from .traced_topology import trace_topology
@@ -100,6 +101,7 @@ __all__ = [
     "EideticError",
     "EideticNet",
     "EideticState",
+    "Growth",
     "Method",
     "MultiHead",
     "NonFiniteError",
@@ -136,6 +138,8 @@ __all__ = [
     "forward",
     "freeze",
     "freeze_grads",
+    "full_units",
+    "grow",
     "init",
     "load",
     "method_step",
@@ -147,6 +151,7 @@ __all__ = [
     "prune",
     "prune_neurons",
     "recycle",
+    "regrow",
     "report",
     "revisit",
     "run",

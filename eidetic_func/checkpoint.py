@@ -4,13 +4,14 @@ A checkpoint holds the full :class:`EideticState`, optionally an optimizer's
 ``state_dict()``, a method's ``extra`` state (any tree of dicts, lists, tuples, tensors and
 JSON scalars), a ``history``, the RNG states and free-form ``meta``.
 
-File format (``format = "eidetic_func.checkpoint"``, ``format_version = 1``): one standard
+File format (``format = "eidetic_func.checkpoint"``, ``format_version = 2``): one standard
 safetensors file, readable by any safetensors tool. Its header metadata holds three strings:
 
 - ``format``: the format name, so a foreign file is told apart before anything else;
 - ``manifest``: JSON with ``format``, ``format_version``, ``writer`` (library versions),
   ``tensors`` (``{key: {"dtype", "shape"}}`` for every tensor in the file), ``state``
-  (``task``, ``finished`` and the trees of ``params``/``buffers``/``owner``/``keep``),
+  (``task``, ``finished``, ``growth`` — ``[[unit, neurons], ...]``, added in version 2 —
+  and the trees of ``params``/``buffers``/``owner``/``keep``),
   ``optimizer`` (class, per-group parameter shapes, the ``state_dict`` tree or ``null``),
   ``extra``, ``history``, ``meta`` and ``rng`` (trees or ``null``);
 - ``sha256``: the SHA-256 of the whole file computed with these 64 hex digits set to
@@ -48,13 +49,13 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import CheckpointError
-from .state import OWNER_DTYPE, EideticState, declared_topology, with_topology
+from .state import OWNER_DTYPE, EideticState, Growth, declared_topology, with_topology
 
 FORMAT = "eidetic_func.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Versions this module reads. A newer version must keep the header and checksum scheme,
 # so that "corrupt" and "written by a newer eidetic_func" stay distinguishable.
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({1, 2})  # version 1: no growth
 
 _CHECKSUM_KEY = "sha256"
 _PLACEHOLDER = "0" * 64
@@ -169,6 +170,7 @@ def save(
         "task",
         "finished",
         "topology",
+        "growth",
     }
     if unknown:  # a field added to EideticState must be added to the format too
         raise CheckpointError(
@@ -189,6 +191,7 @@ def save(
         "state": {
             "task": state.task,
             "finished": list(state.finished),
+            "growth": [[g.unit, g.neurons] for g in state.growth],
             **{f: encoder.encode(getattr(state, f), ("state", f)) for f in _STATE_FIELDS},
         },
         "optimizer": None if optimizer is None else _encode_optimizer(optimizer, encoder),
@@ -628,9 +631,14 @@ def _decode_checkpoint(manifest: dict[str, Any], tensors: Mapping[str, Tensor]) 
         ):
             raise CheckpointError(f"state.{name} is not a dict of tensors")
         fields[name] = value
-    task, finished = saved["task"], saved["finished"]
+    task, finished, growth = saved["task"], saved["finished"], saved.get("growth", [])
     if type(task) is not int or not all(type(t) is int for t in finished):
         raise CheckpointError(f"bad task {task!r} or finished tasks {finished!r}")
+    if not isinstance(growth, list) or not all(
+        isinstance(g, list) and len(g) == 2 and type(g[0]) is str and type(g[1]) is int
+        for g in growth
+    ):
+        raise CheckpointError(f"bad growth record {growth!r}")
     state = EideticState(
         params=fields["params"],
         buffers=fields["buffers"],
@@ -638,6 +646,7 @@ def _decode_checkpoint(manifest: dict[str, Any], tensors: Mapping[str, Tensor]) 
         keep=fields["keep"],
         task=task,
         finished=tuple(finished),
+        growth=tuple(Growth(unit, neurons) for unit, neurons in growth),
     )
 
     optimizer_state = None
@@ -771,7 +780,16 @@ def _check_model(path: Path, model: nn.Module, state: EideticState) -> None:
         shown = lines[:_MAX_LISTED] + (
             [f"... and {len(lines) - _MAX_LISTED} more"] if len(lines) > _MAX_LISTED else []
         )
+        if state.growth:
+            shown.append(
+                f"the checkpoint's network was grown ({_growth_text(state.growth)}): load it "
+                "without a model, then model, topology = ef.regrow(model, checkpoint.state.growth)"
+            )
         raise CheckpointError(f"{path} does not fit the model:\n  " + "\n  ".join(shown))
+
+
+def _growth_text(growth: tuple[Growth, ...]) -> str:
+    return ", ".join(f"{g.unit} +{g.neurons}" for g in growth)
 
 
 def _load_optimizer(

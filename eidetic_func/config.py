@@ -128,8 +128,17 @@ class TrainConfig:
         flag="compile",
     )
 
+    grow: int = option(
+        0,
+        "when a task begins and a unit has no free neuron left, add this many neurons to it "
+        "(finished tasks stay bit-identical; 0: never grow)",
+        group="method",
+        metavar="N",
+    )
+
     def __post_init__(self) -> None:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
+        validate.integer(self.grow, "grow", minimum=0)
         validate.integer(self.patience, "patience", minimum=0)
         validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
         if not as_list(self.pruning_step) or not as_list(self.pruning_type):

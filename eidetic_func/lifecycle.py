@@ -84,7 +84,7 @@ def finish_task(
             params[key] = _zero(params[key], free & ~state.keep[key])
             owner[key] = torch.where(free, t.to(owner[key].device), owner[key])
 
-    params, keep = _fresh_keep(params, owner, state.keep, topology, task + 1, forward_transfer)
+    params, keep = fresh_keep(params, owner, state.keep, topology, task + 1, forward_transfer)
     finished = tuple(sorted({*state.finished, task}))
     return state.replace(params=params, owner=owner, keep=keep, task=task + 1, finished=finished)
 
@@ -109,7 +109,7 @@ def recycle(state: EideticState, *, generator: torch.Generator) -> EideticState:
     params = {}
     for key, p in state.params.items():
         free = state.owner[key] < 0
-        fresh = _initial_value(key, p, state.params, norms, generator)
+        fresh = initial_value(key, p, state.params, norms, generator)
         fresh = torch.where(state.keep[key], fresh, torch.zeros((), dtype=p.dtype, device=p.device))
         params[key] = torch.where(free, fresh, p)
     buffers = dict(state.buffers)
@@ -121,7 +121,7 @@ def recycle(state: EideticState, *, generator: torch.Generator) -> EideticState:
     return state.replace(params=params, buffers=buffers)
 
 
-def _initial_value(
+def initial_value(
     key: str, p: Tensor, params: dict[str, Tensor], norms: set[str], generator: torch.Generator
 ) -> Tensor:
     prefix, _, leaf = key.rpartition(".")
@@ -158,14 +158,14 @@ def revisit(state: EideticState, *, task: int, forward_transfer: bool = True) ->
             owner[key] = torch.where(
                 owner[key] == task, torch.full_like(owner[key], FREE), owner[key]
             )
-    params, keep = _fresh_keep(
+    params, keep = fresh_keep(
         dict(state.params), owner, state.keep, topology, task, forward_transfer
     )
     finished = tuple(f for f in state.finished if f != task)
     return state.replace(params=params, owner=owner, keep=keep, task=task, finished=finished)
 
 
-def _fresh_keep(
+def fresh_keep(
     params: dict[str, Tensor],
     owner: dict[str, Tensor],
     keep: dict[str, Tensor],

@@ -54,7 +54,8 @@ class Traits:
     ``task_incremental``: it needs one head (or column) per task. ``router``: a task router
     can be trained on its frozen features. ``revisits``: a finished task can be trained
     again. ``network``: the network it is built for (``"progressive"``: columns), None
-    for any.
+    for any. ``grows``: the network may grow between tasks (:func:`eidetic_func.grow`):
+    nothing the method keeps has the shape of a parameter.
     """
 
     data_parallel: bool = False
@@ -62,6 +63,7 @@ class Traits:
     router: bool = False
     revisits: bool = False
     network: str | None = None
+    grows: bool = False
 
 
 def traits(method: Method) -> Traits:
@@ -335,6 +337,7 @@ class Chain:
             router=any(t.router for t in each),
             revisits=all(t.revisits for t in each),
             network=next((t.network for t in each if t.network is not None), None),
+            grows=all(t.grows for t in each),
         )
 
     def init(self, model: nn.Module, state: EideticState) -> tuple[Any, ...]:

@@ -31,6 +31,7 @@ from .checkpoint import Checkpoint, load, save
 from .distributed import Parallel, Single, from_environment
 from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
+from .growth import full_units, grow, regrow
 from .method import Method, TaskProgress, state_bytes, traits
 from .methods import decode_state, encode_state
 from .multihead import multihead
@@ -428,10 +429,15 @@ def _run(
     if config is None:
         raise ConfigError("config is required unless resuming (resume=True)")
     setup = _setup(config, path, log, started, saved)
-    record = _first_record(setup) if saved is None else _restore(setup, saved)
+    if saved is None:
+        record = _first_record(setup)
+    else:
+        setup, record = _restore(setup, saved)
     while record.visit < len(setup.schedule):
+        setup, record = _grow(setup, record)
         record = _visit(setup, record)
     if setup.router and record.router is None:
+        setup, record = _grow(setup, record)
         record = _route(setup, record)
     return _result(setup, record)
 
@@ -482,6 +488,11 @@ def _setup(
     method = config.build_method()
     if world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
+    if config.train.grow and not traits(method).grows:
+        raise ConfigError(
+            f"{method.name} cannot grow the network (--grow): its state follows the "
+            "parameters' shapes; growth is for EideticNet"
+        )
     # every network but progressive columns has a prune topology (checked once, by init)
     topology = None if traits(method).network else model_topology(model, sequence)
     optimizer = build_optimizer(config, model)
@@ -530,6 +541,37 @@ def _setup(
 def _first_record(setup: _Setup) -> RunRecord:
     state = init(setup.model, topology=setup.topology)
     return RunRecord(state=state, mstate=setup.method.init(setup.model, state))
+
+
+def _grow(setup: _Setup, record: RunRecord) -> tuple[_Setup, RunRecord]:
+    """Before a task begins: every unit with no free neuron gets ``grow`` more neurons.
+
+    The network, its topology and the optimizer (built afresh for the new parameters) are
+    replaced; a task resumed mid-way grew already (its state records it).
+    """
+    neurons = setup.config.train.grow
+    if not neurons or record.progress is not None or record.state.topology is None:
+        return setup, record
+    full = full_units(record.state)
+    if not full:
+        return setup, record
+    model, state = setup.model, record.state
+    for name in full:
+        model, state = grow(
+            model,
+            state,
+            unit=name,
+            neurons=neurons,
+            generator=setup.core,
+            forward_transfer=setup.config.train.forward_transfer,
+        )
+    setup.log(f"  no free neuron left in {', '.join(full)}: grew each by {neurons}")
+    return _with_network(setup, model, state.topology), record.replace(state=state)
+
+
+def _with_network(setup: _Setup, model: nn.Module, topology: Topology | None) -> _Setup:
+    optimizer = build_optimizer(setup.config, model)
+    return dataclasses.replace(setup, model=model, topology=topology, optimizer=optimizer)
 
 
 def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
@@ -646,9 +688,13 @@ def _save(setup: _Setup, record: RunRecord) -> None:
     )
 
 
-def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
-    """The record a checkpoint holds; the optimizer, generators and loaders set as saved."""
+def _restore(setup: _Setup, saved: SavedRun) -> tuple[_Setup, RunRecord]:
+    """The record a checkpoint holds; the network regrown, the optimizer, generators and
+    loaders set as saved."""
     ckpt = saved.checkpoint
+    if ckpt.state.growth:
+        model, topology = regrow(setup.model, ckpt.state.growth, topology=setup.topology)
+        setup = _with_network(setup, model, topology)
     ckpt.fit(model=setup.model, optimizer=setup.optimizer)
     ckpt.restore_rng()
     for g, s in zip(setup.generators, ckpt.extra["data"]):
@@ -676,7 +722,7 @@ def _restore(setup: _Setup, saved: SavedRun) -> RunRecord:
         setup.log(f"resuming: all {total} visits done, training the task router")
     else:
         setup.log(f"the run is complete ({total}/{total} visits): nothing to train")
-    return record
+    return setup, record
 
 
 def _result(setup: _Setup, record: RunRecord) -> RunResult:

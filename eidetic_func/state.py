@@ -31,6 +31,14 @@ OWNER_DTYPE = torch.int16
 BN_STATS = ("running_mean", "running_var")
 
 
+@dataclasses.dataclass(frozen=True)
+class Growth:
+    """One growth of the network (:func:`eidetic_func.grow`): ``neurons`` added to ``unit``."""
+
+    unit: str
+    neurons: int
+
+
 @pytree_dataclass
 class EideticState:
     """Immutable training state (a pytree; ``task`` and ``finished`` are static).
@@ -44,6 +52,8 @@ class EideticState:
     - ``finished``: the tasks finished so far, in ascending order.
     - ``topology``: the network's prunable structure, checked against the tensors once
       (:func:`init`, :func:`with_topology`); None for methods that need none.
+    - ``growth``: every growth of the network so far, in order (:func:`eidetic_func.grow`);
+      what a fresh model needs to take this state (:func:`eidetic_func.regrow`).
     """
 
     params: dict[str, Tensor]
@@ -53,6 +63,7 @@ class EideticState:
     task: int = static_field(default=0)
     finished: tuple[int, ...] = static_field(default=())
     topology: Topology | None = static_field(default=None)
+    growth: tuple[Growth, ...] = static_field(default=())
 
     def replace(self, **changes: Any) -> EideticState:
         """A copy with ``changes`` applied (like ``dataclasses.replace``)."""

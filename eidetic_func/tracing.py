@@ -15,13 +15,16 @@ from torch import nn
 
 from .batchnorm import _TaskBatchNorm
 from .errors import TopologyError
+from .grown_layers import GrownConv2d, GrownLinear
 
 
 class Tracer(fx.Tracer):
-    """Keeps Task BatchNorm opaque: its branches depend on tensor sizes, not on the trace."""
+    """Keeps Task BatchNorm opaque (its branches depend on tensor sizes, not on the trace),
+    and grown layers: a layer is one call in the graph however it computes its blocks."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _TaskBatchNorm) or super().is_leaf_module(m, module_qualified_name)
+        opaque = isinstance(m, _TaskBatchNorm | GrownLinear | GrownConv2d)
+        return opaque or super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(model: nn.Module, task: int | None) -> fx.Graph:

@@ -275,13 +275,15 @@ def _cli(out: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("method", ["eidetic", "er", "eidetic+er"])
+@pytest.mark.parametrize("method", ["eidetic", "er", "eidetic+er", "eidetic --grow"])
 def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     method: str, tmp_path: Path
 ) -> None:
-    """Every method (a chain too) resumes after any epoch or pruning step, bit for bit."""
+    """Every method (a chain too) resumes after any epoch or pruning step, bit for bit;
+    a network that grew is regrown from the checkpoint (a narrow one, to make it grow)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    options = ["--method", method]
+    name, _, grows = method.partition(" ")
+    options = ["--method", name, *(["--width", "6", "--grow", "4"] if grows else [])]
     reference = tmp_path / "reference"
     subprocess.run(_cli(reference, *options), check=True, env=env, capture_output=True, timeout=600)
 
@@ -295,10 +297,11 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     while time.monotonic() < deadline and proc.poll() is None:
         if checkpoint.exists():
             try:
-                meta = ef.load(checkpoint).meta
+                saved = ef.load(checkpoint)
             except ef.CheckpointError:  # being replaced right now
                 continue
-            if meta["visit"] >= 2 and meta["progress"] is not None:
+            meta, grown = saved.meta, bool(saved.state.growth)
+            if meta["visit"] >= 2 and meta["progress"] is not None and grown == bool(grows):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_mid_task = True
                 break
@@ -306,7 +309,8 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     proc.wait(timeout=60)
     assert killed_mid_task, "the run ended before it could be killed mid-task"
     assert not (crashed / "results.json").exists()
-    subprocess.run(_cli(crashed, "--resume"), check=True, env=env, capture_output=True, timeout=600)
+    resume = _cli(crashed, *options, "--resume")
+    subprocess.run(resume, check=True, env=env, capture_output=True, timeout=600)
 
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((crashed / "results.json").read_text())
@@ -321,6 +325,7 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     ):
         assert got[key] == expected[key], key
     a, b = ef.load(reference / "checkpoint.safetensors").state, ef.load(checkpoint).state
+    assert a.growth == b.growth and bool(a.growth) == bool(grows)
     for k in a.params:
         assert torch.equal(a.params[k], b.params[k]) and torch.equal(a.owner[k], b.owner[k]), k
     for k in a.buffers:

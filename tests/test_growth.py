@@ -1,0 +1,281 @@
+"""Growing the network (``ef.grow``): finished tasks stay bit-identical, the state stays whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+import eidetic_func as ef
+from eidetic_func.config import TrainConfig
+from eidetic_func.grown_layers import GrownLinear
+from eidetic_func.run_config import RunConfig
+from eidetic_func.sequence import run
+from models import MLP, ConvNet, ResNet, TaskModel
+from tests.strategies import ALL_KINDS, KEEP_ALL, KEEP_ONE, prune_by_plan, pruning_plans
+
+
+def _build(kind: str, bn: bool, size: int, seed: int) -> tuple[TaskModel, tuple[int, ...]]:
+    """A 3-task model and its input shape; ``size`` sets the MLP's odd widths (BLAS blocks
+    a product of odd shapes differently from a slightly wider one)."""
+    torch.manual_seed(seed)
+    heads = [3, 3, 3]
+    if kind == "mlp":
+        return MLP(size, heads, num_layers=2, width=size // 2 + 1, bn=bn), (size,)
+    if kind == "convnet":
+        return ConvNet(2, heads, num_layers=1, width=2, bn=bn), (2, 8, 8)
+    if kind == "convnet_flat":
+        return ConvNet(2, heads, num_layers=1, width=2, bn=bn, image_size=8), (2, 8, 8)
+    if kind == "resnet":
+        return ResNet(2, heads, n_blocks=[1, 2], width=3, bn=bn), (2, 8, 8)
+    return ResNet(2, heads, n_blocks=[1, 1], expansion=4, width=2, bn=bn), (2, 8, 8)
+
+
+def _inserted(state: ef.EideticState, unit: str, k: int) -> dict[str, tuple[int, int, int]]:
+    """Where growing ``unit`` by ``k`` inserts entries, worked out from the topology alone."""
+    u = ef.topology_of(state).unit(unit)
+    size = state.params[f"{u.producers[0]}.weight"].shape[0]
+    where = {}
+    for layer in [*u.producers, *u.norms]:
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            where[f"{layer}.{leaf}"] = (0, size, k)
+    for r in u.readers:
+        where[f"{r.layer}.weight"] = (1, r.offset + size * r.repeat, k * r.repeat)
+    return where
+
+
+def _without(t: Tensor, dim: int, at: int, count: int) -> Tensor:
+    return torch.cat(
+        [t.narrow(dim, 0, at), t.narrow(dim, at + count, t.shape[dim] - at - count)], dim
+    )
+
+
+def _assert_old_entries_kept(
+    old: ef.EideticState, new: ef.EideticState, inserted: dict[str, tuple[int, int, int]]
+) -> None:
+    """Every entry the state had is still there, bit for bit, with its owner."""
+    for field in ("params", "buffers", "owner"):
+        before, after = getattr(old, field), getattr(new, field)
+        assert before.keys() == after.keys()
+        for key, value in before.items():
+            now = after[key]
+            if key in inserted:
+                now = _without(now, *inserted[key])
+            assert torch.equal(now, value), f"{field}[{key}] changed by growth"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(ALL_KINDS),
+    bn=st.booleans(),
+    forward_transfer=st.booleans(),
+    seed=st.integers(0, 2**16),
+    size=st.integers(40, 400),
+    plan=pruning_plans(),
+    growths=st.lists(st.tuples(st.integers(0, 20), st.integers(1, 5)), min_size=1, max_size=4),
+)
+# the corners: a layer wholly owned by task 0 (bias-only survivors next to it without
+# forward transfer), and growing a unit no neuron of which is free
+@example(
+    kind="mlp", bn=False, forward_transfer=False, seed=0, size=367, plan=(KEEP_ALL, KEEP_ONE),
+    growths=[(0, 3), (1, 5)],
+)  # fmt: skip
+@example(
+    kind="resnet", bn=True, forward_transfer=False, seed=1, size=40, plan=(KEEP_ONE, KEEP_ALL),
+    growths=[(0, 2), (3, 1), (5, 4)],
+)  # fmt: skip
+def test_growth_leaves_every_finished_task_bit_identical(
+    kind: str,
+    bn: bool,
+    forward_transfer: bool,
+    seed: int,
+    size: int,
+    plan: tuple[int, ...],
+    growths: list[tuple[int, int]],
+) -> None:
+    model, shape = _build(kind, bn, size, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, *shape, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    probe = torch.randn(5, *shape, generator=g)
+    state = ef.init(model)
+    expected: dict[int, Tensor] = {}
+
+    def check(where: str) -> None:
+        for task, out in expected.items():
+            now, _ = ef.forward(model, state, probe, task=task, train=False)
+            assert torch.equal(now, out), f"task {task} changed {where}"
+
+    for task in range(3):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # a grown model needs a new one
+        for _ in range(2):
+            state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
+        state = prune_by_plan(state, ef.topology_of(state), plan, g)
+        state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
+        check(f"while task {task} trained")
+        state = ef.finish_task(state, forward_transfer=forward_transfer)
+        expected[task], _ = ef.forward(model, state, probe, task=task, train=False)
+        state = ef.recycle(state, generator=g)
+        units = ef.topology_of(state).units
+        for index, k in growths[task::3] if task < 2 else []:
+            name = units[index % len(units)].name
+            old, old_model = state, model
+            model, state = ef.grow(
+                model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
+            )
+            _assert_old_entries_kept(old, state, _inserted(old, name, k))
+            assert all(p.shape == state.params[n].shape for n, p in model.named_parameters())
+            assert all(p.shape == old.params[n].shape for n, p in old_model.named_parameters())
+            check(f"by growing {name} by {k} after task {task}")
+    check("at the end")
+
+
+def test_growth_adds_free_neurons_the_next_task_trains() -> None:
+    model = MLP(6, [2, 2], num_layers=2, width=4, bn=True)
+    state = ef.init(model)
+    state = ef.finish_task(state)  # task 0 takes every neuron
+    assert ef.full_units(state) == ("blocks.0", "blocks.1")
+    g = torch.Generator().manual_seed(0)
+    grown, state = ef.grow(model, state, unit="blocks.1", neurons=3, generator=g)
+    assert ef.full_units(state) == ("blocks.0",)
+    assert state.growth == (ef.Growth("blocks.1", 3),)
+    cap = ef.capacity(state).units[1]
+    assert (cap.size, cap.free, cap.owned) == (7, 3, {0: 4})
+    before = state.params["blocks.1.linear.weight"].clone()
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    state, _ = ef.train_step(grown, state, (x, y), optimizer=opt, task=1)
+    after = state.params["blocks.1.linear.weight"]
+    assert not torch.equal(after[4:], before[4:]), "the new neurons did not train"
+    assert torch.equal(after[:4], before[:4])
+    # the heads read the new neurons: task 0's (owned) reads them through zeros it owns
+    assert torch.equal(state.params["heads.0.weight"][:, 4:], torch.zeros(2, 3))
+    assert bool((state.owner["heads.0.weight"][:, 4:] == 0).all())
+
+
+def test_growth_without_forward_transfer_masks_what_reads_other_tasks() -> None:
+    model = MLP(6, [2, 2], num_layers=2, width=4, bn=False)
+    state = ef.finish_task(ef.init(model), forward_transfer=False)
+    _, state = ef.grow(
+        model,
+        state,
+        unit="blocks.1",
+        neurons=2,
+        generator=torch.Generator(),
+        forward_transfer=False,
+    )
+    # the new neurons of blocks.1 read blocks.0, all task 0's: masked out and zero
+    assert not bool(state.keep["blocks.1.linear.weight"][4:].any())
+    assert bool((state.params["blocks.1.linear.weight"][4:] == 0).all())
+    assert bool(state.keep["blocks.1.linear.bias"][4:].all())  # alive: a bias-only neuron
+
+
+def test_grow_leaves_its_inputs_untouched() -> None:
+    model = ConvNet(2, [2, 2], num_layers=1, width=2, bn=True)
+    state = ef.finish_task(ef.init(model))
+    params = {k: v.clone() for k, v in state.params.items()}
+    module_params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    classes = {k: type(m) for k, m in model.named_modules()}
+    ef.grow(model, state, unit="blocks.2", neurons=2, generator=torch.Generator())
+    assert all(torch.equal(params[k], v) for k, v in state.params.items())
+    assert all(torch.equal(module_params[k], v) for k, v in model.named_parameters())
+    assert classes == {k: type(m) for k, m in model.named_modules()}
+    assert state.growth == ()
+
+
+def test_a_grown_checkpoint_loads_into_a_regrown_fresh_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ResNet(2, [2, 2], n_blocks=[1, 1], width=3, bn=True)
+    state = ef.finish_task(ef.init(model))
+    g = torch.Generator().manual_seed(0)
+    for unit, k in (("stream.0", 2), ("blocks.1.convs.0", 3)):
+        model, state = ef.grow(model, state, unit=unit, neurons=k, generator=g)
+    path = ef.save(tmp_path / "grown.safetensors", state)
+    probe = torch.randn(3, 2, 8, 8)
+    expected, _ = ef.forward(model, state, probe, task=0, train=False)
+
+    fresh = ResNet(2, [2, 2], n_blocks=[1, 1], width=3, bn=True)
+    with pytest.raises(ef.CheckpointError, match=r"grown.*ef\.regrow"):
+        ef.load(path, model=fresh)
+    checkpoint = ef.load(path)
+    assert checkpoint.state.growth == state.growth
+    regrown, topology = ef.regrow(fresh, checkpoint.state.growth)
+    checkpoint.fit(model=regrown)
+    loaded = ef.with_topology(checkpoint.state, topology)
+    got, _ = ef.forward(regrown, loaded, probe, task=0, train=False)
+    assert torch.equal(got, expected)
+    assert torch.equal(
+        ef.load(path, model=regrown).state.params["stem.weight"], state.params["stem.weight"]
+    )
+
+
+def test_grow_refuses_what_it_cannot_do() -> None:
+    model = MLP(6, [2, 2], num_layers=1, width=4)
+    state = ef.init(model)
+    g = torch.Generator()
+    with pytest.raises(ef.ConfigError, match="positive int"):
+        ef.grow(model, state, unit="blocks.0", neurons=0, generator=g)
+    with pytest.raises(ef.TopologyError, match="no unit named"):
+        ef.grow(model, state, unit="blocks.9", neurons=1, generator=g)
+    with pytest.raises(ef.StateMismatchError):
+        ef.grow(
+            MLP(6, [2, 2], num_layers=1, width=5), state, unit="blocks.0", neurons=1, generator=g
+        )
+
+
+def test_a_grown_layer_computes_its_old_block_exactly_as_before() -> None:
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 318), torch.randn(51, 318), torch.randn(51)
+    grown = GrownLinear(323, 51)
+    grown.weight.data = torch.cat([w, torch.zeros(51, 5)], 1)
+    grown.bias.data = b.clone()
+    grown.row_groups, grown.column_groups = ((0, 51),), (((0, 318),), ((318, 323),))
+    # a plain product of the wider shapes may differ from this in the last bit (BLAS
+    # blocks it differently); the grown layer computes the old product, then adds +0.0
+    assert torch.equal(
+        grown(torch.cat([x, torch.randn(2, 5)], 1)), torch.nn.functional.linear(x, w, b)
+    )
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet", "resnet"])
+def test_taylor_scores_of_a_grown_network_equal_the_vmap_definition(kind: str) -> None:
+    model, shape = _build(kind, True, 41, seed=0)
+    state = ef.finish_task(ef.init(model))
+    unit = ef.topology_of(state).units[-1].name
+    model, state = ef.grow(model, state, unit=unit, neurons=3, generator=torch.Generator())
+    batches = [(torch.randn(5, *shape), torch.randint(0, 3, (5,)))]
+    fast = ef.score(model, state, batches, method="taylor", implementation="fast")
+    exact = ef.score(model, state, batches, method="taylor", implementation="vmap")
+    for name, s in fast.items():
+        assert torch.equal(torch.isfinite(s), torch.isfinite(exact[name]))
+        assert int(torch.isfinite(s).sum()) == (3 if name == unit else 0)  # only the new ones
+        torch.testing.assert_close(s[torch.isfinite(s)], exact[name][torch.isfinite(s)])
+
+
+def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> None:
+    train = TrainConfig(max_epochs=2, patience=1, pruning_step=0.25, score_batches=2, grow=4)
+    config = RunConfig(
+        dataset="embedded", limit_per_class=30, width=6, batch_size=32, train=train, progress=False
+    )
+    logged: list[str] = []
+    result = run(config, log=logged.append)
+    assert result.state.growth, "a 6-neuron MLP ran out of neurons, yet nothing grew"
+    assert any("grew each by 4" in line for line in logged)
+    assert result.summary["forgetting"] == 0.0 and result.summary["backward_transfer"] == 0.0
+    for t, row in enumerate(result.matrix):  # every finished task's accuracy, to the last bit
+        assert all(later[t] == row[t] for later in result.matrix[t:])
+    sizes = {u["name"]: u["size"] for u in result.capacity["units"]}
+    grown = {g.unit for g in result.state.growth}
+    assert all(sizes[u] > 6 for u in grown)
+
+
+def test_growing_is_refused_for_methods_whose_state_follows_the_parameters() -> None:
+    config = RunConfig(
+        dataset="embedded", limit_per_class=30, method="ewc", train=TrainConfig(grow=2)
+    )
+    with pytest.raises(ef.ConfigError, match="cannot grow"):
+        run(config, log=lambda _: None)
