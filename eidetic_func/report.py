@@ -113,7 +113,8 @@ def plot_accuracy_matrix(result: RunResult, path: Path) -> Path:
 def plot_capacity(
     report: dict[str, Any], path: Path, *, task_names: list[str] | None = None
 ) -> Path:
-    """Stacked bars per unit: neurons owned by each task, pruned, and free.
+    """Stacked bars per unit (labelled with its size): neurons owned by each task, pruned,
+    and free.
 
     ``task_names[t]`` labels task ``t`` (e.g. its classes, or ``"router"``); the legend
     stands beside the bars, never over them.
@@ -134,7 +135,11 @@ def plot_capacity(
     free = [(u["free"] + u["pruned"]) / u["size"] for u in units]
     ax.bar(range(len(units)), free, bottom=bottom, label="free", color="lightgrey")
     ax.set_xticks(
-        range(len(units)), [u["name"] for u in units], rotation=45, ha="right", fontsize=7
+        range(len(units)),
+        [f"{u['name']} ({u['size']})" for u in units],  # sizes differ once a unit grows
+        rotation=45,
+        ha="right",
+        fontsize=7,
     )
     ax.set_ylabel("share of neurons")
     ax.set_ylim(0, 1)
