@@ -279,3 +279,59 @@ def test_growing_is_refused_for_methods_whose_state_follows_the_parameters() -> 
     )
     with pytest.raises(ef.ConfigError, match="cannot grow"):
         run(config, log=lambda _: None)
+
+
+class _DenseMLP(torch.nn.Module):
+    """A layer and the heads read two units at once (``torch.cat``): growing the first
+    unit inserts columns in the middle of their inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(37, 23)
+        self.second = torch.nn.Linear(23, 19)
+        self.third = torch.nn.Linear(42, 17)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(59, 3) for _ in range(3))
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        a = torch.relu(self.first(x))
+        b = torch.relu(self.second(a))
+        c = torch.relu(self.third(torch.cat([a, b], 1)))
+        return self.heads[task](torch.cat([a, b, c], 1))
+
+
+@pytest.mark.parametrize("forward_transfer", [True, False])
+def test_growth_inside_a_concatenation_keeps_finished_tasks_bit_identical(
+    forward_transfer: bool,
+) -> None:
+    torch.manual_seed(0)
+    model = _DenseMLP()
+    topology = ef.trace_topology(model, torch.randn(4, 37))
+    state = ef.init(model, topology=topology)
+    g = torch.Generator().manual_seed(0)
+    x, y, probe = torch.randn(8, 37), torch.randint(0, 3, (8,)), torch.randn(5, 37)
+    expected: dict[int, Tensor] = {}
+    for task in range(3):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(3):
+            state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
+        state = prune_by_plan(state, ef.topology_of(state), (KEEP_ONE,), g)
+        state = ef.finish_task(state, forward_transfer=forward_transfer)
+        expected[task], _ = ef.forward(model, state, probe, task=task, train=False)
+        state = ef.recycle(state, generator=g)
+        if task < 2:
+            old = state
+            model, state = ef.grow(
+                model,
+                state,
+                unit="first",
+                neurons=4,
+                generator=g,
+                forward_transfer=forward_transfer,
+            )
+            # the heads read first | second | third: second's and third's columns moved
+            readers = {r.layer: r.offset for u in ef.topology_of(state).units for r in u.readers}
+            assert readers["heads.0"] == 23 + 4 * (task + 1) + 19
+            _assert_old_entries_kept(old, state, _inserted(old, "first", 4))
+        for t, out in expected.items():
+            now, _ = ef.forward(model, state, probe, task=t, train=False)
+            assert torch.equal(now, out), f"task {t} changed after task {task}"
