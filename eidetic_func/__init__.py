@@ -40,7 +40,7 @@ from .errors import (
 )
 from .forward import forward
 from .freeze import freeze, freeze_grads, trainable
-from .growth import full_units, grow, regrow
+from .growth import full_units, grow, growth_plan, regrow
 from .lifecycle import finish_task, recycle, revisit
 from .mask import apply_task_mask, task_entries
 from .method import (
@@ -140,6 +140,7 @@ __all__ = [
     "freeze_grads",
     "full_units",
     "grow",
+    "growth_plan",
     "init",
     "load",
     "method_step",

@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .score import SCORING_METHODS
 
 SCHEDULES = ("fixed", "adaptive")
+GROW_POLICIES = ("when-full", "refill")
 
 
 def option(
@@ -135,10 +136,19 @@ class TrainConfig:
         group="method",
         metavar="N",
     )
+    grow_policy: str = option(
+        "when-full",
+        "when-full: --grow N neurons for each unit with no free neuron; refill (the "
+        "original's policy, needs no --grow): before each task, every unit grows back to as "
+        "many free neurons as it started with",
+        group="method",
+        choices=GROW_POLICIES,
+    )
 
     def __post_init__(self) -> None:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
         validate.integer(self.grow, "grow", minimum=0)
+        validate.choice(self.grow_policy, "grow_policy", GROW_POLICIES)
         validate.integer(self.patience, "patience", minimum=0)
         validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
         if not as_list(self.pruning_step) or not as_list(self.pruning_type):
@@ -158,6 +168,11 @@ class TrainConfig:
             validate.integer(self.score_batches, "score_batches", minimum=1)
         for name in ("constant_step", "last_task", "forward_transfer", "finish", "compiled"):
             validate.boolean(getattr(self, name), name)
+
+
+def grows(config: TrainConfig) -> bool:
+    """Whether a run with ``config`` grows its network between tasks."""
+    return config.grow > 0 or config.grow_policy == "refill"
 
 
 def as_list(value: Any) -> list[Any]:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from . import validate
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d
 from .bridge import bridge
+from .config import GROW_POLICIES
 from .errors import ConfigError, TopologyError
 from .grown_layers import (
     GrownConv2d,
@@ -144,6 +145,27 @@ def regrow(
             raise ConfigError(f"growth must be a sequence of Growth records, got {g!r}")
         topology, _ = _widen(grown, topology, topology.unit(g.unit), g.neurons)
     return grown, topology
+
+
+def growth_plan(state: EideticState, *, policy: str, neurons: int = 0) -> dict[str, int]:
+    """Neurons to add to each unit before the next task (units that need none left out).
+
+    ``"when-full"``: ``neurons`` for every unit in which no neuron is free. ``"refill"``
+    (the original EideticNet's policy): for every unit, as many as it takes to have as
+    many free neurons as it had before any task or growth, so every task starts with the
+    capacity the first one had.
+    """
+    validate.choice(policy, "policy", GROW_POLICIES)
+    if policy == "when-full":
+        return dict.fromkeys(full_units(state), neurons) if neurons > 0 else {}
+    plan = {}
+    for unit in topology_of(state).units:
+        owner = neuron_owner(unit, state.owner)
+        added = sum(g.neurons for g in state.growth if g.unit == unit.name)
+        missing = owner.numel() - added - int((owner < 0).sum())
+        if missing > 0:
+            plan[unit.name] = missing
+    return plan
 
 
 def full_units(state: EideticState) -> tuple[str, ...]:
@@ -308,4 +330,4 @@ def _load(model: nn.Module, state: EideticState) -> None:
                 b.copy_(state.buffers[key])
 
 
-__all__ = ["Growth", "full_units", "grow", "regrow"]
+__all__ = ["Growth", "full_units", "grow", "growth_plan", "regrow"]

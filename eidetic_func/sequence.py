@@ -28,10 +28,11 @@ from . import data as data_module
 from . import metrics, rundir
 from .capacity import capacity
 from .checkpoint import Checkpoint, load, save
+from .config import grows
 from .distributed import Parallel, Single, from_environment
 from .errors import CheckpointError, ConfigError, EideticError
 from .forward import forward
-from .growth import full_units, grow, regrow
+from .growth import grow, growth_plan, regrow
 from .method import Method, TaskProgress, state_bytes, traits
 from .methods import decode_state, encode_state
 from .multihead import multihead
@@ -488,7 +489,7 @@ def _setup(
     method = config.build_method()
     if world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
-    if config.train.grow and not traits(method).grows:
+    if grows(config.train) and not traits(method).grows:
         raise ConfigError(
             f"{method.name} cannot grow the network (--grow): its state follows the "
             "parameters' shapes; growth is for EideticNet"
@@ -544,28 +545,29 @@ def _first_record(setup: _Setup) -> RunRecord:
 
 
 def _grow(setup: _Setup, record: RunRecord) -> tuple[_Setup, RunRecord]:
-    """Before a task begins: every unit with no free neuron gets ``grow`` more neurons.
+    """Before a task begins: the units the growth policy names get their new neurons.
 
     The network, its topology and the optimizer (built afresh for the new parameters) are
     replaced; a task resumed mid-way grew already (its state records it).
     """
-    neurons = setup.config.train.grow
-    if not neurons or record.progress is not None or record.state.topology is None:
+    train = setup.config.train
+    if not grows(train) or record.progress is not None or record.state.topology is None:
         return setup, record
-    full = full_units(record.state)
-    if not full:
+    plan = growth_plan(record.state, policy=train.grow_policy, neurons=train.grow)
+    if not plan:
         return setup, record
     model, state = setup.model, record.state
-    for name in full:
+    for name, neurons in plan.items():
         model, state = grow(
             model,
             state,
             unit=name,
             neurons=neurons,
             generator=setup.core,
-            forward_transfer=setup.config.train.forward_transfer,
+            forward_transfer=train.forward_transfer,
         )
-    setup.log(f"  no free neuron left in {', '.join(full)}: grew each by {neurons}")
+    added = ", ".join(f"{name} +{n}" for name, n in plan.items())
+    setup.log(f"  grew ({train.grow_policy}): {added}")
     return _with_network(setup, model, state.topology), record.replace(state=state)
 
 

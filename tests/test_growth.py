@@ -264,7 +264,7 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
     logged: list[str] = []
     result = run(config, log=logged.append)
     assert result.state.growth, "a 6-neuron MLP ran out of neurons, yet nothing grew"
-    assert any("grew each by 4" in line for line in logged)
+    assert any("grew (when-full)" in line for line in logged)
     assert result.summary["forgetting"] == 0.0 and result.summary["backward_transfer"] == 0.0
     for t, row in enumerate(result.matrix):  # every finished task's accuracy, to the last bit
         assert all(later[t] == row[t] for later in result.matrix[t:])
@@ -273,10 +273,11 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
     assert all(sizes[u] > 6 for u in grown)
 
 
-def test_growing_is_refused_for_methods_whose_state_follows_the_parameters() -> None:
-    config = RunConfig(
-        dataset="embedded", limit_per_class=30, method="ewc", train=TrainConfig(grow=2)
-    )
+@pytest.mark.parametrize("train", [TrainConfig(grow=2), TrainConfig(grow_policy="refill")])
+def test_growing_is_refused_for_methods_whose_state_follows_the_parameters(
+    train: TrainConfig,
+) -> None:
+    config = RunConfig(dataset="embedded", limit_per_class=30, method="ewc", train=train)
     with pytest.raises(ef.ConfigError, match="cannot grow"):
         run(config, log=lambda _: None)
 
@@ -335,3 +336,41 @@ def test_growth_inside_a_concatenation_keeps_finished_tasks_bit_identical(
         for t, out in expected.items():
             now, _ = ef.forward(model, state, probe, task=t, train=False)
             assert torch.equal(now, out), f"task {t} changed after task {task}"
+
+
+def test_the_growth_plans_name_the_full_units_or_refill_to_the_first_tasks_capacity() -> None:
+    model = MLP(6, [2, 2, 2], num_layers=2, width=5, bn=False)
+    state = ef.init(model)
+    assert ef.growth_plan(state, policy="when-full", neurons=3) == {}
+    assert ef.growth_plan(state, policy="refill") == {}  # nothing owned yet
+    # task 0 keeps 2 neurons of blocks.0 and all 5 of blocks.1
+    state = ef.bridge(ef.prune_neurons(state, {"blocks.0": torch.tensor([0, 1, 1, 0, 1]).bool()}))
+    state = ef.finish_task(state)
+    assert ef.growth_plan(state, policy="when-full", neurons=3) == {"blocks.1": 3}
+    assert ef.growth_plan(state, policy="when-full", neurons=0) == {}
+    plan = ef.growth_plan(state, policy="refill")
+    assert plan == {"blocks.0": 2, "blocks.1": 5}
+    for unit, k in plan.items():
+        model, state = ef.grow(model, state, unit=unit, neurons=k, generator=torch.Generator())
+    assert [u.free for u in ef.capacity(state).units] == [5, 5]  # the first task's capacity
+    assert ef.growth_plan(state, policy="refill") == {}
+    with pytest.raises(ef.ConfigError, match="policy"):
+        ef.growth_plan(state, policy="always")
+
+
+def test_a_run_with_the_refill_policy_starts_every_task_with_the_first_tasks_capacity() -> None:
+    train = TrainConfig(
+        max_epochs=1, patience=1, pruning_step=0.5, score_batches=1, grow_policy="refill"
+    )
+    config = RunConfig(
+        dataset="embedded", limit_per_class=20, width=10, batch_size=32, train=train,
+        router=False, progress=False,
+    )  # fmt: skip
+    result = run(config, log=lambda _: None)
+    assert result.summary["backward_transfer"] == 0.0
+    for unit in result.capacity["units"]:
+        # each unit grew by what every task but the last took: its free neurons are the 10
+        # it started with, plus what the last task (unpruned, unfinished by refill) owns
+        last = len(result.task_names) - 1
+        owned = sum(n for t, n in unit["owned"].items() if int(t) < last)
+        assert unit["size"] == 10 + owned
