@@ -149,6 +149,11 @@ class TrainConfig:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
         validate.integer(self.grow, "grow", minimum=0)
         validate.choice(self.grow_policy, "grow_policy", GROW_POLICIES)
+        if self.grow and self.grow_policy == "refill":
+            raise ConfigError(
+                f"grow={self.grow} has no effect with grow_policy='refill' (refill adds what "
+                "each unit lacks); drop --grow, or use grow_policy='when-full'"
+            )
         validate.integer(self.patience, "patience", minimum=0)
         validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
         if not as_list(self.pruning_step) or not as_list(self.pruning_type):

@@ -356,6 +356,8 @@ def test_the_growth_plans_name_the_full_units_or_refill_to_the_first_tasks_capac
     assert ef.growth_plan(state, policy="refill") == {}
     with pytest.raises(ef.ConfigError, match="policy"):
         ef.growth_plan(state, policy="always")
+    with pytest.raises(ef.ConfigError, match="no effect"):
+        TrainConfig(grow=4, grow_policy="refill")
 
 
 def test_a_run_with_the_refill_policy_starts_every_task_with_the_first_tasks_capacity() -> None:
