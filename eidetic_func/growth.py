@@ -35,6 +35,7 @@ from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d
 from .bridge import bridge
 from .config import GROW_POLICIES
 from .errors import ConfigError, TopologyError
+from .freeze import load_workspace
 from .grown_layers import (
     GrownConv2d,
     GrownLinear,
@@ -322,9 +323,8 @@ def _insert(t: Tensor, dim: int, at: int, count: int, value: float | bool) -> Te
 
 def _load(model: nn.Module, state: EideticState) -> None:
     """Give the (freshly copied) model the state's values."""
+    load_workspace(dict(model.named_parameters()), state.params)
     with torch.no_grad():
-        for key, p in model.named_parameters():
-            p.copy_(state.params[key])
         for key, b in model.named_buffers():
             if key in state.buffers:
                 b.copy_(state.buffers[key])

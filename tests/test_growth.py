@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import eidetic_func as ef
+from eidetic_func.checkpoint import _state_problems
 from eidetic_func.config import TrainConfig
 from eidetic_func.grown_layers import GrownLinear
 from eidetic_func.run_config import RunConfig
@@ -48,6 +49,14 @@ def _inserted(state: ef.EideticState, unit: str, k: int) -> dict[str, tuple[int,
     return where
 
 
+def _assert_consistent(state: ef.EideticState) -> None:
+    """Shapes, dtypes and keys fit, and every free entry the mask removes is exactly zero."""
+    assert _state_problems(state) == []
+    for k, p in state.params.items():
+        removed = ~state.keep[k] & (state.owner[k] < 0)
+        assert bool((p[removed] == 0).all()), f"a removed free entry of {k} is not zero"
+
+
 def _without(t: Tensor, dim: int, at: int, count: int) -> Tensor:
     return torch.cat(
         [t.narrow(dim, 0, at), t.narrow(dim, at + count, t.shape[dim] - at - count)], dim
@@ -77,16 +86,17 @@ def _assert_old_entries_kept(
     size=st.integers(40, 400),
     plan=pruning_plans(),
     growths=st.lists(st.tuples(st.integers(0, 20), st.integers(1, 5)), min_size=1, max_size=4),
+    mid_task=st.booleans(),
 )
 # the corners: a layer wholly owned by task 0 (bias-only survivors next to it without
 # forward transfer), and growing a unit no neuron of which is free
 @example(
     kind="mlp", bn=False, forward_transfer=False, seed=0, size=367, plan=(KEEP_ALL, KEEP_ONE),
-    growths=[(0, 3), (1, 5)],
+    growths=[(0, 3), (1, 5)], mid_task=True,
 )  # fmt: skip
 @example(
     kind="resnet", bn=True, forward_transfer=False, seed=1, size=40, plan=(KEEP_ONE, KEEP_ALL),
-    growths=[(0, 2), (3, 1), (5, 4)],
+    growths=[(0, 2), (3, 1), (5, 4)], mid_task=False,
 )  # fmt: skip
 def test_growth_leaves_every_finished_task_bit_identical(
     kind: str,
@@ -96,6 +106,7 @@ def test_growth_leaves_every_finished_task_bit_identical(
     size: int,
     plan: tuple[int, ...],
     growths: list[tuple[int, int]],
+    mid_task: bool,
 ) -> None:
     model, shape = _build(kind, bn, size, seed)
     g = torch.Generator().manual_seed(seed)
@@ -115,6 +126,16 @@ def test_growth_leaves_every_finished_task_bit_identical(
         for _ in range(2):
             state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
         state = prune_by_plan(state, ef.topology_of(state), plan, g)
+        if mid_task and task < 2:  # grow while this task has pruned (free, masked) neurons
+            index, k = growths[task % len(growths)]
+            name = ef.topology_of(state).units[index % len(ef.topology_of(state).units)].name
+            old = state
+            model, state = ef.grow(
+                model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
+            )
+            _assert_old_entries_kept(old, state, _inserted(old, name, k))
+            _assert_consistent(state)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
         check(f"while task {task} trained")
         state = ef.finish_task(state, forward_transfer=forward_transfer)
@@ -128,6 +149,7 @@ def test_growth_leaves_every_finished_task_bit_identical(
                 model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
             )
             _assert_old_entries_kept(old, state, _inserted(old, name, k))
+            _assert_consistent(state)
             assert all(p.shape == state.params[n].shape for n, p in model.named_parameters())
             assert all(p.shape == old.params[n].shape for n, p in old_model.named_parameters())
             check(f"by growing {name} by {k} after task {task}")
@@ -177,11 +199,14 @@ def test_growth_without_forward_transfer_masks_what_reads_other_tasks() -> None:
 def test_grow_leaves_its_inputs_untouched() -> None:
     model = ConvNet(2, [2, 2], num_layers=1, width=2, bn=True)
     state = ef.finish_task(ef.init(model))
-    params = {k: v.clone() for k, v in state.params.items()}
+    fields = ("params", "buffers", "owner", "keep")
+    before = {f: {k: v.clone() for k, v in getattr(state, f).items()} for f in fields}
     module_params = {k: v.detach().clone() for k, v in model.named_parameters()}
     classes = {k: type(m) for k, m in model.named_modules()}
     ef.grow(model, state, unit="blocks.2", neurons=2, generator=torch.Generator())
-    assert all(torch.equal(params[k], v) for k, v in state.params.items())
+    ef.regrow(model, (ef.Growth("blocks.2", 2),))
+    for f in fields:
+        assert all(torch.equal(before[f][k], v) for k, v in getattr(state, f).items()), f
     assert all(torch.equal(module_params[k], v) for k, v in model.named_parameters())
     assert classes == {k: type(m) for k, m in model.named_modules()}
     assert state.growth == ()
@@ -371,8 +396,8 @@ def test_a_run_with_the_refill_policy_starts_every_task_with_the_first_tasks_cap
     result = run(config, log=lambda _: None)
     assert result.summary["backward_transfer"] == 0.0
     for unit in result.capacity["units"]:
-        # each unit grew by what every task but the last took: its free neurons are the 10
-        # it started with, plus what the last task (unpruned, unfinished by refill) owns
+        # before each task but the first, refill added what the tasks so far had taken, so
+        # a unit is its 10 neurons plus what every task but the last (no refill after it) owns
         last = len(result.task_names) - 1
         owned = sum(n for t, n in unit["owned"].items() if int(t) < last)
         assert unit["size"] == 10 + owned
