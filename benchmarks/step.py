@@ -74,13 +74,20 @@ def _measure(
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    fused_model = copy.deepcopy(model)
+    fused_opt = torch.optim.AdamW(fused_model.parameters(), lr=1e-3, weight_decay=1e-2, fused=True)
     compiled_opt = torch.optim.AdamW(for_compile.parameters(), lr=1e-3, weight_decay=1e-2)
     start = _state_with_owned_entries(model, (x, y), opt)
-    states = {"functional": start, "compiled": start}
+    states = {"functional": start, "compiled": start, "fused": start}
 
     def functional() -> None:
         states["functional"], _ = ef.train_step(
             model, states["functional"], (x, y), optimizer=opt, task=1
+        )
+
+    def fused() -> None:
+        states["fused"], _ = ef.train_step(
+            fused_model, states["fused"], (x, y), optimizer=fused_opt, task=1
         )
 
     def compiled() -> None:
@@ -88,8 +95,8 @@ def _measure(
             for_compile, states["compiled"], (x, y), optimizer=compiled_opt, task=1, compiled=True
         )
 
-    def plain_step(net: torch.nn.Module) -> Callable[[], None]:
-        net_opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    def plain_step(net: torch.nn.Module, fused: bool = False) -> Callable[[], None]:
+        net_opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused)
 
         def step() -> None:
             net_opt.zero_grad(set_to_none=True)
@@ -105,6 +112,8 @@ def _measure(
             "functional": functional,
             "functional, compiled": compiled,
             "plain again": plain_step(plain_again),
+            "plain, fused AdamW": plain_step(copy.deepcopy(model), fused=True),
+            "functional, fused AdamW": fused,
         },
         repeats=repeats,
         warmup=warmup,
@@ -122,6 +131,8 @@ def run(device: torch.device, repeats: int, warmup: int, only: str | None) -> di
         ratio = ratio_spread(times["functional"], times["plain"])
         compiled = ratio_spread(times["functional, compiled"], times["plain"])
         floor = ratio_spread(times["plain again"], times["plain"])
+        fused_same = ratio_spread(times["functional, fused AdamW"], times["plain, fused AdamW"])
+        fused_default = ratio_spread(times["functional, fused AdamW"], times["plain"])
         rows.append(
             {
                 "model": name,
@@ -132,13 +143,23 @@ def run(device: torch.device, repeats: int, warmup: int, only: str | None) -> di
                 "ratio": ratio,
                 "compiled_ratio": compiled,
                 "noise_floor_ratio": floor,
+                "plain_fused_ms": spread([1e3 * t for t in times["plain, fused AdamW"]]),
+                "functional_fused_ms": spread([1e3 * t for t in times["functional, fused AdamW"]]),
+                "fused_ratio": fused_same,
+                "fused_vs_plain_ratio": fused_default,
             }
         )
         print(
             f"{name:38s} plain {rows[-1]['plain_ms']['median']:8.2f} ms   "
             + "   ".join(
                 f"{label} {r['median']:5.3f} [{r['q1']:.3f}–{r['q3']:.3f}]"
-                for label, r in (("ratio", ratio), ("compiled", compiled), ("plain/plain", floor))
+                for label, r in (
+                    ("ratio", ratio),
+                    ("compiled", compiled),
+                    ("plain/plain", floor),
+                    ("fused/fused", fused_same),
+                    ("fused/plain", fused_default),
+                )
             ),
             flush=True,
         )

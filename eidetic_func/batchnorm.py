@@ -60,16 +60,13 @@ class _TaskBatchNorm(_BatchNorm):
             factor = 1.0 / float(self.num_batches_tracked)
         else:
             factor = self.momentum
-        frozen, free = _blend_masks(self.frozen_channels, self.running_mean)
-        mean, var = self.running_mean.clone(), self.running_var.clone()
+        frozen, free, is_frozen = _blend_masks(self.frozen_channels, self.running_mean)
+        mean, var = self.running_mean, self.running_var  # written only at the end
         new_mean, new_var = mean.clone(), var.clone()  # updated in place by the batch norm
         batch_normalized = F.batch_norm(
             input, new_mean, new_var, self.weight, self.bias, True, factor, self.eps
         )
         with torch.no_grad():
-            is_frozen = frozen.bool()
-            self.running_mean.copy_(torch.where(is_frozen, mean, new_mean))
-            self.running_var.copy_(torch.where(is_frozen, var, new_var))
             # Frozen channels: inference-mode normalization with the frozen statistics, an
             # affine map applied once. An owned channel is computed from owned entries only
             # (owned rows read nothing else), so no trainable parameter can change it: its
@@ -85,18 +82,21 @@ class _TaskBatchNorm(_BatchNorm):
             constant = torch.addcmul(
                 (shift * frozen).view(shape), input, (scale * frozen).view(shape)
             )
+            self.running_mean.copy_(torch.where(is_frozen, mean, new_mean))
+            self.running_var.copy_(torch.where(is_frozen, var, new_var))
         return torch.addcmul(constant, batch_normalized, free.view(shape))
 
 
-def _blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``(frozen, 1 - frozen)`` as 0/1 vectors shaped like ``like``, cached per index tensor."""
+def _blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(frozen, 1 - frozen, frozen as bool)``: 0/1 vectors shaped like ``like`` and the
+    bool mask, cached per index tensor."""
     if torch.compiler.is_compiling():  # compiled code computes them in the graph, once
         frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
-        return frozen, 1 - frozen
+        return frozen, 1 - frozen, frozen.bool()
     masks = _MASKS.get((frozen_channels,))
     if masks is None or masks[0].dtype != like.dtype or masks[0].shape != like.shape:
         frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
-        masks = (frozen, 1 - frozen)
+        masks = (frozen, 1 - frozen, frozen.bool())
         _MASKS.put((frozen_channels,), masks)
     return masks
 

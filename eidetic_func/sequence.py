@@ -232,13 +232,25 @@ def uses_router(config: RunConfig) -> bool:
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's one optimizer over ``model``'s parameters.
+
+    Adam and AdamW use torch's fused kernel when ``config.fused_optimizer`` and every
+    parameter is on CPU or CUDA. SGD never does: torch's fused SGD with momentum fails once a tensor (a later
+    task's head) gets its first gradient after the others.
+    """
+    params = list(model.parameters())
+    options: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if (
+        config.fused_optimizer
+        and config.optimizer in ("adam", "adamw")
+        and all(p.device.type in ("cpu", "cuda") for p in params)
+    ):
+        options["fused"] = True
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, **options)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
-    )
+        return torch.optim.AdamW(params, **options)
+    return torch.optim.SGD(params, momentum=0.9, **options)
 
 
 @dataclasses.dataclass(frozen=True)

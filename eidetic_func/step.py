@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 from torch.func import functional_call
 
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
@@ -86,6 +87,12 @@ def train_step(
     is unchanged and the optimizer's statistics are untouched). ``zero_frozen_grads`` also
     zeroes gradients of frozen entries before the step, so momentum and moment estimates
     ignore them; freezing itself never depends on it.
+
+    The model's parameters are the step's workspace: the state is copied into them unless
+    they still hold the last step's result, unwritten since (by version counter). Any
+    optimizer works, fused ones included. Write them between steps under
+    ``torch.no_grad()``, not through ``.data`` (which no version counter sees), or better,
+    change the state.
 
     ``compiled`` runs the model's forward and backward and the optimizer's step under
     ``torch.compile`` (built on the first call for each model and optimizer, kept for
@@ -167,6 +174,12 @@ def train_step(
         _compiled_optimizer_step(optimizer)()
     else:
         optimizer.step()
+    # Fused kernels (``fused=True``) and ``.data`` writes change parameters without bumping
+    # their version counters, which tell project_workspace what was written: count the step
+    # as a write to every tensor the optimizer holds.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            increment_version(p)
     params = project_workspace(workspace, state)
     _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
     buffers = freeze_buffers({k: b.detach().clone() for k, b in own_buffers.items()}, state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -67,7 +68,28 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
     "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+    # fused kernels and .data writes change parameters without bumping version counters
+    "adam_fused": lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
+    "adamw_fused": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True),
+    # (torch's fused SGD with momentum fails once a tensor gets its first gradient late)
+    "sgd_wd_fused": lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-2, fused=True),
+    "sgd_through_data": lambda p: DataSGD(p, lr=0.05, weight_decay=1e-2),
 }
+
+
+class DataSGD(torch.optim.Optimizer):
+    """SGD with weight decay written through ``.data``, as older code does: no version
+    counter sees its writes, and it moves parameters that got no gradient."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.data.mul_(1 - group["lr"] * group["weight_decay"])
+                if p.grad is not None:
+                    p.data.add_(p.grad, alpha=-group["lr"])
 
 
 def optimizer_names() -> st.SearchStrategy[str]:
@@ -108,6 +130,17 @@ def pruning_plans() -> st.SearchStrategy[tuple[int, ...]]:
     return st.lists(st.sampled_from((KEEP_ALL, PRUNE_SOME, KEEP_ONE)), min_size=1, max_size=8).map(
         tuple
     )
+
+
+# A whole sequence to train: every model family, optimizer, forward transfer on and off,
+# random pruning or a plan reaching the corners.
+SEQUENCES: dict[str, st.SearchStrategy[Any]] = {
+    "spec": model_specs(ALL_KINDS),
+    "optimizer": optimizer_names(),
+    "forward_transfer": st.booleans(),
+    "seed": st.integers(0, 2**16),
+    "plan": st.none() | pruning_plans(),
+}
 
 
 def prune_by_plan(
@@ -156,6 +189,8 @@ def run_sequence(
     plan: tuple[int, ...] | None = None,
     compiled: bool = False,
     method: ef.Method | None = None,
+    on_step: Callable[[ef.EideticState, tuple[Tensor, Tensor], int, ef.EideticState], None]
+    | None = None,
 ) -> Iterator[Event]:
     """Train every task of ``spec`` in order with one optimizer; yield after every change.
 
@@ -163,6 +198,7 @@ def run_sequence(
     one, each unit is pruned as :func:`prune_by_plan` says. With ``method`` its steps
     (penalties, replayed losses, gradient transforms) train, and its end of task runs
     before each task is finished (EideticNet's freezing chained with the method).
+    ``on_step(before, batch, task, after)`` sees every training step.
     """
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
@@ -172,6 +208,7 @@ def run_sequence(
         for phase in range(2):
             for _ in range(steps):
                 data = batch(spec, generator)
+                before = state
                 if method is None:
                     state, _ = ef.train_step(
                         model, state, data, optimizer=optimizer, task=task, compiled=compiled
@@ -180,6 +217,8 @@ def run_sequence(
                     state, mstate, _ = ef.method_step(
                         method, model, state, mstate, data, optimizer=optimizer, task=task
                     )
+                if on_step is not None:
+                    on_step(before, data, task, state)
                 yield Event("step", task, state)
             if phase == 0:
                 if plan is None:

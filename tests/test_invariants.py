@@ -20,6 +20,7 @@ from strategies import (
     KEEP_ALL,
     KEEP_ONE,
     OPTIMIZERS,
+    SEQUENCES,
     ModelSpec,
     assert_owned_unchanged,
     batch,
@@ -33,14 +34,7 @@ from strategies import (
 import eidetic_func as ef
 from eidetic_func import step
 
-SEQUENCE = {
-    "spec": model_specs(ALL_KINDS),
-    "optimizer": optimizer_names(),
-    "forward_transfer": st.booleans(),
-    "seed": st.integers(0, 2**16),
-    "steps": st.integers(1, 4),
-    "plan": st.none() | pruning_plans(),
-}
+SEQUENCE = {**SEQUENCES, "steps": st.integers(1, 4)}
 
 
 def chained_method() -> ef.Method:
@@ -81,13 +75,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
 
 
 @settings(max_examples=3)  # every example compiles its model anew
-@given(
-    spec=model_specs(ALL_KINDS),
-    optimizer=optimizer_names(),
-    forward_transfer=st.booleans(),
-    seed=st.integers(0, 2**16),
-    plan=st.none() | pruning_plans(),
-)
+@given(**SEQUENCES)
 def test_owned_entries_stay_bit_identical_under_compiled_steps(
     spec: ModelSpec,
     optimizer: str,

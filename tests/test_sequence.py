@@ -365,3 +365,25 @@ def test_threads_default_to_a_share_of_the_cores_under_torchrun(
     assert ef.sequence.cpu_threads(None) == max(1, torch.get_num_threads() // 2)
     with pytest.raises(ef.ConfigError, match="threads"):
         RunConfig(threads=0)
+
+
+def test_adam_and_adamw_step_fused_when_asked_and_sgd_never() -> None:
+    from eidetic_func.sequence import build_optimizer
+    from models import MLP
+
+    model = MLP(4, [2, 2], num_layers=1, width=3)
+    assert not build_optimizer(RunConfig(), model).defaults["fused"]  # torch's default
+    for name in ("adam", "adamw"):
+        config = RunConfig(optimizer=name, fused_optimizer=True)
+        assert build_optimizer(config, model).defaults["fused"] is True
+    # torch's fused SGD with momentum fails when a later head gets its first gradient
+    config = RunConfig(optimizer="sgd", fused_optimizer=True)
+    assert not build_optimizer(config, model).defaults["fused"]
+
+
+def test_a_fused_run_trains_and_keeps_every_finished_task_bit_identical() -> None:
+    config = dataclasses.replace(SMALL, fused_optimizer=True, router=False)
+    matrix = run(config, log=_quiet).matrix
+    for task in range(len(matrix)):
+        assert matrix[task][task] > 0.6  # a step that trains nothing would sit at chance
+        assert all(row[task] == matrix[task][task] for row in matrix[task:])
