@@ -101,12 +101,14 @@ def _dtype(state: EideticState) -> torch.dtype | None:
 def train_mode(model: nn.Module, train: bool) -> Iterator[None]:
     """Set every submodule's training flag for the duration of the block, then restore it."""
     before = [(m, m.training) for m in model.modules()]
-    model.train(train)
+    if any(flag != train for _, flag in before):  # most steps find it set already
+        model.train(train)
     try:
         yield
     finally:
         for m, flag in before:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 def check_task(model: nn.Module, task: int) -> None:
