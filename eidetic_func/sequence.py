@@ -235,8 +235,8 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
     """The run's one optimizer over ``model``'s parameters.
 
     Adam and AdamW use torch's fused kernel when ``config.fused_optimizer`` and every
-    parameter is on CPU or CUDA. SGD never does: torch's fused SGD with momentum fails once a tensor (a later
-    task's head) gets its first gradient after the others.
+    parameter is on CPU or CUDA. SGD never does: torch's fused SGD with momentum fails once
+    a tensor (a later task's head) gets its first gradient after the others.
     """
     params = list(model.parameters())
     options: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
