@@ -3,7 +3,8 @@
 Same module architecture, batch and optimizer (AdamW); the functional step runs with
 owned entries present (one task finished owning half of every layer). Two copies
 of the plain step run in every round too: their ratio is the noise floor of the
-machine. Rounds interleave the variants; reported are the median and quartiles over
+machine. Both the plain and the functional step also run with AdamW's fused kernel
+(``fused=True``). Rounds interleave the variants; reported are the median and quartiles over
 the rounds of each time and of the per-round ratio.
 Run: ``python -m benchmarks.step [--device cuda] [--repeats 30]``.
 """
