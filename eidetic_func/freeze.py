@@ -62,17 +62,8 @@ def freeze_buffers(buffers: dict[str, Tensor], old: EideticState) -> dict[str, T
     out = {}
     for k, b in buffers.items():
         own = old.owner.get(k)
-        out[k] = b if own is None else torch.where(_owned(own), old.buffers[k], b)
+        out[k] = b if own is None else torch.where(own >= 0, old.buffers[k], b)
     return out
-
-
-def _owned(owner: Tensor) -> Tensor:
-    """``owner >= 0``, cached: an ownership tensor is immutable."""
-    owned = _OWNED.get((owner,))
-    if owned is None:
-        owned = owner >= 0
-        _OWNED.put((owner,), owned)
-    return owned
 
 
 def load_workspace(workspace: dict[str, Tensor], params: dict[str, Tensor]) -> None:
@@ -166,7 +157,6 @@ def _mask(bits: Tensor, t: Tensor) -> Tensor:
 _BITS = TensorMemo()
 _ANCHORS = TensorMemo()
 _COVERAGE = TensorMemo()
-_OWNED = TensorMemo()
 # Workspace tensors known to hold a state's values: (workspace tensor, state tensor).
 _LOADED = TensorMemo()
 
