@@ -121,37 +121,34 @@ def test_growth_leaves_every_finished_task_bit_identical(
             now, _ = ef.forward(model, state, probe, task=task, train=False)
             assert torch.equal(now, out), f"task {task} changed {where}"
 
+    def grow_checked(index: int, k: int) -> tuple[torch.nn.Module, ef.EideticState, str]:
+        """Grow unit ``index`` (modulo the units) by ``k``; check the entries and shapes."""
+        units = ef.topology_of(state).units
+        name = units[index % len(units)].name
+        grown, new = ef.grow(
+            model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
+        )
+        _assert_old_entries_kept(state, new, _inserted(state, name, k))
+        _assert_consistent(new)
+        assert all(p.shape == new.params[n].shape for n, p in grown.named_parameters())
+        assert all(p.shape == state.params[n].shape for n, p in model.named_parameters())
+        return grown, new, name
+
     for task in range(3):
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # a grown model needs a new one
         for _ in range(2):
             state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
         state = prune_by_plan(state, ef.topology_of(state), plan, g)
         if mid_task and task < 2:  # grow while this task has pruned (free, masked) neurons
-            index, k = growths[task % len(growths)]
-            name = ef.topology_of(state).units[index % len(ef.topology_of(state).units)].name
-            old = state
-            model, state = ef.grow(
-                model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
-            )
-            _assert_old_entries_kept(old, state, _inserted(old, name, k))
-            _assert_consistent(state)
+            model, state, _ = grow_checked(*growths[task % len(growths)])
             opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=task)
         check(f"while task {task} trained")
         state = ef.finish_task(state, forward_transfer=forward_transfer)
         expected[task], _ = ef.forward(model, state, probe, task=task, train=False)
         state = ef.recycle(state, generator=g)
-        units = ef.topology_of(state).units
         for index, k in growths[task::3] if task < 2 else []:
-            name = units[index % len(units)].name
-            old, old_model = state, model
-            model, state = ef.grow(
-                model, state, unit=name, neurons=k, generator=g, forward_transfer=forward_transfer
-            )
-            _assert_old_entries_kept(old, state, _inserted(old, name, k))
-            _assert_consistent(state)
-            assert all(p.shape == state.params[n].shape for n, p in model.named_parameters())
-            assert all(p.shape == old.params[n].shape for n, p in old_model.named_parameters())
+            model, state, name = grow_checked(index, k)
             check(f"by growing {name} by {k} after task {task}")
     check("at the end")
 
