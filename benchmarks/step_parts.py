@@ -39,7 +39,9 @@ def _no_op(*_: object, **__: object) -> None:
     return None
 
 
-def _copy_only(workspace: dict[str, torch.Tensor], _: ef.EideticState) -> dict[str, torch.Tensor]:
+def _copy_only(
+    _: torch.nn.Module, workspace: dict[str, torch.Tensor], __: ef.EideticState
+) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {k: p.clone() for k, p in workspace.items()}
 

@@ -66,65 +66,6 @@ def freeze_buffers(buffers: dict[str, Tensor], old: EideticState) -> dict[str, T
     return out
 
 
-def load_workspace(workspace: dict[str, Tensor], params: dict[str, Tensor]) -> None:
-    """Copy ``params`` into the optimizer's ``workspace`` tensors (in place).
-
-    Skipped for a tensor that already holds exactly those values: the one
-    :func:`project_workspace` left there, unmodified since (same tensors, same versions).
-    """
-    with torch.no_grad():
-        for k, p in workspace.items():
-            source = params[k]
-            if _LOADED.get((p, source)) is None:
-                p.copy_(source)
-                _LOADED.put((p, source), True)
-
-
-def project_workspace(workspace: dict[str, Tensor], old: EideticState) -> dict[str, Tensor]:
-    """:func:`freeze` for a training step: the new parameters, with ``workspace`` projected too.
-
-    Every owned or pruned entry of ``workspace`` is restored from ``old`` in place, and the
-    returned parameters are copies of the projected workspace (tensors that no
-    ``old`` entry may change are ``old``'s own). The workspace then holds the returned
-    values, so the next step's :func:`load_workspace` has nothing to copy.
-    """
-    bits = _trainable_bits(old)
-    coverage = _coverage(bits)
-    params = {}
-    with torch.no_grad():
-        for k, p in workspace.items():
-            before = old.params[k]
-            if _LOADED.get((p, before)) is not None:  # not written since it was loaded
-                params[k] = before
-                continue
-            if coverage[k] is False:
-                p.copy_(before)
-                params[k] = before
-            elif coverage[k] is True:
-                params[k] = p.clone()
-            else:
-                _project_(bits[k], p, before)
-                params[k] = p.clone()
-                anchor = _ANCHORS.get((before, bits[k]))
-                if anchor is not None:
-                    _ANCHORS.put((params[k], bits[k]), anchor)
-            _LOADED.put((p, params[k]), True)
-    return params
-
-
-def _project_(bits: Tensor, new: Tensor, old: Tensor) -> None:
-    """In place, :func:`_select`: ``new`` keeps its entries where ``bits`` is set."""
-    int_dtype = _INT_VIEW.get(new.dtype)
-    if int_dtype is None or bits.dtype != int_dtype:
-        new.copy_(torch.where(bits.bool(), new, old))
-        return
-    anchor = _ANCHORS.get((old, bits))
-    if anchor is None:
-        anchor = old.view(int_dtype) & ~bits
-        _ANCHORS.put((old, bits), anchor)
-    new.view(int_dtype).bitwise_and_(bits).bitwise_or_(anchor)
-
-
 def _select(bits: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """``new`` where ``bits`` is all ones, ``old`` where it is zero; exact bit patterns.
 
@@ -157,8 +98,6 @@ def _mask(bits: Tensor, t: Tensor) -> Tensor:
 _BITS = TensorMemo()
 _ANCHORS = TensorMemo()
 _COVERAGE = TensorMemo()
-# Workspace tensors known to hold a state's values: (workspace tensor, state tensor).
-_LOADED = TensorMemo()
 
 
 def _trainable_bits(state: EideticState) -> dict[str, Tensor]:

@@ -35,7 +35,6 @@ from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d
 from .bridge import bridge
 from .config import GROW_POLICIES
 from .errors import ConfigError, TopologyError
-from .freeze import load_workspace
 from .grown_layers import (
     GrownConv2d,
     GrownLinear,
@@ -55,6 +54,7 @@ from .state import (
     with_topology,
 )
 from .topology import Reader, Topology, Unit, neuron_owner, rows
+from .workspace import load_workspace
 
 # (dim, at, count): ``count`` entries inserted at index ``at`` of dimension ``dim``
 Insert = tuple[int, int, int]
@@ -323,7 +323,7 @@ def _insert(t: Tensor, dim: int, at: int, count: int, value: float | bool) -> Te
 
 def _load(model: nn.Module, state: EideticState) -> None:
     """Give the (freshly copied) model the state's values."""
-    load_workspace(dict(model.named_parameters()), state.params)
+    load_workspace(model, dict(model.named_parameters()), state.params)
     with torch.no_grad():
         for key, b in model.named_buffers():
             if key in state.buffers:

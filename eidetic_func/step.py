@@ -25,10 +25,11 @@ from torch.func import functional_call
 
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
 from .forward import check_input, check_task, frozen_channels_set, train_mode
-from .freeze import _mask, _trainable_bits, freeze_buffers, load_workspace, project_workspace
+from .freeze import _mask, _trainable_bits, freeze_buffers
 from .mask import needs_task_mask, task_entries
 from .state import EideticState, _check_same
 from .types import LossFn
+from .workspace import load_workspace, project_workspace
 
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
 Apply = Callable[[Tensor, int], Tensor]
@@ -115,7 +116,7 @@ def train_step(
         raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")
     _check_optimizer(optimizer, workspace)
 
-    load_workspace(workspace, state.params)
+    load_workspace(model, workspace, state.params)
     with torch.no_grad():
         for k, b in own_buffers.items():
             b.copy_(state.buffers[k])
@@ -174,13 +175,8 @@ def train_step(
         _compiled_optimizer_step(optimizer)()
     else:
         optimizer.step()
-    # Fused kernels (``fused=True``) and ``.data`` writes change parameters without bumping
-    # their version counters, which tell project_workspace what was written: count the step
-    # as a write to every tensor the optimizer holds.
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            increment_version(p)
-    params = project_workspace(workspace, state)
+    _count_as_written(optimizer)
+    params = project_workspace(model, workspace, state)
     _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
     buffers = freeze_buffers({k: b.detach().clone() for k, b in own_buffers.items()}, state)
     new = state.replace(params=params, buffers=buffers)
@@ -226,6 +222,21 @@ def _compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], N
         return step
 
     return _cached("optimizer", optimizer, build)
+
+
+def _count_as_written(optimizer: torch.optim.Optimizer) -> None:
+    """Bump the version counter of every tensor the optimizer step may have written.
+
+    Version counters tell :func:`project_workspace` what the step wrote, but fused kernels
+    (``fused=True``) and ``.data`` writes bump none. torch's own optimizers never touch a
+    tensor without a gradient (a later task's head, say), so for them only tensors with a
+    gradient count; any other optimizer may write anything it holds.
+    """
+    grad_only = type(optimizer).__module__.startswith("torch.optim.")
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not grad_only or p.grad is not None:
+                increment_version(p)
 
 
 def _check_finite_step(changed: dict[str, Tensor], task: int) -> None:

@@ -255,6 +255,13 @@ class PlainStep:
     seed=0,
     plan=None,
 )
+@example(  # .data writes bump no version counter either, and reach heads without a gradient
+    spec=ModelSpec("mlp", True, width=4, num_layers=2, num_tasks=2),
+    optimizer="sgd_through_data",
+    forward_transfer=True,
+    seed=0,
+    plan=None,
+)
 def test_train_step_equals_the_plain_step_followed_by_the_projection(
     spec: ModelSpec,
     optimizer: str,
