@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,9 +14,34 @@ from typing import Any
 
 import torch
 
-from eidetic_func.allocator import freed_memory_kept
+from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 1) -> None:
+    """``--threads``: torch's intra-op threads for the run (None: torch's default)."""
+    shown = "torch's default" if default is None else default
+    parser.add_argument(
+        "--threads", type=int, default=default, help=f"torch threads (default: {shown})"
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def prepare_timing(threads: int | None) -> None:
+    """The process settings every timing benchmark runs under: freed memory kept (as the
+    CLI does: steadier step times), ``threads`` torch threads, and subnormals flushed (their
+    arithmetic is 10-100x slower on x86 and appears in AdamW's second moments of weights
+    with vanishing gradients; flushed for every variant alike)."""
+    keep_freed_memory()
+    set_threads(threads)
+    torch.set_flush_denormal(True)
 
 
 def sync(device: torch.device) -> None:

@@ -32,13 +32,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import eidetic_func as ef
-from eidetic_func.allocator import keep_freed_memory
 from eidetic_func.baselines.gradient_stats import per_sample_fn, per_sample_sums
 from eidetic_func.forward import train_mode
 from eidetic_func.per_sample import SampleLoss, cross_entropy_loss, squared_norm_loss
 from models import MLP
 
-from ._timing import environment, interleaved_samples, spread, write_json
+from ._timing import (
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    spread,
+    write_json,
+)
 
 BATCH = 128
 TARGET = 10.0  # vmap at least this many times faster than the per-sample loop
@@ -159,15 +165,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
+    add_threads_argument(parser, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd vmap")
     args = parser.parse_args()
-    keep_freed_memory()  # the CLI does the same: steadier step times
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    prepare_timing(args.threads)
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = MLP(784, [10], num_layers=2, width=1000)

@@ -4,12 +4,14 @@ For each model (batch 128): a plain forward+backward of the loss (the floor), th
 original hook-based batch-level scores, a per-sample Python loop, the ``vmap(grad)``
 reference, and the fast gated path, eager and ``torch.compile``d. Medians after warm-up,
 all in one process; also the rank agreement (Spearman) of batch-level and per-sample
-scores. Run: ``python -m benchmarks.importance [--device cuda] [--models mlp,convnet]``.
+scores. Run: ``python -m benchmarks.importance [--device cuda] [--models mlp,convnet]
+[--update]`` (``--update`` re-measures only those models' rows of the committed JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import warnings
 from collections.abc import Callable
@@ -21,7 +23,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 import eidetic_func as ef
-from eidetic_func.allocator import keep_freed_memory
 from eidetic_func.forward import train_mode
 from eidetic_func.per_sample import restrict
 from eidetic_func.taylor import (
@@ -34,7 +35,16 @@ from eidetic_func.taylor import (
 )
 from models import MLP, ConvNet, ResNet
 
-from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
+from ._timing import (
+    RESULTS,
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    ratio_spread,
+    spread,
+    write_json,
+)
 
 MODELS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp": ("MLP 784-1000-1000 (BN)", lambda: MLP(784, [10], num_layers=2, width=1000), (784,)),
@@ -45,6 +55,9 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
     ),
     "resnet18": ("ResNet-18, 3x32x32", lambda: ResNet(3, [10], n_blocks=[2, 2, 2, 2]), (3, 32, 32)),
 }
+# rounds of the quick variants per model: a call of ~10 ms varies more from round to round
+# than one of seconds, and many rounds of it cost little
+QUICK_REPEATS = {"mlp": 50, "convnet": 7, "resnet18": 7}
 
 
 def _hook_scores(
@@ -199,6 +212,9 @@ def run_model(
     floor_s = times["floor (forward+backward)"]
     return {
         "model": name,
+        "repeats": repeats,
+        "slow_repeats": slow_repeats,
+        "environment": environment(device),
         "times_ms": {k: 1e3 * v for k, v in times.items()},
         "ratio_to_floor": {k: v / floor_s for k, v in times.items()},
         "spread": spreads,
@@ -245,26 +261,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="mlp,convnet,resnet18")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"rounds of the quick variants (default per model: {QUICK_REPEATS})",
+    )
     parser.add_argument("--slow-repeats", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=32, help="vmap chunk (bounds memory)")
     parser.add_argument("--no-compile", action="store_true")
+    add_threads_argument(parser)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the rows of --models in the committed JSON, keep the others "
+        "(each row records its own environment and rounds)",
+    )
     args = parser.parse_args()
-    keep_freed_memory()  # the CLI does the same: steadier step times
-    torch.set_flush_denormal(True)
+    prepare_timing(args.threads)
     device = torch.device(args.device)
-    rows = []
+    name = f"importance-{device.type}.json"
+    measured = {}
     for key in args.models.split(","):
         print(MODELS[key][0], flush=True)
-        rows.append(
-            run_model(
-                key, device, args.repeats, args.slow_repeats, args.chunk_size, not args.no_compile
-            )
+        repeats = args.repeats or QUICK_REPEATS[key]
+        measured[MODELS[key][0]] = run_model(
+            key, device, repeats, args.slow_repeats, args.chunk_size, not args.no_compile
         )
+    kept = json.loads((RESULTS / name).read_text())["results"] if args.update else []
+    by_model = {row["model"]: row for row in kept} | measured
+    rows = [by_model[title] for title, _, _ in MODELS.values() if title in by_model]
     table = to_markdown(rows)
     print(table)
     path = write_json(
-        f"importance-{device.type}.json",
+        name,
         {
             "benchmark": "importance",
             "batch": 128,

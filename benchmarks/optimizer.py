@@ -15,10 +15,17 @@ from collections.abc import Callable
 
 import torch
 
-from eidetic_func.allocator import keep_freed_memory
 from models import MLP
 
-from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
+from ._timing import (
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    ratio_spread,
+    spread,
+    write_json,
+)
 
 
 def _models() -> dict[str, torch.nn.Module]:
@@ -91,9 +98,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
+    add_threads_argument(parser)
     args = parser.parse_args()
-    keep_freed_memory()  # as the CLI and the step benchmark
-    torch.set_flush_denormal(True)
+    prepare_timing(args.threads)
     device = torch.device(args.device)
     payload = run(device, args.repeats, args.warmup)
     path = write_json(f"optimizer-{device.type}.json", payload)

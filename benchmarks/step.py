@@ -19,10 +19,17 @@ import torch
 import torch.nn.functional as F
 
 import eidetic_func as ef
-from eidetic_func.allocator import keep_freed_memory
 from models import MLP, ConvNet, ResNet
 
-from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
+from ._timing import (
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    ratio_spread,
+    spread,
+    write_json,
+)
 
 
 def _models() -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int]]:
@@ -181,11 +188,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--only", default=None, help="run the models whose name contains this")
+    add_threads_argument(parser)
     args = parser.parse_args()
-    keep_freed_memory()  # the CLI does the same: steadier step times
-    # Subnormal arithmetic is 10-100x slower on x86 and appears in AdamW's second moments
-    # of weights with vanishing gradients; flush it for both sides alike.
-    torch.set_flush_denormal(True)
+    prepare_timing(args.threads)
     device = torch.device(args.device)
     payload = run(device, args.repeats, args.warmup, args.only)
     suffix = "" if args.only is None else "-partial"

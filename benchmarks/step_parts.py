@@ -27,9 +27,16 @@ import torch.nn.functional as F
 
 import eidetic_func as ef
 from eidetic_func import step as step_module
-from eidetic_func.allocator import keep_freed_memory
 
-from ._timing import environment, interleaved_samples, ratio_spread, spread, write_json
+from ._timing import (
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    ratio_spread,
+    spread,
+    write_json,
+)
 from .step import _models, _state_with_owned_entries
 
 Patch = tuple[str, Any]
@@ -190,9 +197,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
+    add_threads_argument(parser)
     args = parser.parse_args()
-    keep_freed_memory()
-    torch.set_flush_denormal(True)
+    prepare_timing(args.threads)
     payload = run(args.repeats, args.warmup)
     print(f"wrote {write_json('step-parts-cpu.json', payload)}")
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 from torch.func import functional_call
 
+from .compiling import compile_kwargs, device_of
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
 from .forward import check_input, check_task, frozen_channels_set, train_mode
 from .freeze import _mask, _trainable_bits, freeze_buffers
@@ -210,7 +211,10 @@ COMPILE_OPTIONS: dict[str, Any] = {}
 
 
 def _compiled_model(model: nn.Module) -> Callable[..., Tensor]:
-    return _cached("model", model, lambda: torch.compile(model, **COMPILE_OPTIONS))
+    def build() -> Callable[..., Tensor]:
+        return torch.compile(model, **compile_kwargs(device_of(model), COMPILE_OPTIONS))
+
+    return _cached("model", model, build)
 
 
 def _compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:

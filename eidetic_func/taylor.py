@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .compiling import compile_kwargs, device_of
 from .errors import DataError, TopologyError
 from .forward import train_mode
 from .per_sample import (
@@ -190,6 +191,9 @@ def compile_scorer(
 
     Build once, call per batch (the first call compiles); feed its results to
     :func:`accumulate_squares`. The model must be in inference mode when called.
+    ``compile_options`` go to ``torch.compile``; without a backend or options of their
+    own, CPU models get the plain forward/backward partition
+    (:func:`eidetic_func.compiling.compile_kwargs`).
     """
     module = gated(model, topology, task)
 
@@ -198,7 +202,7 @@ def compile_scorer(
     ) -> Tensor:
         return functional_call(module, (params, buffers), (x, task, gates))
 
-    compiled = torch.compile(logits, **compile_options)  # type: ignore[call-overload]
+    compiled = torch.compile(logits, **compile_kwargs(device_of(model), compile_options))
 
     def scorer(
         params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
-from benchmarks._timing import environment, interleaved_samples, ratio_spread, spread
+from benchmarks._timing import (
+    add_threads_argument,
+    environment,
+    interleaved_samples,
+    ratio_spread,
+    set_threads,
+    spread,
+)
 from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
 
 
@@ -36,3 +45,19 @@ def test_environment_records_machine_threads_and_allocator() -> None:
     env = environment(torch.device("cpu"))
     assert env["threads"] == torch.get_num_threads() and env["cores"] >= 1 and env["cpu"]
     assert env["glibc_freed_memory_kept"] is freed_memory_kept() is applied
+
+
+def test_threads_default_to_one_and_set_what_the_environment_records() -> None:
+    parser = argparse.ArgumentParser()
+    add_threads_argument(parser)
+    assert parser.parse_args([]).threads == 1
+    before = torch.get_num_threads()
+    try:
+        set_threads(parser.parse_args(["--threads", "1"]).threads)
+        assert environment(torch.device("cpu"))["threads"] == 1
+        set_threads(None)  # torch's default: left as it is
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="at least 1"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
