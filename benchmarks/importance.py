@@ -281,14 +281,21 @@ def main() -> None:
     prepare_timing(args.threads)
     device = torch.device(args.device)
     name = f"importance-{device.type}.json"
+    keys = args.models.split(",")
+    unknown = sorted(set(keys) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
     measured = {}
-    for key in args.models.split(","):
+    for key in keys:
         print(MODELS[key][0], flush=True)
         repeats = args.repeats or QUICK_REPEATS[key]
         measured[MODELS[key][0]] = run_model(
             key, device, repeats, args.slow_repeats, args.chunk_size, not args.no_compile
         )
-    kept = json.loads((RESULTS / name).read_text())["results"] if args.update else []
+    committed = RESULTS / name
+    kept = (
+        json.loads(committed.read_text())["results"] if args.update and committed.exists() else []
+    )
     by_model = {row["model"]: row for row in kept} | measured
     rows = [by_model[title] for title, _, _ in MODELS.values() if title in by_model]
     table = to_markdown(rows)
