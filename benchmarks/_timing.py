@@ -19,12 +19,30 @@ from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 1) -> None:
-    """``--threads``: torch's intra-op threads for the run (None: torch's default)."""
-    shown = "torch's default" if default is None else default
+def timing_parser(
+    doc: str | None,
+    *,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    device: bool = False,
+    threads: int | None = 1,
+) -> argparse.ArgumentParser:
+    """The arguments every timing benchmark shares, described by its module ``doc``'s first
+    line: ``--threads`` (torch's intra-op threads; None: torch's default) and, when given
+    defaults, ``--repeats``, ``--warmup`` and ``--device``. Call :func:`prepare_timing` with
+    the parsed ``threads`` before measuring."""
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0] or None)
+    if device:
+        parser.add_argument("--device", default="cpu")
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    if warmup is not None:
+        parser.add_argument("--warmup", type=int, default=warmup)
+    shown = "torch's default" if threads is None else threads
     parser.add_argument(
-        "--threads", type=int, default=default, help=f"torch threads (default: {shown})"
+        "--threads", type=int, default=threads, help=f"torch threads (default: {shown})"
     )
+    return parser
 
 
 def set_threads(threads: int | None) -> None:

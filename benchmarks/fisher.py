@@ -21,7 +21,6 @@ against the loop. Run: ``python -m benchmarks.fisher [--threads N] [--no-compile
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import warnings
 from collections.abc import Callable
@@ -38,11 +37,11 @@ from eidetic_func.per_sample import SampleLoss, cross_entropy_loss, squared_norm
 from models import MLP
 
 from ._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     spread,
+    timing_parser,
     write_json,
 )
 
@@ -163,9 +162,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    add_threads_argument(parser, default=None)
+    parser = timing_parser(__doc__, repeats=7, threads=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd vmap")
     args = parser.parse_args()
     prepare_timing(args.threads)

@@ -10,7 +10,6 @@ scores. Run: ``python -m benchmarks.importance [--device cuda] [--models mlp,con
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import warnings
@@ -37,12 +36,12 @@ from models import MLP, ConvNet, ResNet
 
 from ._timing import (
     RESULTS,
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timing_parser,
     write_json,
 )
 
@@ -258,8 +257,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser = timing_parser(__doc__, device=True)
     parser.add_argument("--models", default="mlp,convnet,resnet18")
     parser.add_argument(
         "--repeats",
@@ -270,7 +268,6 @@ def main() -> None:
     parser.add_argument("--slow-repeats", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=32, help="vmap chunk (bounds memory)")
     parser.add_argument("--no-compile", action="store_true")
-    add_threads_argument(parser)
     parser.add_argument(
         "--update",
         action="store_true",

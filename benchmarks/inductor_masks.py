@@ -17,7 +17,6 @@ Run: ``python -m benchmarks.inductor_masks [--repeats 50]``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -25,12 +24,12 @@ import torch
 from eidetic_func.compiling import compile_kwargs
 
 from ._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timing_parser,
     write_json,
 )
 
@@ -104,10 +103,7 @@ def run(repeats: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
-    add_threads_argument(parser)
-    args = parser.parse_args()
+    args = timing_parser(__doc__, repeats=50).parse_args()
     prepare_timing(args.threads)
     payload = run(args.repeats)
     print(f"wrote {write_json('inductor-masks-cpu.json', payload)}")

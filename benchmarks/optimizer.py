@@ -10,7 +10,6 @@ Run: ``python -m benchmarks.optimizer [--device cuda] [--repeats 200]``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -18,12 +17,12 @@ import torch
 from models import MLP
 
 from ._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timing_parser,
     write_json,
 )
 
@@ -94,12 +93,7 @@ def run(device: torch.device, repeats: int, warmup: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    add_threads_argument(parser)
-    args = parser.parse_args()
+    args = timing_parser(__doc__, repeats=200, warmup=10, device=True).parse_args()
     prepare_timing(args.threads)
     device = torch.device(args.device)
     payload = run(device, args.repeats, args.warmup)

@@ -11,7 +11,6 @@ Run: ``python -m benchmarks.step [--device cuda] [--repeats 30]``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Callable
 
@@ -22,12 +21,12 @@ import eidetic_func as ef
 from models import MLP, ConvNet, ResNet
 
 from ._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timing_parser,
     write_json,
 )
 
@@ -183,12 +182,8 @@ def run(device: torch.device, repeats: int, warmup: int, only: str | None) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = timing_parser(__doc__, repeats=30, warmup=5, device=True)
     parser.add_argument("--only", default=None, help="run the models whose name contains this")
-    add_threads_argument(parser)
     args = parser.parse_args()
     prepare_timing(args.threads)
     device = torch.device(args.device)

@@ -16,7 +16,6 @@ Run: ``python -m benchmarks.step_parts [--repeats 100]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
@@ -29,12 +28,12 @@ import eidetic_func as ef
 from eidetic_func import step as step_module
 
 from ._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timing_parser,
     write_json,
 )
 from .step import _models, _state_with_owned_entries
@@ -194,11 +193,7 @@ def run(repeats: int, warmup: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    add_threads_argument(parser)
-    args = parser.parse_args()
+    args = timing_parser(__doc__, repeats=100, warmup=10).parse_args()
     prepare_timing(args.threads)
     payload = run(args.repeats, args.warmup)
     print(f"wrote {write_json('step-parts-cpu.json', payload)}")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
 from benchmarks._timing import (
-    add_threads_argument,
     environment,
     interleaved_samples,
     ratio_spread,
     set_threads,
     spread,
+    timing_parser,
 )
 from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
 
@@ -48,9 +46,11 @@ def test_environment_records_machine_threads_and_allocator() -> None:
 
 
 def test_threads_default_to_one_and_set_what_the_environment_records() -> None:
-    parser = argparse.ArgumentParser()
-    add_threads_argument(parser)
-    assert parser.parse_args([]).threads == 1
+    parser = timing_parser("a benchmark\n\nmore", repeats=7, warmup=2)
+    defaults = parser.parse_args([])
+    assert (defaults.threads, defaults.repeats, defaults.warmup) == (1, 7, 2)
+    assert parser.description == "a benchmark"
+    assert timing_parser(None, threads=None).parse_args([]).threads is None
     before = torch.get_num_threads()
     try:
         set_threads(parser.parse_args(["--threads", "1"]).threads)
