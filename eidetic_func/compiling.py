@@ -12,11 +12,10 @@ mask inside the backward's fused kernel. GPUs keep the default partition.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import fx
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
@@ -44,28 +43,11 @@ def compile_kwargs(device: torch.device, given: Mapping[str, Any] | None = None)
 @functools.cache
 def _plain_partitioner() -> Any:
     try:
-        from torch._functorch.partitioners import default_partition
         from torch._inductor import config
-        from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+        if not hasattr(config, "custom_partitioner_fn"):
+            return None
+        from ._plain_partition import PlainPartition
     except ImportError:  # an older torch: keep its default partition
         return None
-    if not hasattr(config, "custom_partitioner_fn"):
-        return None
-
-    class PlainPartition(CustomPartitionerFn):
-        """AOTAutograd's plain partition: the forward saves what eager would."""
-
-        def __call__(
-            self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
-        ) -> tuple[fx.GraphModule, fx.GraphModule]:
-            return default_partition(
-                gm,
-                joint_inputs,
-                num_fwd_outputs=kwargs["num_fwd_outputs"],
-                static_lifetime_input_indices=kwargs.get("static_lifetime_input_indices"),
-            )
-
-        def uuid(self) -> str:
-            return "eidetic_func.compiling.PlainPartition/1"
-
     return PlainPartition()

@@ -3,6 +3,8 @@ agree with eager ones."""
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 
 import eidetic_func as ef
@@ -57,3 +59,10 @@ def test_the_compiled_taylor_scorer_equals_the_eager_fast_path() -> None:
     eager = ef.score(model, state, batches, method="taylor", task=1)
     for unit in topology.units:
         assert torch.allclose(compiled[unit.name], eager[unit.name], rtol=1e-4, atol=1e-9)
+
+
+def test_the_plain_partitioner_pickles_so_inductor_can_cache_its_graphs() -> None:
+    partitioner = compile_kwargs(CPU)["options"]["custom_partitioner_fn"]
+    again = pickle.loads(pickle.dumps(partitioner))
+    assert type(again) is type(partitioner)
+    assert again.uuid() == partitioner.uuid()
