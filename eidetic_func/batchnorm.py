@@ -61,29 +61,31 @@ class _TaskBatchNorm(_BatchNorm):
         else:
             factor = self.momentum
         frozen, free, is_frozen = _blend_masks(self.frozen_channels, self.running_mean)
-        mean, var = self.running_mean, self.running_var  # written only at the end
-        new_mean, new_var = mean.clone(), var.clone()  # updated in place by the batch norm
-        batch_normalized = F.batch_norm(
-            input, new_mean, new_var, self.weight, self.bias, True, factor, self.eps
-        )
+        mean, var = self.running_mean, self.running_var
+        weight, bias = self.weight, self.bias
         with torch.no_grad():
             # Frozen channels: inference-mode normalization with the frozen statistics, an
             # affine map applied once. An owned channel is computed from owned entries only
             # (owned rows read nothing else), so no trainable parameter can change it: its
             # values are constants for this step's gradients. Free channels: the
             # batch-normalized output. The blend is exact (one side times 1, the other 0).
-            scale = torch.rsqrt(var + self.eps)
-            if self.weight is not None:
-                scale = scale * self.weight
-            shift = -mean * scale
-            if self.bias is not None:
-                shift = shift + self.bias
+            scale = (var + self.eps).rsqrt_()
+            if weight is not None:
+                scale.mul_(weight)
+            shift = torch.sub(bias, mean * scale) if bias is not None else (mean * scale).neg_()
             shape = (1, -1) + (1,) * (input.dim() - 2)
             constant = torch.addcmul(
-                (shift * frozen).view(shape), input, (scale * frozen).view(shape)
+                shift.mul_(frozen).view(shape), input, scale.mul_(frozen).view(shape)
             )
-            self.running_mean.copy_(torch.where(is_frozen, mean, new_mean))
-            self.running_var.copy_(torch.where(is_frozen, var, new_var))
+        # batch norm updates the statistics of every channel (of copies it keeps for its
+        # backward); only the free channels' updates are taken
+        new_mean, new_var = mean.clone(), var.clone()
+        batch_normalized = F.batch_norm(
+            input, new_mean, new_var, weight, bias, True, factor, self.eps
+        )
+        with torch.no_grad():
+            torch.where(is_frozen, mean, new_mean, out=mean)
+            torch.where(is_frozen, var, new_var, out=var)
         return torch.addcmul(constant, batch_normalized, free.view(shape))
 
 

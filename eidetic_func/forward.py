@@ -79,16 +79,18 @@ def frozen_channels_set(model: nn.Module, state: EideticState) -> Iterator[None]
     For running the model itself (its own parameters and buffers as a workspace) rather
     than through ``functional_call``; the modules' previous values come back on exit.
     """
-    before: list[tuple[nn.Module, Tensor]] = []
+    # through the modules' buffer tables: nn.Module.__setattr__ costs more than the rest
+    # of this per-step call (the name is a registered buffer, so it is the same update)
+    before: list[tuple[dict[str, Tensor | None], Tensor | None]] = []
     for name, idx in frozen_channels(state).items():
-        module = model.get_submodule(name.rsplit(".", 1)[0])
-        before.append((module, module.get_buffer("frozen_channels")))
-        module.frozen_channels = idx
+        table = model.get_submodule(name.rpartition(".")[0])._buffers
+        before.append((table, table["frozen_channels"]))
+        table["frozen_channels"] = idx
     try:
         yield
     finally:
-        for module, previous in before:
-            module.frozen_channels = previous
+        for table, previous in before:
+            table["frozen_channels"] = previous
 
 
 def _dtype(state: EideticState) -> torch.dtype | None:

@@ -57,12 +57,25 @@ def freeze(new: EideticState, old: EideticState) -> EideticState:
     return old.replace(params=params, buffers=freeze_buffers(new.buffers, old))
 
 
-def freeze_buffers(buffers: dict[str, Tensor], old: EideticState) -> dict[str, Tensor]:
-    """``buffers`` with every BN statistic owned in ``old`` taken from ``old``."""
+def freeze_buffers(
+    buffers: dict[str, Tensor], old: EideticState, *, copy: bool = False
+) -> dict[str, Tensor]:
+    """``buffers`` with every BN statistic owned in ``old`` taken from ``old``.
+
+    With ``copy``, no returned tensor shares storage with ``buffers`` (for buffers that
+    keep being updated in place, like a model's own).
+    """
     out = {}
     for k, b in buffers.items():
         own = old.owner.get(k)
-        out[k] = b if own is None else torch.where(own >= 0, old.buffers[k], b)
+        if own is None:
+            out[k] = b.detach().clone() if copy else b
+            continue
+        owned = _OWNED.get((own,))
+        if owned is None:
+            owned = own >= 0
+            _OWNED.put((own,), owned)
+        out[k] = torch.where(owned, old.buffers[k], b)
     return out
 
 
@@ -98,6 +111,7 @@ def _mask(bits: Tensor, t: Tensor) -> Tensor:
 _BITS = TensorMemo()
 _ANCHORS = TensorMemo()
 _COVERAGE = TensorMemo()
+_OWNED = TensorMemo()
 
 
 def _trainable_bits(state: EideticState) -> dict[str, Tensor]:

@@ -179,7 +179,7 @@ def train_step(
     _count_as_written(optimizer)
     params = project_workspace(model, workspace, state)
     _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
-    buffers = freeze_buffers({k: b.detach().clone() for k, b in own_buffers.items()}, state)
+    buffers = freeze_buffers(own_buffers, state, copy=True)
     new = state.replace(params=params, buffers=buffers)
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
