@@ -1,0 +1,118 @@
+"""Why a compiled AdamW step is slow on CPU: its bias corrections, recomputed per vector.
+
+inductor's generated C++ for ``torch.compile(optimizer.step)`` computes Adam's bias
+corrections (``1 - β1^step``, ``1 - β2^step``, a square root and divisions of the step
+counter) inside the vectorized loop over the parameter, once per 8 entries, instead of
+once per tensor (see the kernel with ``TORCH_LOGS=output_code``). Timed here on one
+parameter tensor of each shipped MLP's first layer, interleaved:
+
+* torch's AdamW step: foreach (torch's default), fused, and ``torch.compile``-d;
+* the same update written out and compiled, with the corrections computed from the step
+  tensor inside the kernel (as torch's Adam does), and with them precomputed outside.
+
+Run: ``python -m benchmarks.inductor_adam [--repeats 50]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._timing import (
+    environment,
+    interleaved_samples,
+    prepare_timing,
+    ratio_spread,
+    spread,
+    timing_parser,
+    write_json,
+)
+
+SHAPES = {"400 x 784 (main job's MLP)": (400, 784), "1000 x 784 (MLP 2x1000)": (1000, 784)}
+LR, BETA1, BETA2, EPS, DECAY = 1e-3, 0.9, 0.999, 1e-8, 1e-2
+
+
+def _update_in_kernel(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor
+) -> None:
+    m.lerp_(g, 1 - BETA1)
+    v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+    correction1 = 1 - BETA1 ** (step + 1)
+    correction2 = 1 - BETA2 ** (step + 1)
+    p.mul_(1 - LR * DECAY).sub_(m / (v.sqrt() / correction2.sqrt() + EPS) * (LR / correction1))
+
+
+def _update_precomputed(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scalars: torch.Tensor
+) -> None:
+    m.lerp_(g, 1 - BETA1)
+    v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+    p.mul_(1 - LR * DECAY).sub_(m / (v.sqrt() / scalars[1] + EPS) * scalars[0])
+
+
+def _variants(shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
+    generator = torch.Generator().manual_seed(0)
+
+    def optimizer(**kwargs: object) -> torch.optim.Optimizer:
+        p = torch.nn.Parameter(torch.randn(shape, generator=generator))
+        p.grad = torch.randn(shape, generator=generator)
+        return torch.optim.AdamW([p], lr=LR, betas=(BETA1, BETA2), weight_decay=DECAY, **kwargs)
+
+    foreach, fused, compiled = optimizer(foreach=True), optimizer(fused=True), optimizer()
+    compiled_step = torch.compile(compiled.step)
+    p, g, m = (torch.randn(shape, generator=generator) for _ in range(3))
+    v = torch.rand(shape, generator=generator)
+    step = torch.tensor(5.0)
+    scalars = torch.stack([LR / (1 - BETA1 ** (step + 1)), (1 - BETA2 ** (step + 1)).sqrt()])
+    in_kernel = torch.compile(_update_in_kernel)
+    precomputed = torch.compile(_update_precomputed)
+    return {
+        "AdamW step, foreach": foreach.step,
+        "AdamW step, fused": fused.step,
+        "AdamW step, compiled": compiled_step,
+        "update compiled, corrections in the kernel": lambda: in_kernel(p, g, m, v, step),
+        "update compiled, corrections precomputed": lambda: precomputed(p, g, m, v, scalars),
+    }
+
+
+def run(repeats: int) -> dict[str, object]:
+    rows = []
+    for name, shape in SHAPES.items():
+        torch._dynamo.reset()
+        times = interleaved_samples(
+            _variants(shape), repeats=repeats, warmup=3, device=torch.device("cpu")
+        )
+        us = {k: spread([1e6 * t for t in ts]) for k, ts in times.items()}
+        ratios = {
+            "compiled step / fused": ratio_spread(
+                times["AdamW step, compiled"], times["AdamW step, fused"]
+            ),
+            "corrections in the kernel / precomputed": ratio_spread(
+                times["update compiled, corrections in the kernel"],
+                times["update compiled, corrections precomputed"],
+            ),
+        }
+        rows.append({"shape": name, "us": us, "ratios": ratios})
+        print(name, flush=True)
+        for k, s in us.items():
+            print(f"  {k:44s} {s['median']:8.1f} µs [{s['q1']:.1f}–{s['q3']:.1f}]")
+        for k, s in ratios.items():
+            print(f"  {k:44s} {s['median']:6.2f}× [{s['q1']:.2f}–{s['q3']:.2f}]")
+    return {
+        "benchmark": "inductor_adam",
+        "repeats": repeats,
+        "environment": environment(torch.device("cpu")),
+        "results": rows,
+    }
+
+
+def main() -> None:
+    args = timing_parser(__doc__, repeats=50).parse_args()
+    prepare_timing(args.threads)
+    payload = run(args.repeats)
+    print(f"wrote {write_json('inductor-adam-cpu.json', payload)}")
+
+
+if __name__ == "__main__":
+    main()
