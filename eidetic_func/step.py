@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 from torch.func import functional_call
 
-from .compiling import compile_kwargs, device_of
+from .compiling import compile_kwargs, device_of, optimizer_compile_kwargs, optimizer_device
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
 from .forward import check_input, check_task, frozen_channels_set, train_mode
 from .freeze import _mask, _trainable_bits, freeze_buffers
@@ -219,7 +219,9 @@ def _compiled_model(model: nn.Module) -> Callable[..., Tensor]:
 
 def _compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     def build() -> Callable[[], None]:
-        @torch.compile(fullgraph=False, **COMPILE_OPTIONS)
+        options = optimizer_compile_kwargs(optimizer_device(optimizer), COMPILE_OPTIONS)
+
+        @torch.compile(fullgraph=False, **options)
         def step() -> None:
             optimizer.step()
 

@@ -8,7 +8,12 @@ import pickle
 import torch
 
 import eidetic_func as ef
-from eidetic_func.compiling import compile_kwargs, device_of
+from eidetic_func.compiling import (
+    compile_kwargs,
+    device_of,
+    optimizer_compile_kwargs,
+    optimizer_device,
+)
 from eidetic_func.taylor import accumulate_squares, compile_scorer
 from models import MLP
 
@@ -66,3 +71,39 @@ def test_the_plain_partitioner_pickles_so_inductor_can_cache_its_graphs() -> Non
     again = pickle.loads(pickle.dumps(partitioner))
     assert type(again) is type(partitioner)
     assert again.uuid() == partitioner.uuid()
+
+
+def test_cpu_optimizer_compiles_compute_scalars_once_and_nothing_else_changes() -> None:
+    assert optimizer_compile_kwargs(CPU) == {"options": {"realize_opcount_threshold": 1}}
+    assert optimizer_compile_kwargs(CPU, {"dynamic": False})["dynamic"] is False
+    for given in (
+        {"backend": "aot_eager"},
+        {"options": {"max_autotune": True}},
+        {"mode": "default"},
+    ):
+        assert optimizer_compile_kwargs(CPU, given) == given
+    assert optimizer_compile_kwargs(torch.device("cuda")) == {}
+
+
+def test_optimizer_device_is_where_its_parameters_live() -> None:
+    meta = torch.nn.Parameter(torch.zeros(2, device="meta"))
+    assert optimizer_device(torch.optim.SGD([meta], lr=0.1)) == torch.device("meta")
+    assert optimizer_device(torch.optim.SGD([{"params": []}], lr=0.1)) == CPU
+
+
+def test_a_compiled_adamw_step_with_realized_scalars_follows_the_eager_one() -> None:
+    torch.manual_seed(0)
+    eager_p, compiled_p = (torch.nn.Parameter(torch.randn(64, 40)) for _ in range(2))
+    with torch.no_grad():
+        compiled_p.copy_(eager_p)
+    start = eager_p.detach().clone()
+    eager = torch.optim.AdamW([eager_p], lr=1e-2, weight_decay=1e-2)
+    compiled = torch.optim.AdamW([compiled_p], lr=1e-2, weight_decay=1e-2)
+    step = torch.compile(compiled.step, **optimizer_compile_kwargs(CPU))
+    for _ in range(4):
+        grad = torch.randn(64, 40)
+        eager_p.grad, compiled_p.grad = grad.clone(), grad.clone()
+        eager.step()
+        step()
+    assert torch.allclose(compiled_p, eager_p, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(compiled_p, start, rtol=1e-3, atol=1e-3)  # it did step
