@@ -6,7 +6,9 @@ counter) inside the vectorized loop over the parameter, once per 8 entries, inst
 once per tensor (see the kernel with ``TORCH_LOGS=output_code``). Timed here on one
 parameter tensor of each shipped MLP's first layer, interleaved:
 
-* torch's AdamW step: foreach (torch's default), fused, and ``torch.compile``-d;
+* torch's AdamW step: foreach (torch's default), fused, ``torch.compile``-d, and compiled
+  with the option :func:`eidetic_func.compiling.optimizer_compile_kwargs` gives compiled
+  steps on CPU (``realize_opcount_threshold=1``: scalar subexpressions computed once);
 * the same update written out and compiled, with the corrections computed from the step
   tensor inside the kernel (as torch's Adam does), and with them precomputed outside.
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from eidetic_func.compiling import optimizer_compile_kwargs
 
 from ._timing import (
     environment,
@@ -59,8 +63,9 @@ def _variants(shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
         p.grad = torch.randn(shape, generator=generator)
         return torch.optim.AdamW([p], lr=LR, betas=(BETA1, BETA2), weight_decay=DECAY, **kwargs)
 
-    foreach, fused, compiled = optimizer(foreach=True), optimizer(fused=True), optimizer()
-    compiled_step = torch.compile(compiled.step)
+    foreach, fused = optimizer(foreach=True), optimizer(fused=True)
+    compiled_step = torch.compile(optimizer().step)
+    realized_step = torch.compile(optimizer().step, **optimizer_compile_kwargs(torch.device("cpu")))
     p, g, m = (torch.randn(shape, generator=generator) for _ in range(3))
     v = torch.rand(shape, generator=generator)
     step = torch.tensor(5.0)
@@ -71,6 +76,7 @@ def _variants(shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
         "AdamW step, foreach": foreach.step,
         "AdamW step, fused": fused.step,
         "AdamW step, compiled": compiled_step,
+        "AdamW step, compiled, scalars realized": realized_step,
         "update compiled, corrections in the kernel": lambda: in_kernel(p, g, m, v, step),
         "update compiled, corrections precomputed": lambda: precomputed(p, g, m, v, scalars),
     }
@@ -87,6 +93,9 @@ def run(repeats: int) -> dict[str, object]:
         ratios = {
             "compiled step / fused": ratio_spread(
                 times["AdamW step, compiled"], times["AdamW step, fused"]
+            ),
+            "compiled with scalars realized / fused": ratio_spread(
+                times["AdamW step, compiled, scalars realized"], times["AdamW step, fused"]
             ),
             "corrections in the kernel / precomputed": ratio_spread(
                 times["update compiled, corrections in the kernel"],

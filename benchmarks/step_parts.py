@@ -8,7 +8,7 @@ fused AdamW everywhere. Two groups of variants, interleaved round by round:
   training mode), the argument checks — so the drop in time is that part's cost. Those
   variants measure time only: they are not valid steps.
 * the parts of a plain step — forward + backward alone, and an AdamW step eager (foreach
-  and fused) and compiled — which bound a compiled step from below: a step needs at least
+  and fused) and compiled as compiled steps compile it — which bound a compiled step from below: a step needs at least
   forward + backward + the fastest optimizer step, before anything added for freezing.
 
 Run: ``python -m benchmarks.step_parts [--repeats 100]``.
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import eidetic_func as ef
 from eidetic_func import step as step_module
+from eidetic_func.compiling import optimizer_compile_kwargs, optimizer_device
 
 from ._timing import (
     environment,
@@ -112,7 +113,8 @@ def _plain_parts(
     foreach, fused = _adamw(nets["optim"], fused=False), _adamw(nets["optim"], fused=True)
     to_compile = _adamw(nets["optim"], fused=False)
 
-    @torch.compile
+    # compiled as the library's compiled steps compile it (scalars realized on CPU)
+    @torch.compile(**optimizer_compile_kwargs(optimizer_device(to_compile)))
     def compiled() -> None:
         to_compile.step()
 
