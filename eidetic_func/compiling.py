@@ -39,13 +39,9 @@ def compile_kwargs(device: torch.device, given: Mapping[str, Any] | None = None)
     Nothing is added when ``given`` names a backend or inductor options of its own, or when
     this torch has no custom partitioner hook.
     """
-    out = dict(given or {})
-    if device.type != "cpu" or "backend" in out or "options" in out or "mode" in out:
-        return out
     partitioner = _plain_partitioner()
-    if partitioner is not None:
-        out["options"] = {"custom_partitioner_fn": partitioner}
-    return out
+    options = {"custom_partitioner_fn": partitioner}
+    return _with_cpu_options(device, given, options, available=partitioner is not None)
 
 
 def optimizer_compile_kwargs(
@@ -58,11 +54,24 @@ def optimizer_compile_kwargs(
     Nothing is added when ``given`` names a backend, options or a mode of its own, or when
     this torch's inductor has no such option.
     """
+    available = _has_inductor_option("realize_opcount_threshold")
+    return _with_cpu_options(device, given, {"realize_opcount_threshold": 1}, available=available)
+
+
+def _with_cpu_options(
+    device: torch.device,
+    given: Mapping[str, Any] | None,
+    options: dict[str, Any],
+    *,
+    available: bool,
+) -> dict[str, Any]:
+    """``given``, plus inductor ``options`` on CPU when this torch has them (``available``)
+    and ``given`` chooses no backend, options or mode of its own."""
     out = dict(given or {})
     if device.type != "cpu" or "backend" in out or "options" in out or "mode" in out:
         return out
-    if _has_inductor_option("realize_opcount_threshold"):
-        out["options"] = {"realize_opcount_threshold": 1}
+    if available:
+        out["options"] = options
     return out
 
 
