@@ -118,6 +118,18 @@ def ratio_spread(numerator: list[float], denominator: list[float]) -> dict[str, 
     return spread([a / b for a, b in zip(numerator, denominator)])
 
 
+def print_spreads(
+    title: str, times_us: dict[str, dict[str, float]], ratios: dict[str, dict[str, float]]
+) -> None:
+    """Print a block of timings (µs) and ratios as median [quartiles], under ``title``."""
+    print(title, flush=True)
+    width = max(map(len, [*times_us, *ratios]), default=0)
+    for k, s in times_us.items():
+        print(f"  {k:{width}s} {s['median']:9.1f} µs [{s['q1']:.1f}–{s['q3']:.1f}]")
+    for k, s in ratios.items():
+        print(f"  {k:{width}s} {s['median']:9.2f}×  [{s['q1']:.2f}–{s['q3']:.2f}]", flush=True)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "torch": torch.__version__,

@@ -27,6 +27,7 @@ from ._timing import (
     environment,
     interleaved_samples,
     prepare_timing,
+    print_spreads,
     ratio_spread,
     spread,
     timing_parser,
@@ -103,11 +104,7 @@ def run(repeats: int) -> dict[str, object]:
             ),
         }
         rows.append({"shape": name, "us": us, "ratios": ratios})
-        print(name, flush=True)
-        for k, s in us.items():
-            print(f"  {k:44s} {s['median']:8.1f} µs [{s['q1']:.1f}–{s['q3']:.1f}]")
-        for k, s in ratios.items():
-            print(f"  {k:44s} {s['median']:6.2f}× [{s['q1']:.2f}–{s['q3']:.2f}]")
+        print_spreads(name, us, ratios)
     return {
         "benchmark": "inductor_adam",
         "repeats": repeats,

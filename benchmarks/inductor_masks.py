@@ -27,6 +27,7 @@ from ._timing import (
     environment,
     interleaved_samples,
     prepare_timing,
+    print_spreads,
     ratio_spread,
     spread,
     timing_parser,
@@ -89,11 +90,7 @@ def run(repeats: int) -> dict[str, object]:
             times[f"{relu}, compiled, plain partition"], times[f"{relu}, eager"]
         )
         rows.append({"shape": name, "us": ms, "compiled_over_eager": ratios})
-        print(name, flush=True)
-        for k, s in ms.items():
-            print(f"  {k:44s} {s['median']:9.1f} µs [{s['q1']:.1f}–{s['q3']:.1f}]")
-        for k, s in ratios.items():
-            print(f"  compiled / eager, {k:40s} {s['median']:6.2f}× [{s['q1']:.2f}–{s['q3']:.2f}]")
+        print_spreads(name, ms, {f"compiled / eager, {k}": r for k, r in ratios.items()})
     return {
         "benchmark": "inductor_masks",
         "repeats": repeats,

@@ -8,6 +8,7 @@ import torch
 from benchmarks._timing import (
     environment,
     interleaved_samples,
+    print_spreads,
     ratio_spread,
     set_threads,
     spread,
@@ -61,3 +62,14 @@ def test_threads_default_to_one_and_set_what_the_environment_records() -> None:
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_print_spreads_shows_medians_and_quartiles_of_times_and_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    times = {"eager": spread([1.0, 2.0, 3.0, 4.0, 5.0])}
+    print_spreads("shape", times, {"compiled / eager": spread([0.5, 0.5, 0.5, 0.5, 0.5])})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "shape"
+    assert "eager" in lines[1] and "3.0 µs [2.0–4.0]" in lines[1]
+    assert "compiled / eager" in lines[2] and "0.50×" in lines[2]
