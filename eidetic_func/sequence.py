@@ -594,11 +594,6 @@ def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
     visit = f"visit {record.visit + 1}/{len(setup.schedule)}"
     setup.log(f"task {task} ({setup.sequence[task].name}), {visit}")
 
-    def checkpoint(s: EideticState, ms: Any, p: TaskProgress, h: list[Record]) -> None:
-        if config.checkpoint_every == "pruning-step" and p.phase != "done":
-            mid = record.replace(state=s, mstate=ms, progress=p, history=(*record.history, *h))
-            _save(setup, mid)
-
     state, mstate, history = _train(
         setup,
         record,
@@ -608,7 +603,7 @@ def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
         # the router, when trained, is the last task and the only unpruned one (as in the
         # original's experiments): every real task leaves its capacity to it
         last=record.visit == len(setup.schedule) - 1 and not setup.router,
-        checkpoint=checkpoint,
+        checkpoint=_mid_task_checkpoint(setup, record),
     )
     tests = [lo.test for lo in setup.loaders]
     row = tuple(metrics.accuracy_row(setup.model, state, tests, range(len(setup.sequence))))
@@ -625,6 +620,18 @@ def _visit(setup: _Setup, record: RunRecord) -> RunRecord:
     if config.checkpoint_every != "never":
         _save(setup, record)
     return record
+
+
+def _mid_task_checkpoint(setup: _Setup, record: RunRecord) -> CheckpointCallback:
+    """Save the run mid-task (after every epoch and pruning step, when so configured), so
+    ``--resume`` continues the task where it was rather than from its start."""
+
+    def checkpoint(s: EideticState, ms: Any, p: TaskProgress, h: list[Record]) -> None:
+        if setup.config.checkpoint_every == "pruning-step" and p.phase != "done":
+            mid = record.replace(state=s, mstate=ms, progress=p, history=(*record.history, *h))
+            _save(setup, mid)
+
+    return checkpoint
 
 
 def _train(
@@ -665,7 +672,11 @@ def _route(setup: _Setup, record: RunRecord) -> RunRecord:
         setup.model, state, setup.sequence, tests, router=len(setup.sequence)
     )
     record = record.replace(
-        state=state, mstate=mstate, router=router, history=(*record.history, *history)
+        state=state,
+        mstate=mstate,
+        router=router,
+        progress=None,
+        history=(*record.history, *history),
     )
     if setup.config.checkpoint_every != "never":
         _save(setup, record)
@@ -837,7 +848,15 @@ def _train_router(setup: _Setup, record: RunRecord) -> tuple[EideticState, Any, 
     if config.holdout:
         held = task_id_dataset([lo.val.dataset for lo in loaders])  # type: ignore[union-attr, misc]
         stop = DataLoader(held, config.eval_batch_size)
-    return _train(setup, record, loader, task=router, stop_loader=stop, last=True)
+    return _train(
+        setup,
+        record,
+        loader,
+        task=router,
+        stop_loader=stop,
+        last=True,
+        checkpoint=_mid_task_checkpoint(setup, record),
+    )
 
 
 def route_and_classify(

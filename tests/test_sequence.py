@@ -17,6 +17,7 @@ import torch
 from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
+from eidetic_func import sequence
 from eidetic_func.cli import main
 from eidetic_func.config import TrainConfig
 from eidetic_func.run_config import RunConfig
@@ -387,3 +388,37 @@ def test_a_fused_run_trains_and_keeps_every_finished_task_bit_identical() -> Non
     for task in range(len(matrix)):
         assert matrix[task][task] > 0.6  # a step that trains nothing would sit at chance
         assert all(row[task] == matrix[task][task] for row in matrix[task:])
+
+
+class _Stopped(Exception):
+    """Stands in for a crash: raised right after a checkpoint was written."""
+
+
+def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrupted_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = run(SMALL, output_dir=tmp_path / "reference", log=_quiet)
+    written = sequence._save
+    stopped_at: list[dict[str, object]] = []
+
+    def save_then_stop_inside_the_router(setup: object, record: sequence.RunRecord) -> None:
+        written(setup, record)  # type: ignore[arg-type]
+        mid_router = record.router is None and record.progress is not None
+        if mid_router and record.visit == len(reference.visits) and not stopped_at:
+            stopped_at.append(record.progress.to_dict())  # type: ignore[union-attr]
+            raise _Stopped
+
+    monkeypatch.setattr(sequence, "_save", save_then_stop_inside_the_router)
+    with pytest.raises(_Stopped):
+        run(SMALL, output_dir=tmp_path / "stopped", log=_quiet)
+    assert stopped_at, "no checkpoint was written while the router trained"
+    assert ef.load(tmp_path / "stopped" / "checkpoint.safetensors").meta["progress"] is not None
+    messages: list[str] = []
+    resumed = run(None, output_dir=tmp_path / "stopped", resume=True, log=messages.append)
+    assert any("training the task router" in m for m in messages)
+    assert resumed.matrix == reference.matrix
+    assert resumed.router == reference.router
+    assert resumed.capacity == reference.capacity
+    assert len(resumed.history) == len(reference.history)  # no router epoch trained twice
+    for k in reference.state.params:
+        assert torch.equal(resumed.state.params[k], reference.state.params[k]), k
