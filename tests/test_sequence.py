@@ -17,6 +17,7 @@ import torch
 from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
+from benchmarks import run_snapshot
 from eidetic_func import sequence
 from eidetic_func.cli import main
 from eidetic_func.config import TrainConfig
@@ -422,3 +423,31 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
     assert len(resumed.history) == len(reference.history)  # no router epoch trained twice
     for k in reference.state.params:
         assert torch.equal(resumed.state.params[k], reference.state.params[k]), k
+
+
+def test_a_snapshot_of_a_run_reports_its_matrix_history_and_neurons_per_task(
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(SMALL, router=False, num_tasks=2)
+    result = run(config, output_dir=tmp_path / "run", log=_quiet)
+    out = tmp_path / "snapshot"
+    run_snapshot.main([str(tmp_path / "run" / "checkpoint.safetensors"), str(out)])
+    got = json.loads((out / "progress.json").read_text())
+    assert got["visits_done"] == 2 and got["accuracy_matrix"] == result.matrix
+    by_unit = {u["name"]: u["owned"] for u in result.capacity["units"]}  # type: ignore[index]
+    for task, layers in got["neurons_owned_per_task"].items():
+        for unit, owned in by_unit.items():
+            assert layers[f"{unit}.linear.weight"] == owned[task], (task, unit)
+    with (out / "history.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(result.history)
+    with pytest.raises(ef.CheckpointError, match="not a run checkpoint"):
+        run_snapshot.snapshot(
+            ef.Checkpoint(
+                state=result.state,
+                extra=None,
+                history=None,
+                meta={},
+                rng=None,
+                optimizer_state=None,
+            )
+        )
