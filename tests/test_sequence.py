@@ -395,10 +395,17 @@ class _Stopped(Exception):
     """Stands in for a crash: raised right after a checkpoint was written."""
 
 
+@pytest.mark.parametrize("grows", [False, True])
 def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrupted_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    grows: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reference = run(SMALL, output_dir=tmp_path / "reference", log=_quiet)
+    """Also when the network grew for the router (a narrow one, so it must): the resumed
+    run regrows it from the checkpoint and does not grow it again."""
+    config = SMALL
+    if grows:
+        config = dataclasses.replace(SMALL, width=6, train=dataclasses.replace(SMALL.train, grow=4))
+    reference = run(config, output_dir=tmp_path / "reference", log=_quiet)
+    assert bool(reference.state.growth) == grows
     written = sequence._save
     stopped_at: list[dict[str, object]] = []
 
@@ -411,7 +418,7 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
 
     monkeypatch.setattr(sequence, "_save", save_then_stop_inside_the_router)
     with pytest.raises(_Stopped):
-        run(SMALL, output_dir=tmp_path / "stopped", log=_quiet)
+        run(config, output_dir=tmp_path / "stopped", log=_quiet)
     assert stopped_at, "no checkpoint was written while the router trained"
     assert ef.load(tmp_path / "stopped" / "checkpoint.safetensors").meta["progress"] is not None
     messages: list[str] = []
@@ -421,6 +428,7 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
     assert resumed.router == reference.router
     assert resumed.capacity == reference.capacity
     assert len(resumed.history) == len(reference.history)  # no router epoch trained twice
+    assert resumed.state.growth == reference.state.growth
     for k in reference.state.params:
         assert torch.equal(resumed.state.params[k], reference.state.params[k]), k
 
