@@ -10,7 +10,9 @@ parameter tensor of each shipped MLP's first layer, interleaved:
   with the option :func:`eidetic_func.compiling.optimizer_compile_kwargs` gives compiled
   steps on CPU (``realize_opcount_threshold=1``: scalar subexpressions computed once);
 * the same update written out and compiled, with the corrections computed from the step
-  tensor inside the kernel (as torch's Adam does), and with them precomputed outside.
+  tensor inside the kernel (as torch's Adam does), and with them precomputed outside;
+* every torch optimizer with scalar state on all parameters of the main job's MLP:
+  eager (foreach), compiled, and compiled with the scalars realized.
 
 Run: ``python -m benchmarks.inductor_adam [--repeats 50]``.
 """
@@ -22,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 from eidetic_func.compiling import optimizer_compile_kwargs
+from models import MLP
 
 from ._timing import (
     environment,
@@ -83,8 +86,38 @@ def _variants(shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
     }
 
 
+# torch optimizers (with their arguments) timed on the main job's MLP parameters
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, object]]] = {
+    "SGD (momentum 0.9)": (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9}),
+    "Adam": (torch.optim.Adam, {"lr": LR}),
+    "AdamW": (torch.optim.AdamW, {"lr": LR, "weight_decay": DECAY}),
+    "RMSprop": (torch.optim.RMSprop, {"lr": LR}),
+    "Adagrad": (torch.optim.Adagrad, {"lr": LR}),
+    "Adamax": (torch.optim.Adamax, {"lr": LR}),
+    "NAdam": (torch.optim.NAdam, {"lr": LR}),
+    "RAdam": (torch.optim.RAdam, {"lr": LR}),
+}
+
+
+def _optimizer_variants(
+    cls: type[torch.optim.Optimizer], kwargs: dict[str, object]
+) -> dict[str, Callable[[], object]]:
+    def build() -> torch.optim.Optimizer:
+        model = MLP(784, [10, 10], num_layers=2, width=400)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        return cls(model.parameters(), **kwargs)  # type: ignore[arg-type]
+
+    realized = optimizer_compile_kwargs(torch.device("cpu"))
+    return {
+        "eager (foreach)": build().step,
+        "compiled": torch.compile(build().step),
+        "compiled, scalars realized": torch.compile(build().step, **realized),
+    }
+
+
 def run(repeats: int) -> dict[str, object]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for name, shape in SHAPES.items():
         torch._dynamo.reset()
         times = interleaved_samples(
@@ -105,6 +138,19 @@ def run(repeats: int) -> dict[str, object]:
         }
         rows.append({"shape": name, "us": us, "ratios": ratios})
         print_spreads(name, us, ratios)
+    for name, (cls, kwargs) in OPTIMIZERS.items():
+        torch._dynamo.reset()
+        times = interleaved_samples(
+            _optimizer_variants(cls, kwargs), repeats=repeats, warmup=3, device=torch.device("cpu")
+        )
+        us = {k: spread([1e6 * t for t in ts]) for k, ts in times.items()}
+        ratios = {
+            "realized / compiled": ratio_spread(
+                times["compiled, scalars realized"], times["compiled"]
+            ),
+        }
+        rows.append({"optimizer": name, "us": us, "ratios": ratios})
+        print_spreads(f"{name}, the main job's MLP", us, ratios)
     return {
         "benchmark": "inductor_adam",
         "repeats": repeats,

@@ -12,7 +12,7 @@ A compiled optimizer step on CPU gets inductor's ``realize_opcount_threshold=1``
 default inductor inlines Adam's bias corrections (``1 - β^step``: two ``pow``s, a square
 root and divisions of the step counter) into the vectorized loop over each parameter,
 where the C++ compiler cannot hoist them, so they are recomputed for every 8 entries;
-the compiled AdamW step then took 2.7× torch's fused kernel. Realized, they are computed
+the compiled AdamW step then took 2.5–3× torch's fused kernel. Realized, they are computed
 once per step and the compiled step matches the fused kernel
 (``python -m benchmarks.inductor_adam``).
 """
