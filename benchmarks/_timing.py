@@ -130,6 +130,20 @@ def print_spreads(
         print(f"  {k:{width}s} {s['median']:9.2f}×  [{s['q1']:.2f}–{s['q3']:.2f}]", flush=True)
 
 
+def timed_results(
+    benchmark: str, rows: list[Any], *, repeats: int, device: torch.device, **settings: Any
+) -> dict[str, Any]:
+    """A timing benchmark's JSON payload: its name, ``settings``, the rounds, the machine
+    and the measured ``rows``."""
+    return {
+        "benchmark": benchmark,
+        **settings,
+        "repeats": repeats,
+        "environment": environment(device),
+        "results": rows,
+    }
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "torch": torch.__version__,

@@ -27,12 +27,12 @@ from eidetic_func.compiling import optimizer_compile_kwargs
 from models import MLP
 
 from ._timing import (
-    environment,
     interleaved_samples,
     prepare_timing,
     print_spreads,
     ratio_spread,
     spread,
+    timed_results,
     timing_parser,
     write_json,
 )
@@ -151,12 +151,7 @@ def run(repeats: int) -> dict[str, object]:
         }
         rows.append({"optimizer": name, "us": us, "ratios": ratios})
         print_spreads(f"{name}, the main job's MLP", us, ratios)
-    return {
-        "benchmark": "inductor_adam",
-        "repeats": repeats,
-        "environment": environment(torch.device("cpu")),
-        "results": rows,
-    }
+    return timed_results("inductor_adam", rows, repeats=repeats, device=torch.device("cpu"))
 
 
 def main() -> None:

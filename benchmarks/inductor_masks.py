@@ -24,12 +24,12 @@ import torch
 from eidetic_func.compiling import compile_kwargs
 
 from ._timing import (
-    environment,
     interleaved_samples,
     prepare_timing,
     print_spreads,
     ratio_spread,
     spread,
+    timed_results,
     timing_parser,
     write_json,
 )
@@ -91,12 +91,7 @@ def run(repeats: int) -> dict[str, object]:
         )
         rows.append({"shape": name, "us": ms, "compiled_over_eager": ratios})
         print_spreads(name, ms, {f"compiled / eager, {k}": r for k, r in ratios.items()})
-    return {
-        "benchmark": "inductor_masks",
-        "repeats": repeats,
-        "environment": environment(torch.device("cpu")),
-        "results": rows,
-    }
+    return timed_results("inductor_masks", rows, repeats=repeats, device=torch.device("cpu"))
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ import torch
 from models import MLP
 
 from ._timing import (
-    environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timed_results,
     timing_parser,
     write_json,
 )
@@ -83,13 +83,13 @@ def run(device: torch.device, repeats: int, warmup: int) -> dict[str, object]:
                 f"{r['median']:5.3f} [{r['q1']:.3f}–{r['q3']:.3f}]",
                 flush=True,
             )
-    return {
-        "benchmark": "optimizer",
-        "optimizer": "AdamW(lr=1e-3, weight_decay=1e-2)",
-        "repeats": repeats,
-        "environment": environment(device),
-        "results": rows,
-    }
+    return timed_results(
+        "optimizer",
+        rows,
+        repeats=repeats,
+        device=device,
+        optimizer="AdamW(lr=1e-3, weight_decay=1e-2)",
+    )
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ import eidetic_func as ef
 from models import MLP, ConvNet, ResNet
 
 from ._timing import (
-    environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timed_results,
     timing_parser,
     write_json,
 )
@@ -170,15 +170,15 @@ def run(device: torch.device, repeats: int, warmup: int, only: str | None) -> di
             ),
             flush=True,
         )
-    return {
-        "benchmark": "step",
-        "optimizer": "AdamW",
-        "repeats": repeats,
-        "target_ratio": 1.10,
-        "target_compiled_ratio": 0.9,
-        "environment": environment(device),
-        "results": rows,
-    }
+    return timed_results(
+        "step",
+        rows,
+        repeats=repeats,
+        device=device,
+        optimizer="AdamW",
+        target_ratio=1.10,
+        target_compiled_ratio=0.9,
+    )
 
 
 def main() -> None:

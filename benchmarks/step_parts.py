@@ -29,11 +29,11 @@ from eidetic_func import step as step_module
 from eidetic_func.compiling import optimizer_compile_kwargs, optimizer_device
 
 from ._timing import (
-    environment,
     interleaved_samples,
     prepare_timing,
     ratio_spread,
     spread,
+    timed_results,
     timing_parser,
     write_json,
 )
@@ -186,12 +186,7 @@ def run(repeats: int, warmup: int) -> dict[str, object]:
             f"{row['lower_bound_over_plain_fused']:.3f}× a plain fused step, "
             f"{row['lower_bound_over_plain_foreach']:.3f}× a plain foreach step"
         )
-    return {
-        "benchmark": "step_parts",
-        "repeats": repeats,
-        "environment": environment(torch.device("cpu")),
-        "results": rows,
-    }
+    return timed_results("step_parts", rows, repeats=repeats, device=torch.device("cpu"))
 
 
 def main() -> None:

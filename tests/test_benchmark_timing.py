@@ -12,6 +12,7 @@ from benchmarks._timing import (
     ratio_spread,
     set_threads,
     spread,
+    timed_results,
     timing_parser,
 )
 from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
@@ -73,3 +74,10 @@ def test_print_spreads_shows_medians_and_quartiles_of_times_and_ratios(
     assert lines[0] == "shape"
     assert "eager" in lines[1] and "3.0 µs [2.0–4.0]" in lines[1]
     assert "compiled / eager" in lines[2] and "0.50×" in lines[2]
+
+
+def test_timed_results_record_name_settings_rounds_machine_and_rows() -> None:
+    got = timed_results("demo", [{"x": 1}], repeats=7, device=torch.device("cpu"), target=0.9)
+    assert list(got) == ["benchmark", "target", "repeats", "environment", "results"]
+    assert got["benchmark"] == "demo" and got["target"] == 0.9 and got["repeats"] == 7
+    assert got["results"] == [{"x": 1}] and got["environment"]["device"] == "cpu"
