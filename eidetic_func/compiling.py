@@ -20,7 +20,7 @@ once per step and the compiled step matches the fused kernel
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -28,8 +28,7 @@ import torch
 
 def device_of(module: torch.nn.Module) -> torch.device:
     """Where ``module``'s parameters live (CPU for a module without any)."""
-    first = next(iter(module.parameters()), None)
-    return torch.device("cpu") if first is None else first.device
+    return _first_device(module.parameters())
 
 
 def compile_kwargs(device: torch.device, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -77,10 +76,12 @@ def _with_cpu_options(
 
 def optimizer_device(optimizer: torch.optim.Optimizer) -> torch.device:
     """Where ``optimizer``'s parameters live (CPU for one without any)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            return p.device
-    return torch.device("cpu")
+    return _first_device(p for group in optimizer.param_groups for p in group["params"])
+
+
+def _first_device(tensors: Iterable[torch.Tensor]) -> torch.device:
+    first = next(iter(tensors), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @functools.cache
