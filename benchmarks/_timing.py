@@ -151,6 +151,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
+        # torch's vectorized kernels (AVX2, AVX512, ...): machines named alike may differ
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "glibc_freed_memory_kept": freed_memory_kept(),
         "device": str(device),

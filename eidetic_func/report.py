@@ -29,11 +29,11 @@ def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {
-        "results": _atomic_text(
+        "results": write_text_atomic(
             output_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n"
         ),
-        "history": _write_history(result.history, output_dir / "history.csv"),
-        "summary": _atomic_text(output_dir / "summary.md", summary_markdown(result)),
+        "history": write_history(result.history, output_dir / "history.csv"),
+        "summary": write_text_atomic(output_dir / "summary.md", summary_markdown(result)),
     }
     try:
         import matplotlib
@@ -161,7 +161,8 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _write_history(history: list[dict[str, Any]], path: Path) -> Path:
+def write_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """Write a run's per-epoch records as CSV (one column per key any record has), atomically."""
     columns: list[str] = []
     for record in history:
         columns.extend(k for k in record if k not in columns)
@@ -174,7 +175,8 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> Path:
     return _atomic_write(path, write)
 
 
-def _atomic_text(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new, never part."""
     return _atomic_write(path, lambda f: f.write(text))
 
 

@@ -40,10 +40,11 @@ def test_spread_reports_median_quartiles_and_range() -> None:
     assert r["median"] == 2.0 and r["max"] == 3.0
 
 
-def test_environment_records_machine_threads_and_allocator() -> None:
+def test_environment_records_machine_kernels_threads_and_allocator() -> None:
     applied = keep_freed_memory()
     env = environment(torch.device("cpu"))
     assert env["threads"] == torch.get_num_threads() and env["cores"] >= 1 and env["cpu"]
+    assert env["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert env["glibc_freed_memory_kept"] is freed_memory_kept() is applied
 
 
