@@ -203,15 +203,32 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def say(text: str = "") -> None:
+    """Print ``text`` to stdout; once its reader has gone (``eidetic-func run | head``), print
+    nothing more and carry on: what a run computes and writes never depends on a reader."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit: point the descriptor at /dev/null so that neither
+    # this nor any later print raises.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _report(result: RunResult, output_dir: Path) -> int:
-    """Print the summary and write the results; if ``output_dir`` fails, write them to a
-    fresh temporary directory and say where (exit status 1): a finished run is never lost."""
+    """Write the results, then print the summary (results first: a reader that leaves early
+    loses nothing). If ``output_dir`` fails, write them to a fresh temporary directory and
+    say where (exit status 1): a finished run is never lost."""
     from .report import summary_markdown
 
     if not result.is_main:  # data parallel: one process writes
         return 0
-    print()
-    print(summary_markdown(result))
+    status = 0
     try:
         paths = write_outputs(result, output_dir)
     except OSError as e:
@@ -222,10 +239,11 @@ def _report(result: RunResult, output_dir: Path) -> int:
             f"written to {fallback} instead",
             file=sys.stderr,
         )
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-        return 1
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+        status = 1
+    say()
+    say(summary_markdown(result))
+    say("wrote " + ", ".join(str(p) for p in paths.values()))
+    return status
 
 
 def _run_and_report(
@@ -237,9 +255,13 @@ def _run_and_report(
 ) -> int:
     """Run and write the results while holding the output directory (rank 0 of a launch)."""
     if not is_main_process():
-        return _report(run(config, output_dir=output, resume=resume, saved=saved), output)
-    with rundir.hold(output, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite):
-        result = run(config, output_dir=output, resume=resume, overwrite=overwrite, saved=saved)
+        return _report(run(config, output_dir=output, resume=resume, saved=saved, log=say), output)
+    with rundir.hold(
+        output, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite, log=say
+    ):
+        result = run(
+            config, output_dir=output, resume=resume, overwrite=overwrite, saved=saved, log=say
+        )
         return _report(result, output)
 
 
@@ -354,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eidetic-func: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of our output left (``eidetic-func methods | head``)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader of a listing left (``eidetic-func methods | head``)
+        _silence_stdout()
         return 141
 
 

@@ -6,13 +6,14 @@ Select with ``EIDETIC_HYPOTHESIS_PROFILE=long pytest``.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from tests.torchvision_files import patched_checksums, write_data_root
 
 settings.register_profile(
     "ci",
@@ -34,8 +35,6 @@ torch.set_num_threads(
     1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
@@ -48,11 +47,10 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable copy of ``../shared/data`` MNIST/FashionMNIST (torchvision layout)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the verified datasets are expected at {SHARED_DATA}")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data root holding MNIST and FashionMNIST's original ``.gz`` files in torchvision's
+    layout, written from the embedded subset (``tests/torchvision_files.py``); torchvision's
+    md5 tables name the written files while the session lasts. Nothing outside the clone."""
     root = tmp_path_factory.mktemp("data")
-    for name in ("MNIST", "FashionMNIST"):
-        shutil.copytree(SHARED_DATA / name, root / name)
-    return root
+    with patched_checksums(write_data_root(root)):
+        yield root

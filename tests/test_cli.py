@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,6 +243,37 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("lines_read", [1, 8], ids=["while-training", "inside-the-summary"])
+def test_a_run_piped_to_head_writes_every_result_and_exits_cleanly(
+    tmp_path: Path, lines_read: int
+) -> None:
+    """``eidetic-func run | head -N``: the reader leaves while the run logs its tasks, or while
+    it prints the summary; the run still trains to the end, writes every result and exits
+    0 without a traceback (results are written before the summary is printed)."""
+    out = tmp_path / "run"
+    args = ["--limit-per-class", "20", "--width", "16", "--epochs", "1", "--patience", "1"]
+    args += ["--pruning-step", "0.25", "--max-recovery-epochs", "1", "--num-tasks", "2"]
+    args += ["--no-router", "--no-progress", "--output-dir", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eidetic_func", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    for _ in range(lines_read):
+        assert proc.stdout.readline(), "the run printed fewer lines than expected"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == 2
+    for name in ("history.csv", "summary.md", "accuracy_matrix.png", "capacity.png"):
+        assert (out / name).stat().st_size > 0, name
 
 
 def test_methods_are_listed_with_their_first_sentence() -> None:

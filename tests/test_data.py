@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
-import io
 import itertools
-import lzma
 import pickle
 import re
 import shutil
@@ -23,9 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torchvision.datasets import CIFAR10, CIFAR100
 
-import eidetic_func.data
 from eidetic_func.data import (
-    EMBEDDED_FILE,
     SEQUENCE_NAMES,
     ImageDataset,
     _read_idx_gz,
@@ -36,8 +31,7 @@ from eidetic_func.data import (
     split_validation,
 )
 from eidetic_func.errors import ConfigError, DataError, ShapeError
-
-EMBEDDED_DIR = Path(eidetic_func.data.__file__).parent / "embedded"  # where the loader reads
+from tests.torchvision_files import EMBEDDED_DIR, embedded_npz, expected_split
 
 
 def _original_labels(dataset: ImageDataset, source_labels: torch.Tensor) -> torch.Tensor:
@@ -47,13 +41,6 @@ def _original_labels(dataset: ImageDataset, source_labels: torch.Tensor) -> torc
 def _standardize(u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """The documented formula, per channel: (pixel / 255 - mean) / std."""
     return (u8.float() / 255 - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
-
-
-@functools.cache
-def _embedded_npz() -> dict[str, np.ndarray]:
-    blob = (EMBEDDED_DIR / EMBEDDED_FILE).read_bytes()
-    with np.load(io.BytesIO(lzma.decompress(blob)), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +70,7 @@ def test_embedded_is_the_default_split_mnist_5x2() -> None:
 
 
 def test_embedded_is_stratified_and_small() -> None:
-    arrays = _embedded_npz()
+    arrays = embedded_npz()
     assert np.bincount(arrays["train_labels"], minlength=10).tolist() == [1500] * 10
     assert np.bincount(arrays["test_labels"], minlength=10).tolist() == [400] * 10
     for split, n in (("train", 60_000), ("test", 10_000)):
@@ -100,7 +87,7 @@ def test_embedded_is_stratified_and_small() -> None:
 def test_labels_are_remapped_to_the_head_in_task_order() -> None:
     classes = [(3, 1), (7,), (0, 9, 4)]
     seq = load_sequence("embedded", classes=classes)
-    original = torch.from_numpy(_embedded_npz()["train_labels"].astype(np.int64))
+    original = torch.from_numpy(embedded_npz()["train_labels"].astype(np.int64))
     assert seq.num_classes == (2, 1, 3)
     for task, wanted in zip(seq, classes):
         assert task.classes == wanted
@@ -119,7 +106,7 @@ def test_any_valid_split_yields_every_class_exactly_where_asked(
     bounds = [0, *sorted(cuts), 10]
     classes = [tuple(order[a:b]) for a, b in itertools.pairwise(bounds)]
     seq = load_sequence(classes=classes, limit_per_class=20)
-    original = torch.from_numpy(_embedded_npz()["test_labels"].astype(np.int64))
+    original = torch.from_numpy(embedded_npz()["test_labels"].astype(np.int64))
     for task in seq:
         got = torch.tensor(task.classes)[task.test.labels]
         assert torch.equal(got, _original_labels(task.test, original))
@@ -129,7 +116,7 @@ def test_any_valid_split_yields_every_class_exactly_where_asked(
 def test_limit_keeps_the_first_images_of_each_class_and_normalize_off_gives_unit_pixels() -> None:
     seq = load_sequence(limit_per_class=5, normalize=False, num_tasks=2, classes_per_task=2)
     assert [t.classes for t in seq] == [(0, 1), (2, 3)]
-    arrays = _embedded_npz()
+    arrays = embedded_npz()
     first_zeros = np.flatnonzero(arrays["train_labels"] == 0)[:5]
     assert seq[0].train.index[seq[0].train.labels == 0].tolist() == first_zeros.tolist()
     x, _ = seq[0].train.tensors()
@@ -449,7 +436,10 @@ def test_sequence_and_task_are_frozen() -> None:
         seq[0].classes = (1,)  # type: ignore[misc]
 
 
-# --------------------------------------------------------------------------- real files
+# --------------------------------------------------------------------------- torchvision layout
+# ``mnist_root`` holds MNIST and FashionMNIST in torchvision's layout, written from the
+# embedded subset (tests/torchvision_files.py): the readers run on the exact file formats
+# without anything from outside the clone.
 
 
 def _extracted_copy(mnist_root: Path, tmp_path: Path, name: str = "MNIST") -> Path:
@@ -468,8 +458,9 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
-@pytest.mark.slow
-def test_split_mnist_from_the_original_files(mnist_root: Path, tmp_path: Path) -> None:
+def test_split_mnist_reads_the_gz_files_as_torchvision_reads_them(
+    mnist_root: Path, tmp_path: Path
+) -> None:
     from torchvision.datasets import MNIST
 
     before = _snapshot(mnist_root)
@@ -477,19 +468,16 @@ def test_split_mnist_from_the_original_files(mnist_root: Path, tmp_path: Path) -
     assert _snapshot(mnist_root) == before  # read in memory: nothing written under root
     assert seq.num_classes == (2,) * 5 and [len(t.train) for t in seq] == [60] * 5
     reference = MNIST(_extracted_copy(mnist_root, tmp_path), train=True)
+    images, labels = expected_split("MNIST", train=True)
+    assert torch.equal(reference.data.unsqueeze(1), images)  # the files hold what was written
+    assert torch.equal(reference.targets, labels)
     task = seq[4]
     x, y = task.train.tensors()
     expected = _standardize(reference.data[task.train.index].unsqueeze(1), (0.1307,), (0.3081,))
     torch.testing.assert_close(x, expected)
     assert torch.equal(torch.tensor(task.classes)[y], reference.targets[task.train.index])
-    # The embedded subset is real MNIST: its images are those at its recorded indices.
-    arrays = _embedded_npz()
-    index = torch.from_numpy(arrays["train_index"].astype(np.int64))
-    assert torch.equal(torch.from_numpy(arrays["train_images"]), reference.data[index])
-    assert torch.equal(torch.from_numpy(arrays["train_labels"]).long(), reference.targets[index])
 
 
-@pytest.mark.slow
 def test_files_extracted_by_torchvision_read_the_same(mnist_root: Path, tmp_path: Path) -> None:
     root = _extracted_copy(mnist_root, tmp_path, "FashionMNIST")
     for p in root.rglob("*.gz"):
@@ -503,8 +491,23 @@ def test_files_extracted_by_torchvision_read_the_same(mnist_root: Path, tmp_path
             assert torch.equal(da.index, db.index)
 
 
-@pytest.mark.slow
-def test_permuted_mnist_from_the_original_files(mnist_root: Path) -> None:
+@pytest.mark.parametrize(
+    ("sequence", "name"), [("split-mnist", "MNIST"), ("split-fashion-mnist", "FashionMNIST")]
+)
+def test_each_sequence_reads_its_own_dataset(mnist_root: Path, sequence: str, name: str) -> None:
+    """FashionMNIST's generated files differ from MNIST's in pixels and labels: a reader that
+    took one dataset's files for the other's would fail here."""
+    seq = load_sequence(sequence, mnist_root, normalize=False)
+    for train in (True, False):
+        images, labels = expected_split(name, train)
+        for task in seq:
+            split = task.train if train else task.test
+            x, y = split.tensors()
+            assert torch.equal((x * 255).round().to(torch.uint8), images[split.index])
+            assert torch.equal(torch.tensor(task.classes)[y], labels[split.index])
+
+
+def test_permuted_mnist_from_the_gz_files(mnist_root: Path) -> None:
     seq = load_sequence(
         "permuted-mnist", mnist_root, num_tasks=3, seed=5, limit_per_class=10, identity_first=True
     )
@@ -517,3 +520,15 @@ def test_permuted_mnist_from_the_original_files(mnist_root: Path) -> None:
         assert torch.equal(y, labels)
         assert torch.equal(x.flatten(1), base.flatten(1)[:, perm])
     assert seq[1].train.images is seq[2].train.images  # one copy of the images, shared
+
+
+def test_generated_gz_files_are_md5_checked_like_the_originals(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    """The generated root passes the reader's md5 check only through the patched table: one
+    changed byte in a copy is reported as corrupt, naming the file."""
+    shutil.copytree(mnist_root / "MNIST", tmp_path / "MNIST")
+    labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-1] + b"\x07", mtime=0))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz \(md5 should be"):
+        load_sequence("split-mnist", tmp_path)

@@ -85,7 +85,8 @@ def test_a_holdout_decides_when_to_stop_and_shrinks_the_training_data() -> None:
     assert result.router is not None
 
 
-def test_a_slice_of_real_mnist_from_the_shared_data(mnist_root: Path) -> None:
+def test_split_mnist_from_a_data_root_in_torchvision_layout(mnist_root: Path) -> None:
+    """The sequence read from ``.gz`` files (written from the embedded subset) trains."""
     config = RunConfig(
         **{
             **SMALL.__dict__,
