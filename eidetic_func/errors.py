@@ -28,6 +28,11 @@ class TopologyError(EideticError, ValueError):
     """A prune topology does not describe the model's layers consistently."""
 
 
+class NoTopology(TopologyError):
+    """The network has no prune topology by design (progressive columns); unlike any other
+    :class:`TopologyError`, a refusal by the tracer included, it is not a fault."""
+
+
 class ShapeError(EideticError, ValueError):
     """An input tensor has the wrong shape or dtype."""
 

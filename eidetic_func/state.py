@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .batchnorm import is_task_batchnorm
-from .errors import StateMismatchError, TopologyError
+from .errors import NoTopology, StateMismatchError, TopologyError
 from .pytree import pytree_dataclass, static_field
 from .topology import Topology, check_topology
 
@@ -99,15 +99,16 @@ def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -
 
 
 def declared_topology(model: nn.Module) -> Topology | None:
-    """``model.topology()`` if the model declares one, else None."""
+    """``model.topology()`` if the model declares one, else None (also for a model whose
+    ``topology()`` raises :class:`NoTopology`); any other :class:`TopologyError` is raised."""
     declared = getattr(model, "topology", None)
     if not callable(declared):
         return None
     try:
         topology: Topology = declared()
-    except TopologyError:  # a network that declares it has none (progressive columns)
+    except NoTopology:  # a network that declares it has none (progressive columns)
         return None
-    return topology
+    return topology  # any other refusal (a traced network the tracer refuses) surfaces here
 
 
 def with_topology(state: EideticState, topology: Topology) -> EideticState:

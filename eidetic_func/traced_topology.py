@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .acceptance import check_network
 from .errors import TopologyError
 from .topology import Reader, Topology, Unit, check_topology
 from .tracing import Tracer
@@ -114,7 +115,10 @@ def trace_topology(model: nn.Module, example_input: Tensor) -> Topology:
     """The prune topology of ``model`` (``forward(x, task)``, heads in ``model.heads``).
 
     ``example_input`` is one batch (at least two samples if the model has BatchNorm) of the
-    inputs the model takes; it is run through a copy of the model, which is never changed.
+    inputs the model takes; it is run through copies of the model, which is never changed.
+    The network must also pass :func:`eidetic_func.acceptance.check_network`: its forward
+    writes no parameter and no buffer but BatchNorm statistics, and evaluates
+    deterministically.
     Units come in the order their first producer runs; a unit is named after its
     producer, a residual stream of several producers ``stream.<k>``.
     """
@@ -140,7 +144,9 @@ def trace_topology(model: nn.Module, example_input: Tensor) -> Topology:
         raise TopologyError(
             f"the example input does not run through {type(model).__name__}: {err}"
         ) from err
-    return _Walk(module, len(heads)).topology(model)
+    topology = _Walk(module, len(heads)).topology(model)
+    check_network(model, example_input, graph)
+    return topology
 
 
 class _Walk:

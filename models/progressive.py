@@ -34,7 +34,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from eidetic_func.errors import ConfigError, TopologyError
+from eidetic_func.errors import ConfigError, NoTopology, TopologyError
 from eidetic_func.topology import Topology
 
 from .base import TaskModel, check_flat, check_task_index, make_heads
@@ -122,7 +122,7 @@ class ProgressiveMLP(TaskModel):
         raise TopologyError("a progressive network has no shared features; call forward(x, task)")
 
     def topology(self) -> Topology:
-        raise TopologyError(
+        raise NoTopology(
             "progressive networks add a column per task instead of pruning; they have no "
             "prune topology"
         )

@@ -1,0 +1,182 @@
+"""A user's network is accepted only if the masks can keep its finished tasks bit-identical:
+its forward writes no parameter and no buffer but BatchNorm statistics, and evaluates
+deterministically; otherwise it is refused where it is first accepted, naming the cause."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import eidetic_func as ef
+from eidetic_func.acceptance import check_network
+from models.progressive import ProgressiveMLP
+
+X = torch.zeros(2, 6)
+
+
+class Net(nn.Module):
+    """``forward(x, task)``: body, then ``heads[task]``; ``middle`` runs between two layers."""
+
+    def __init__(self, middle: nn.Module | None = None, bn: bool = False) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.bn = ef.TaskBatchNorm1d(8) if bn else nn.Identity()
+        self.middle = middle if middle is not None else nn.Identity()
+        self.fc2 = nn.Linear(8, 8)
+        self.heads = nn.ModuleList([nn.Linear(8, 2), nn.Linear(8, 2)])
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        h = self.middle(F.relu(self.bn(self.fc1(x))))
+        return self.heads[task](F.relu(self.fc2(h)))
+
+
+class RunningOffset(nn.Module):
+    """An input normaliser with a running statistic of its own, updated like BatchNorm's."""
+
+    def __init__(self, width: int = 8, reassign: bool = False) -> None:
+        super().__init__()
+        self.reassign = reassign
+        self.register_buffer("offset", torch.zeros(width))
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.training:
+            if self.reassign:
+                self.offset = 0.9 * self.offset - 0.1 * h.detach().mean(0)
+            else:
+                self.offset.mul_(0.9).sub_(0.1 * h.detach().mean(0))
+        return h + self.offset
+
+
+class ConstantOffset(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(-1, 1, 8))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.offset
+
+
+class MaxNorm(nn.Module):
+    """Wraps a Linear whose rows are clipped to norm 1 in forward (in place, or by .data)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.how = how
+
+    def forward(self, h: Tensor) -> Tensor:
+        with torch.no_grad():
+            if self.how == "in place":
+                self.fc.weight.renorm_(2, 0, 1.0)
+            else:
+                self.fc.weight.data = self.fc.weight.renorm(2, 0, 1.0)
+        return self.fc(h)
+
+
+class Noise(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.kind == "functional dropout":
+            return F.dropout(h, 0.5)  # training defaults to True: random in evaluation too
+        if self.kind == "added noise":
+            return h + 0.1 * torch.randn(h.shape)
+        if self.kind == "dropout module":
+            return F.dropout(h, 0.5, self.training)
+        raise AssertionError(self.kind)
+
+
+@pytest.mark.parametrize("reassign", [False, True], ids=["in-place", "reassigned"])
+def test_a_buffer_updated_in_training_mode_is_refused_naming_it(reassign: bool) -> None:
+    model = Net(RunningOffset(reassign=reassign))
+    with pytest.raises(ef.TopologyError, match=r"writes its buffer 'middle.offset'.*training"):
+        ef.trace_topology(model, X)
+    with pytest.raises(ef.TopologyError, match=r"middle\.offset"):
+        ef.init(ef.multihead(_Backbone(RunningOffset(reassign=reassign)), [2], input_shape=(6,)))
+
+
+@pytest.mark.parametrize("how", ["in place", "through .data"])
+def test_a_forward_that_writes_a_parameter_is_refused_naming_it(how: str) -> None:
+    model = Net(MaxNorm(how))
+    with torch.no_grad():
+        model.middle.fc.weight.mul_(10)  # rows far beyond norm 1: the constraint acts
+    with pytest.raises(ef.TopologyError, match=r"writes its parameter 'middle.fc.weight'"):
+        check_network(model, X)
+    with pytest.raises(ef.TopologyError):  # the tracer refuses it too, one way or another
+        ef.trace_topology(model, X)
+
+
+@pytest.mark.parametrize("kind", ["functional dropout", "added noise"])
+def test_random_evaluation_is_refused_naming_the_random_node(kind: str) -> None:
+    model = Net(Noise(kind))
+    node = "'dropout' (dropout)" if kind == "functional dropout" else "'randn' (randn)"
+    with pytest.raises(
+        ef.TopologyError, match=rf"two different outputs.*graph nodes {re.escape(node)}"
+    ):
+        ef.trace_topology(model, X)
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [ConstantOffset(), Noise("dropout module"), nn.Dropout(0.5), None],
+    ids=["constant buffer", "dropout(training=self.training)", "nn.Dropout", "plain"],
+)
+def test_networks_the_masks_can_keep_are_accepted(middle: nn.Module | None) -> None:
+    topology = ef.trace_topology(Net(middle, bn=True), X)
+    assert [u.name for u in topology.units] == ["fc1", "fc2"]
+
+
+def test_the_checks_change_neither_the_model_nor_the_random_state() -> None:
+    model = Net(RunningOffset(), bn=True).train()
+    before = {k: (v.clone(), v._version) for k, v in model.state_dict(keep_vars=True).items()}
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    with pytest.raises(ef.TopologyError):
+        check_network(model, X)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training
+    for key, (value, version) in before.items():
+        tensor = model.state_dict(keep_vars=True)[key]
+        assert torch.equal(tensor, value) and tensor._version == version, key
+
+
+class _Backbone(nn.Module):
+    """A torchvision-style classifier: features, then one Linear classifier ``fc``."""
+
+    def __init__(self, middle: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.middle = middle
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.middle(F.relu(self.body(x))))
+
+
+def test_init_and_load_surface_the_tracers_refusal(tmp_path: Path) -> None:
+    """``ef.init`` and ``ef.load(model=)`` raise where the network is first accepted, not a
+    state without topology that fails later with another message."""
+    bad = ef.multihead(_Backbone(Noise("added noise")), [2, 2], input_shape=(6,))
+    with pytest.raises(ef.TopologyError, match="two different outputs"):
+        ef.init(bad)
+    good = ef.multihead(_Backbone(nn.Identity()), [2, 2], input_shape=(6,))
+    path = tmp_path / "state.safetensors"
+    ef.save(path, ef.init(good))
+    bad.load_state_dict(good.state_dict())
+    with pytest.raises(ef.TopologyError, match="two different outputs"):
+        ef.load(path, model=bad)
+    assert ef.load(path, model=good).state.topology is not None
+
+
+def test_a_network_without_a_topology_by_design_still_initializes() -> None:
+    model = ProgressiveMLP(6, [2, 2], num_layers=1, width=4)
+    with pytest.raises(ef.NoTopology):
+        model.topology()
+    assert ef.init(model).topology is None
