@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from . import validate
 from .errors import CheckpointError
-from .state import OWNER_DTYPE, EideticState, Growth, declared_topology, with_topology
+from .state import FREE, OWNER_DTYPE, EideticState, Growth, declared_topology, with_topology
 
 FORMAT = "eidetic_func.checkpoint"
 FORMAT_VERSION = 2
@@ -739,7 +739,38 @@ def _state_problems(state: EideticState) -> list[str]:
         target = params.get(k, state.buffers.get(k))
         if v.dtype != OWNER_DTYPE or (target is not None and v.shape != target.shape):
             problems.append(f"owner[{k!r}] is {v.dtype} {tuple(v.shape)}; expected {OWNER_DTYPE}")
-    return problems[:_MAX_LISTED]
+    if problems:
+        return problems[:_MAX_LISTED]
+    return _meaning_problems(state)[:_MAX_LISTED]
+
+
+def _meaning_problems(state: EideticState) -> list[str]:
+    """What makes a well-formed ``state`` mean nothing a run could have produced: an owner
+    id of a task that is not finished (or below ``FREE``), ``finished`` out of order or
+    beside the owners, and free entries pruned for the current task that hold a value (a
+    checksum proves only that nobody changed the file since it was written)."""
+    problems: list[str] = []
+    finished = list(state.finished)
+    if state.task < 0 or finished != sorted(set(finished)) or any(t < 0 for t in finished):
+        return [f"task {state.task} and finished {finished} must be ids ≥ 0, finished sorted once"]
+    if any(v.is_meta for v in (*state.owner.values(), *state.params.values())):
+        return problems  # no values to read (map_location="meta")
+    owners: set[int] = set()
+    for k, v in state.owner.items():
+        ids = {int(i) for i in v.unique().tolist()}
+        if not ids <= {FREE, *finished}:
+            problems.append(
+                f"owner[{k!r}] names tasks {sorted(ids - {FREE} - set(finished))} that are "
+                f"not finished (finished: {finished})"
+            )
+        owners |= ids - {FREE}
+    if set(finished) - owners:
+        problems.append(f"tasks {sorted(set(finished) - owners)} are finished but own nothing")
+    for k, value in state.params.items():
+        pruned = (state.owner[k] == FREE) & ~state.keep[k]
+        if bool((value[pruned] != 0).any()):
+            problems.append(f"params[{k!r}] holds values at free entries pruned for this task")
+    return problems
 
 
 def _key_diff(expected: Mapping[str, Any], got: Mapping[str, Any]) -> str:

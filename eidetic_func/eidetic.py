@@ -43,7 +43,12 @@ class EideticNet:
 
     name: str = "eidetic"
     traits: ClassVar[Traits] = Traits(
-        data_parallel=True, task_incremental=True, router=True, revisits=True, grows=True
+        data_parallel=True,
+        task_incremental=True,
+        router=True,
+        revisits=True,
+        grows=True,
+        owns=True,
     )
 
     def init(self, model: nn.Module, state: EideticState) -> None:

@@ -55,7 +55,9 @@ class Traits:
     can be trained on its frozen features. ``revisits``: a finished task can be trained
     again. ``network``: the network it is built for (``"progressive"``: columns), None
     for any. ``grows``: the network may grow between tasks (:func:`eidetic_func.grow`):
-    nothing the method keeps has the shape of a parameter.
+    nothing the method keeps has the shape of a parameter. ``owns``: it ends a task by
+    owning what the task uses and moving the state to the next task (at most one member of
+    a chain may).
     """
 
     data_parallel: bool = False
@@ -64,6 +66,7 @@ class Traits:
     revisits: bool = False
     network: str | None = None
     grows: bool = False
+    owns: bool = False
 
 
 def traits(method: Method) -> Traits:
@@ -323,6 +326,12 @@ class Chain:
         networks = {traits(m).network for m in self.methods} - {None}
         if len(networks) > 1:
             raise ConfigError(f"{' and '.join(names)} need different networks: {networks}")
+        owners = [m.name for m in self.methods if traits(m).owns]
+        if len(owners) > 1:
+            raise ConfigError(
+                f"{' and '.join(owners)} each end a task by owning what it uses and moving to "
+                "the next task; a chain may hold only one of them"
+            )
 
     @property
     def name(self) -> str:
@@ -338,6 +347,7 @@ class Chain:
             revisits=all(t.revisits for t in each),
             network=next((t.network for t in each if t.network is not None), None),
             grows=all(t.grows for t in each),
+            owns=any(t.owns for t in each),
         )
 
     def init(self, model: nn.Module, state: EideticState) -> tuple[Any, ...]:

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from . import validate
-from .config import TrainConfig, option
+from .config import TrainConfig, grows, option
 from .data import SEQUENCE_NAMES
 from .distributed import DEFAULT_TIMEOUT_S
 from .errors import ConfigError
@@ -252,6 +252,15 @@ class RunConfig:
                     if kind.router
                     else f"Run {self.method} with scenario='task'"
                 )
+            )
+        if isinstance(self.train, TrainConfig) and grows(self.train) and not kind.grows:
+            method = self.build_method()
+            members = getattr(method, "methods", (method,))
+            refusing = [m.name for m in members if not traits(m).grows]
+            raise ConfigError(
+                f"{self.method} cannot grow the network (--grow, --grow-policy refill): "
+                f"growth is implemented for EideticNet, and {' and '.join(refusing)} "
+                f"{'does' if len(refusing) == 1 else 'do'} not support it"
             )
         if self.cycles > 1 and not kind.revisits:
             raise ConfigError(f"{self.method} cannot revisit finished tasks: use cycles=1")

@@ -26,6 +26,10 @@ from .errors import OutputDirError
 
 LOCK_FILE = ".eidetic-func.lock"
 STALE_PATTERNS = (".*.tmp", ".*.tmp.png")  # atomic writes that a killed process left behind
+# An overwritten run's checkpoint waits under ``.<checkpoint>.replaced`` until the new run
+# writes its own: a new run that fails before that (a typo in its settings, a missing data
+# root) gives the old run back.
+ASIDE_SUFFIX = ".replaced"
 
 # directories this process holds (re-entrant: the CLI holds one around ef.run, which holds it)
 _held: dict[Path, int] = {}
@@ -43,8 +47,11 @@ def hold(
     """Hold the output directory ``path`` for one run; yield it (created if missing).
 
     ``checkpoint`` is the run's checkpoint file name. A fresh run (``resume=False``) over an
-    existing checkpoint is refused unless ``overwrite``, which deletes that checkpoint so
-    a later ``--resume`` cannot continue the old run by mistake.
+    existing checkpoint is refused unless ``overwrite``, which replaces that checkpoint so
+    a later ``--resume`` cannot continue the old run by mistake: it is set aside, deleted
+    when the new run finishes or fails after writing its first checkpoint, and restored
+    if the new run fails before that (its settings refused, its data missing,
+    interrupted, killed: then the next hold restores it).
     """
     directory = Path(path)
     key = _usable(directory).resolve()
@@ -57,21 +64,39 @@ def hold(
         return
     fd = _lock(directory)
     _held[key] = 1
+    existing, aside = directory / checkpoint, directory / f".{checkpoint}{ASIDE_SUFFIX}"
     try:
         _remove_stale(directory, log)
-        existing = directory / checkpoint
+        _settle_aside(existing, aside, log)
         if not resume and existing.exists():
             if not overwrite:
                 raise OutputDirError(
                     f"{directory} already holds a run ({checkpoint}): continue it with "
                     "--resume (resume=True), or start over with --overwrite (overwrite=True)"
                 )
-            existing.unlink()
+            os.replace(existing, aside)
             log(f"overwriting the run in {directory}")
-        yield directory
+        try:
+            yield directory
+        except BaseException:
+            _settle_aside(existing, aside, log)
+            raise
+        aside.unlink(missing_ok=True)  # the new run finished: the old one is replaced
     finally:
         del _held[key]
         os.close(fd)  # releases the flock
+
+
+def _settle_aside(existing: Path, aside: Path, log: Callable[[str], None]) -> None:
+    """After a new run failed or was killed: the overwritten checkpoint set aside goes if
+    the new run had written its own, and comes back if not."""
+    if not aside.exists():
+        return
+    if existing.exists():
+        aside.unlink()
+    else:
+        os.replace(aside, existing)
+        log(f"the new run wrote no checkpoint: {existing} is the overwritten run's again")
 
 
 def _usable(directory: Path) -> Path:

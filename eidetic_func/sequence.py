@@ -501,11 +501,6 @@ def _setup(
     method = config.build_method()
     if world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
-    if grows(config.train) and not traits(method).grows:
-        raise ConfigError(
-            f"{method.name} cannot grow the network (--grow): its state follows the "
-            "parameters' shapes; growth is for EideticNet"
-        )
     # every network but progressive columns has a prune topology (checked once, by init)
     topology = None if traits(method).network else model_topology(model, sequence)
     optimizer = build_optimizer(config, model)

@@ -133,6 +133,53 @@ def test_a_fresh_run_refuses_to_overwrite_a_checkpoint_unless_told_to(
     assert (out / "results.json").is_file()
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--dataset", "imagefolder:/no/such/folder"],
+        ["--model", "import:no_such_module:make"],
+        ["--dataset", "split-mnist"],  # no --data-root
+        ["--dataset", "split-mnist", "--data-root", "/no/such/root"],
+        ["--model", "torchvision:mobilenet_v2"],  # depthwise convolutions: refused
+    ],
+    ids=["imagefolder-typo", "import-typo", "no-data-root", "missing-files", "refused-model"],
+)
+def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(
+    finished_run: Path, tmp_path: Path, bad: list[str]
+) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    old = (finished_run / CHECKPOINT_FILE).read_bytes()
+    (out / CHECKPOINT_FILE).write_bytes(old)
+    assert main(["run", *TINY_ARGS, *bad, "--output-dir", str(out), "--overwrite"]) == 2
+    assert (out / CHECKPOINT_FILE).read_bytes() == old
+    assert [p.name for p in out.iterdir() if "replaced" in p.name] == []
+    assert main(["run", "--resume", "--output-dir", str(out)]) == 0  # the old run, complete
+
+
+def test_an_overwritten_checkpoint_set_aside_by_a_killed_run_comes_back(tmp_path: Path) -> None:
+    aside = tmp_path / f".{CHECKPOINT_FILE}{rundir.ASIDE_SUFFIX}"
+    aside.write_bytes(b"the old run")
+    messages: list[str] = []
+    with rundir.hold(tmp_path, checkpoint=CHECKPOINT_FILE, resume=True, log=messages.append):
+        assert (tmp_path / CHECKPOINT_FILE).read_bytes() == b"the old run"
+    assert not aside.exists() and "overwritten run's again" in messages[0]
+    aside.write_bytes(b"the old run")  # the new run had written its own: the old one goes
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"the new run")
+    with rundir.hold(tmp_path, checkpoint=CHECKPOINT_FILE, resume=True, log=_quiet):
+        pass
+    assert not aside.exists() and (tmp_path / CHECKPOINT_FILE).read_bytes() == b"the new run"
+
+
+def test_a_successful_overwrite_leaves_only_the_new_run(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"the old run")
+    with rundir.hold(
+        tmp_path, checkpoint=CHECKPOINT_FILE, resume=False, overwrite=True, log=_quiet
+    ):
+        assert not (tmp_path / CHECKPOINT_FILE).exists()  # a --resume cannot find the old run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [rundir.LOCK_FILE]
+
+
 def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
     stale = tmp_path / f".{CHECKPOINT_FILE}.0123456789ab.tmp"
     stale.write_bytes(b"x" * 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -299,9 +300,18 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
 def test_growing_is_refused_for_methods_whose_state_follows_the_parameters(
     train: TrainConfig,
 ) -> None:
-    config = RunConfig(dataset="embedded", limit_per_class=30, method="ewc", train=train)
-    with pytest.raises(ef.ConfigError, match="cannot grow"):
-        run(config, log=lambda _: None)
+    with pytest.raises(ef.ConfigError, match=r"cannot grow.*ewc does not support it"):
+        RunConfig(dataset="embedded", limit_per_class=30, method="ewc", train=train)
+
+
+@pytest.mark.parametrize("method", ["eidetic+er", "eidetic+lwf", "ewc+er"])
+def test_growing_a_chain_is_refused_at_construction_naming_the_members_without_it(
+    method: str,
+) -> None:
+    members = [m for m in method.split("+") if m != "eidetic"]
+    refusing = " and ".join(members) + (" does" if len(members) == 1 else " do")
+    with pytest.raises(ef.ConfigError, match=re.escape(method) + f" cannot grow.*{refusing} not"):
+        RunConfig(method=method, train=TrainConfig(grow=4))
 
 
 class _DenseMLP(torch.nn.Module):

@@ -120,6 +120,20 @@ def test_a_chain_needs_two_distinct_methods() -> None:
         chain(EWC(), EWC())
 
 
+@pytest.mark.parametrize("name", ["eidetic+packnet", "packnet+eidetic", "eidetic+progressive"])
+def test_a_chain_of_two_methods_that_own_finished_tasks_is_refused_at_construction(
+    name: str,
+) -> None:
+    """Each would finish the task and move the state on: refused before any training, by
+    the registry and by the run's config, naming both members and the reason."""
+    first, second = name.split("+")
+    message = f"{first} and {second} each end a task by owning"
+    with pytest.raises(ef.ConfigError, match=message):
+        create(name)
+    with pytest.raises(ef.ConfigError, match=message):
+        ef.RunConfig(method=name)
+
+
 def test_chains_flatten_and_combine_traits() -> None:
     method = chain(chain(ef.EideticNet(), EWC()), ER())
     assert [m.name for m in method.methods] == ["eidetic", "ewc", "er"]

@@ -119,7 +119,7 @@ class PackNet(BaseMethod):
     """
 
     # not data-parallel: retraining steps a fresh optimizer on this process's data alone
-    traits: ClassVar[Traits] = Traits(task_incremental=True)
+    traits: ClassVar[Traits] = Traits(task_incremental=True, owns=True)
 
     prune_ratio: float = 0.75
     retrain_epochs: int = 1

@@ -57,7 +57,7 @@ class Progressive(BaseMethod):
 
     name: str = "progressive"
     traits: ClassVar[Traits] = Traits(
-        data_parallel=True, task_incremental=True, network="progressive"
+        data_parallel=True, task_incremental=True, network="progressive", owns=True
     )
 
     def init(self, model: nn.Module, state: EideticState) -> None:
