@@ -32,7 +32,24 @@ def forward(
     check_state(model, state)
     check_input(model, x, _dtype(state))
     params = apply_task_mask(state, task) if needs_task_mask(state, task) else state.params
-    return _call(model, state, params, x, task=task, train=train)
+    return _call(model, state, params, standard_layout(x), task=task, train=train)
+
+
+def standard_layout(x: Tensor) -> Tensor:
+    """``x``, or a copy with the standard (row-major) strides when it has others.
+
+    Convolutions choose their algorithm, hence their rounding, by the input's strides: a
+    channels_last batch — even one ``is_contiguous()`` calls contiguous, as a one-channel
+    image is — would give a finished task other last bits than the same values laid out
+    in rows.
+    """
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == x.stride():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def _call(

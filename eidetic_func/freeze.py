@@ -69,7 +69,7 @@ def freeze_buffers(
     for k, b in buffers.items():
         own = old.owner.get(k)
         if own is None:
-            out[k] = b.detach().clone() if copy else b
+            out[k] = b.detach().clone(memory_format=torch.contiguous_format) if copy else b
             continue
         owned = _OWNED.get((own,))
         if owned is None:

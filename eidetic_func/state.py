@@ -73,7 +73,8 @@ class EideticState:
 def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -> EideticState:
     """The state of a fresh model: everything free, nothing pruned, training ``task``.
 
-    The model's parameters and buffers are copied (detached); the model is not modified.
+    The model's parameters and buffers are copied (detached, contiguous whatever the
+    model's memory format); the model is not modified.
     Every BatchNorm must be a Task variant (see ``eidetic_func.convert_batchnorm``) so
     that channels of finished tasks can keep their statistics while later tasks train.
     ``topology`` (default: the model's own ``model.topology()``, if it declares one; a
@@ -86,9 +87,11 @@ def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -
                 f"module {name!r} is a plain {type(module).__name__}; its statistics cannot be "
                 "frozen per task. Use eidetic_func.convert_batchnorm(model) first."
             )
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    # One memory format for every state (a checkpoint and growth give contiguous tensors
+    # too): a convolution computed in another format rounds differently.
+    params = {k: _canonical(v) for k, v in model.named_parameters()}
     buffers = {
-        k: v.detach().clone() for k, v in model.named_buffers() if not k.endswith("frozen_channels")
+        k: _canonical(v) for k, v in model.named_buffers() if not k.endswith("frozen_channels")
     }
     owned = {**params, **{k: v for k, v in buffers.items() if k.rsplit(".", 1)[-1] in BN_STATS}}
     owner = {k: torch.full_like(v, FREE, dtype=OWNER_DTYPE) for k, v in owned.items()}
@@ -96,6 +99,11 @@ def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -
     state = EideticState(params=params, buffers=buffers, owner=owner, keep=keep, task=task)
     topology = topology if topology is not None else declared_topology(model)
     return state if topology is None else with_topology(state, topology)
+
+
+def _canonical(tensor: Tensor) -> Tensor:
+    """A detached copy of ``tensor`` in the contiguous memory format."""
+    return tensor.detach().clone(memory_format=torch.contiguous_format)
 
 
 def declared_topology(model: nn.Module) -> Topology | None:

@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from .compiling import compile_kwargs, device_of, optimizer_compile_kwargs, optimizer_device
 from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
-from .forward import check_input, check_task, frozen_channels_set, train_mode
+from .forward import check_input, check_task, frozen_channels_set, standard_layout, train_mode
 from .freeze import _mask, _trainable_bits, freeze_buffers
 from .mask import needs_task_mask, task_entries
 from .state import EideticState, _check_same
@@ -112,6 +112,7 @@ def train_step(
     _check_same(workspace, state.params, "params")
     _check_same(own_buffers, state.buffers, "buffers")
     check_input(model, x, next(iter(state.params.values())).dtype if state.params else None)
+    x = standard_layout(x)
     if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")

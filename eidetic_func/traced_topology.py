@@ -87,6 +87,14 @@ PASS_FUNCTIONS: tuple[Any, ...] = (
     F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
 )
+# Pooling reads (batch, channels, *spatial): given one dimension fewer, torch takes the
+# tensor as unbatched and pools across the channels (across neurons).
+POOL_RANKS: dict[Any, int] = {
+    **dict.fromkeys((nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d), 3),
+    **dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), 4),
+    **dict.fromkeys((F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d), 3),
+    **dict.fromkeys((F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d), 4),
+}
 PASS_METHODS = ("relu", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "detach")
 RESHAPES_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.reshape)
 RESHAPE_METHODS = ("flatten", "view", "reshape")
@@ -201,6 +209,8 @@ class _Walk:
         if name.startswith("heads."):
             if name != "heads.0":
                 raise self._refuse(node, "forward(x, 0) must call only heads.0")
+            if self.head_input is not None:
+                raise self._refuse(node, "the head is called twice; a task's logits are one call")
             self.head_input = x
             return None
         if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
@@ -217,12 +227,19 @@ class _Walk:
             self.parent.append(len(self.parent))
             return [Segment(len(self.units) - 1, int(m.weight.shape[0]))]
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if any(name in u.norms for u in self.units):
+                raise self._refuse(
+                    node,
+                    "the BatchNorm is called twice: its per-channel statistics and weights "
+                    "would be shared by two units (or counted twice in one)",
+                )
             sources = {self._find(s.source) for s in x if s.source != INPUT}
             if len(sources) != 1 or any(s.source == INPUT for s in x):
                 raise self._refuse(node, "BatchNorm must normalize the channels of one unit")
             self.units[sources.pop()].norms.append(name)
             return x
         if isinstance(m, PASS_MODULES):
+            self._check_pool_rank(node, POOL_RANKS.get(type(m)))
             return x
         if isinstance(m, nn.Flatten):
             return self._flatten(node, x, m.start_dim)
@@ -239,6 +256,7 @@ class _Walk:
         if target is operator.getitem or target is getattr:
             return None if self.values.get(node.args[0]) is None else self._refuse_op(node)  # type: ignore[arg-type]
         if target in PASS_FUNCTIONS:
+            self._check_pool_rank(node, POOL_RANKS.get(target))
             return self._input(node, 0)
         if target in ADDS:
             return self._add(node)
@@ -282,9 +300,15 @@ class _Walk:
                 f"node {where!r}: {layer} reads the network input and units together; a "
                 "layer reads either the input or units"
             )
+        roots = [self._find(s.source) for s in x]
+        if len(set(roots)) != len(roots):
+            raise TopologyError(
+                f"node {where!r}: {layer} reads the same unit twice (e.g. torch.cat([h, h * 2])); "
+                "a pruned or grown neuron must be one column range per reader"
+            )
         offset = 0
-        for s in x:
-            self.units[self._find(s.source)].readers.append(Reader(layer, s.repeat, offset))
+        for s, root in zip(x, roots):
+            self.units[root].readers.append(Reader(layer, s.repeat, offset))
             offset += s.size * s.repeat
 
     def _add(self, node: fx.Node) -> list[Segment] | None:
@@ -360,6 +384,19 @@ class _Walk:
         if value is None:
             raise self._refuse(node, "its input is not a feature tensor the trace follows")
         return value
+
+    def _check_pool_rank(self, node: fx.Node, rank: int | None) -> None:
+        if rank is None:
+            return
+        arg = node.args[0] if node.args else None
+        shape = self._shape(arg) if isinstance(arg, fx.Node) else None
+        if shape is not None and len(shape) != rank:
+            raise self._refuse(
+                node,
+                f"pooling of {rank - 2} spatial dimension(s) applied to a {len(shape)}-D "
+                f"tensor: torch takes it as unbatched and pools across channels (neurons); "
+                f"give it (batch, channels{', length' if rank == 3 else ', height, width'})",
+            )
 
     def _scalar_other(self, node: fx.Node) -> bool:
         others = [a for a in node.args[1:] if isinstance(a, fx.Node)]

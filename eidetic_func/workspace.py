@@ -92,12 +92,12 @@ def project_workspace(
                 p.copy_(before)
                 params[k] = before
             elif coverage[k] is True:
-                params[k] = p.clone()
+                params[k] = p.clone(memory_format=torch.contiguous_format)
             else:
                 if record.bits is not bits[k] or record.anchor is None:
                     record.bits, record.anchor = bits[k], _anchor(bits[k], before)
                 _restore_(bits[k], record.anchor, p, before)
-                params[k] = p.clone()
+                params[k] = p.clone(memory_format=torch.contiguous_format)
             record.version = p._version
             record.source = weakref.ref(params[k])
             record.source_version = params[k]._version

@@ -180,3 +180,53 @@ def test_a_network_without_a_topology_by_design_still_initializes() -> None:
     with pytest.raises(ef.NoTopology):
         model.topology()
     assert ef.init(model).topology is None
+
+
+# --------------------------------------------------------------------------- mixing neurons
+
+
+class Mixer(nn.Module):
+    """``fc1 → (mix) → fc2 → heads``: ``mix`` names one way to mix neurons across units."""
+
+    def __init__(self, mix: str) -> None:
+        super().__init__()
+        self.mix = mix
+        self.fc1 = nn.Linear(6, 8)
+        self.bn = ef.TaskBatchNorm1d(8)
+        self.fc2 = nn.Linear(16 if mix == "double read" else 8, 8)
+        self.pool = nn.AdaptiveAvgPool1d(8)
+        self.heads = nn.ModuleList([nn.Linear(8, 2), nn.Linear(8, 2)])
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        h = F.relu(self.fc1(x))
+        if self.mix == "1-D pooling":
+            h = F.max_pool1d(h, 1)  # (batch, features): pooled as an unbatched (C, L) tensor
+        elif self.mix == "1-D pooling module":
+            h = self.pool(h)
+        elif self.mix == "double read":
+            h = torch.cat([h, h * 2], dim=1)
+        if self.mix == "shared BatchNorm":
+            h = self.bn(h)  # normalizes fc1's unit, then fc2's below
+        h = self.fc2(h)
+        if self.mix == "shared BatchNorm":
+            h = self.bn(h)
+        elif self.mix == "head twice":
+            return self.heads[task](h) + self.heads[task](F.relu(h))
+        return self.heads[task](F.relu(h))
+
+
+@pytest.mark.parametrize(
+    ("mix", "node", "why"),
+    [
+        ("1-D pooling", "max_pool1d", "pools across channels"),
+        ("1-D pooling module", "pool", "pools across channels"),
+        ("shared BatchNorm", "bn_1", "BatchNorm is called twice"),
+        ("head twice", "heads_1", "head is called twice"),
+        ("double read", "fc2", "reads the same unit twice"),
+    ],
+)
+def test_operations_that_mix_neurons_are_refused_naming_the_node(
+    mix: str, node: str, why: str
+) -> None:
+    with pytest.raises(ef.TopologyError, match=rf"'{node}'.*{why}"):
+        ef.trace_topology(Mixer(mix), X)
