@@ -187,7 +187,16 @@ def _random_nodes(graph: fx.Graph | None) -> str:
             )
             if training is not False:
                 found.append(node)
-    if not found:
-        return ""
-    names = ", ".join(f"{n.name!r} ({getattr(n.target, '__name__', n.target)})" for n in found)
-    return f" (random operations at graph nodes {names})"
+    if found:
+        names = ", ".join(f"{n.name!r} ({getattr(n.target, '__name__', n.target)})" for n in found)
+        return f" (random operations at graph nodes {names})"
+    # A random call with no traced input (torch.randn(())) runs once while tracing and
+    # enters the graph as a constant: name those nodes.
+    constants = [
+        n.name for n in graph.nodes if n.op == "get_attr" and "_tensor_constant" in str(n.target)
+    ]
+    if constants:
+        return (
+            f" (values computed outside the graph, e.g. random draws, at graph nodes {constants})"
+        )
+    return ""

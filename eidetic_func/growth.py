@@ -89,22 +89,23 @@ def grow(
     params, buffers = dict(state.params), dict(state.buffers)
     owner, keep = dict(state.owner), dict(state.keep)
     added: dict[str, Tensor] = {}
-    for key, (dim, at, count) in inserts.items():
-        if key in params:
-            params[key] = _insert(params[key], dim, at, count, 0)
-            keep[key] = _insert(keep[key], dim, at, count, True)
-            added[key] = _insert(torch.zeros_like(state.keep[key]), dim, at, count, True)
-        else:  # a BatchNorm statistic: the identity transform
-            value = 1 if key.endswith("running_var") else 0
-            buffers[key] = _insert(buffers[key], dim, at, count, value)
-        row_owner = state.owner[key].flatten(1).amax(1) if dim == 1 else None
-        owner[key] = _insert(owner[key], dim, at, count, FREE)
-        if row_owner is not None:  # columns added to owned rows belong to the row's task
-            owned = _insert(
-                torch.zeros_like(state.owner[key], dtype=torch.bool), dim, at, count, True
-            )
-            owned = owned & rows(row_owner >= 0, owned)
-            owner[key] = torch.where(owned, rows(row_owner, owner[key]), owner[key])
+    for key, where in inserts.items():
+        for dim, at, count in where:  # rows before columns (a layer reading its own unit)
+            if key in params:
+                params[key] = _insert(params[key], dim, at, count, 0)
+                new_keep = torch.zeros_like(keep[key])
+                keep[key] = _insert(keep[key], dim, at, count, True)
+                added[key] = _insert(added.get(key, new_keep), dim, at, count, True)
+            else:  # a BatchNorm statistic: the identity transform
+                value = 1 if key.endswith("running_var") else 0
+                buffers[key] = _insert(buffers[key], dim, at, count, value)
+            before = owner[key]
+            owner[key] = _insert(before, dim, at, count, FREE)
+            if dim == 1:  # columns added to owned rows belong to the row's task
+                row_owner = before.flatten(1).amax(1)
+                owned = _insert(torch.zeros_like(before, dtype=torch.bool), dim, at, count, True)
+                owned = owned & rows(row_owner >= 0, owned)
+                owner[key] = torch.where(owned, rows(row_owner, owner[key]), owner[key])
 
     norms = set(bn_prefixes(state))
     _, allowed = fresh_keep(params, owner, keep, widened, state.task, forward_transfer)
@@ -182,24 +183,26 @@ def full_units(state: EideticState) -> tuple[str, ...]:
 
 def _widen(
     model: nn.Module, topology: Topology, unit: Unit, k: int
-) -> tuple[Topology, dict[str, Insert]]:
+) -> tuple[Topology, dict[str, list[Insert]]]:
     """Widen ``model`` in place by ``k`` neurons of ``unit``; the new topology and, per
-    parameter or statistic key, where entries were inserted."""
+    parameter or statistic key, where entries were inserted, in order (a layer that reads
+    the unit it produces, ``h + f(W h)``, gets rows, then columns)."""
     size = int(_layer(model, unit.producers[0], unit).weight.shape[0])
-    inserts: dict[str, Insert] = {}
+    inserts: dict[str, list[Insert]] = {}
     for p in unit.producers:
         layer = _layer(model, p, unit)
         _add_rows(layer, size, k)
-        inserts.update({f"{p}.{leaf}": (0, size, k) for leaf in ("weight", "bias")})
+        for leaf in ("weight", "bias"):
+            inserts.setdefault(f"{p}.{leaf}", []).append((0, size, k))
     for n in unit.norms:
         _add_channels(_norm(model, n, unit), size, k)
-        leaves = ("weight", "bias", "running_mean", "running_var")
-        inserts.update({f"{n}.{leaf}": (0, size, k) for leaf in leaves})
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            inserts.setdefault(f"{n}.{leaf}", []).append((0, size, k))
     shifts: dict[str, tuple[int, int]] = {}
     for r in unit.readers:
         at, count = r.offset + size * r.repeat, k * r.repeat
         _add_columns(_layer(model, r.layer, unit), at, count)
-        inserts[f"{r.layer}.weight"] = (1, at, count)
+        inserts.setdefault(f"{r.layer}.weight", []).append((1, at, count))
         shifts[r.layer] = (at, count)
     keys = {k for k, _ in model.named_parameters()} | {k for k, _ in model.named_buffers()}
     inserts = {key: where for key, where in inserts.items() if key in keys}

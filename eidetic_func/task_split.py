@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from .data import Task, TaskSequence
 from .errors import ConfigError, DataError, ShapeError
+from .image_scan import scan_split
 
 Transform = Callable[[Any], Any]
 
@@ -166,7 +167,10 @@ def image_folder(
     Two layouts: ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``) split by
     ``classes_per_task``; or one folder per task, ``root/<task>/train/<class>/*`` and
     ``root/<task>/test/<class>/*`` (the MAS seed's Tiny-ImageNet split), tasks in name
-    order. Images are resized to ``image_size`` (shorter side, then a center crop);
+    order. Every split is scanned first (:func:`eidetic_func.image_scan.scan_split`: the
+    same class folders in train and test, no empty class, no link loop or image reached
+    twice, every image readable and within Pillow's size limit), so that nothing about the
+    files fails mid-run. Images are resized to ``image_size`` (shorter side, then a center crop);
     ``augment`` trains on ``RandomResizedCrop(image_size)`` and horizontal flips instead
     (the original's option). Read from disk item by item: use ``num_workers`` loaders.
     """
@@ -193,6 +197,7 @@ def image_folder(
     if (root / "train").is_dir() and test_dir is not None:
         if classes_per_task is None:
             raise ConfigError(f"{root} holds one dataset: give classes_per_task to split it")
+        scan_split(root / "train", test_dir)
         return split_dataset(
             datasets.ImageFolder(str(root / "train")),
             datasets.ImageFolder(str(test_dir)),
@@ -212,6 +217,7 @@ def image_folder(
         test = next((d / s for s in ("test", "val") if (d / s).is_dir()), None)
         if test is None:
             raise DataError(f"task folder {d} has train/ but no test/ (or val/)")
+        scan_split(d / "train", test)
         part = split_dataset(
             datasets.ImageFolder(str(d / "train")),
             datasets.ImageFolder(str(test)),

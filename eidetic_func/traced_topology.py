@@ -24,6 +24,7 @@ with :func:`check_topology` like a declared one.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,17 @@ class _Walk:
         tensors = [a for a in node.args if isinstance(a, fx.Node) and self.values.get(a)]
         if not tensors:
             return None  # arithmetic on sizes
+        for other in node.args:
+            meta = other.meta.get("tensor_meta") if isinstance(other, fx.Node) else None
+            shape = getattr(meta, "shape", None)
+            if other not in tensors and shape is not None and math.prod(shape) > 1:
+                raise self._refuse(
+                    node,
+                    f"a tensor of shape {tuple(shape)} that no layer of the topology holds "
+                    f"({other.target if other.op == 'get_attr' else other.name}) is added to "
+                    "the channels: a pruned neuron would still carry it, and growth could not "
+                    "widen it (a scalar is fine; a per-channel bias belongs in a layer)",
+                )
         if len(tensors) == 1:
             return self.values[tensors[0]]
         a, b = (self.values[t] for t in tensors)

@@ -36,26 +36,27 @@ class Net(nn.Module):
 
 
 class RunningOffset(nn.Module):
-    """An input normaliser with a running statistic of its own, updated like BatchNorm's."""
+    """An input normaliser with a running statistic of its own, updated like BatchNorm's (a
+    scalar: a per-channel one is refused by the trace itself, see below)."""
 
-    def __init__(self, width: int = 8, reassign: bool = False) -> None:
+    def __init__(self, reassign: bool = False) -> None:
         super().__init__()
         self.reassign = reassign
-        self.register_buffer("offset", torch.zeros(width))
+        self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, h: Tensor) -> Tensor:
         if self.training:
             if self.reassign:
-                self.offset = 0.9 * self.offset - 0.1 * h.detach().mean(0)
+                self.offset = 0.9 * self.offset - 0.1 * h.detach().mean()
             else:
-                self.offset.mul_(0.9).sub_(0.1 * h.detach().mean(0))
+                self.offset.mul_(0.9).sub_(0.1 * h.detach().mean())
         return h + self.offset
 
 
 class ConstantOffset(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: int = 1) -> None:
         super().__init__()
-        self.register_buffer("offset", torch.linspace(-1, 1, 8))
+        self.register_buffer("offset", torch.linspace(-1, 1, width).squeeze())
 
     def forward(self, h: Tensor) -> Tensor:
         return h + self.offset
@@ -87,7 +88,7 @@ class Noise(nn.Module):
         if self.kind == "functional dropout":
             return F.dropout(h, 0.5)  # training defaults to True: random in evaluation too
         if self.kind == "added noise":
-            return h + 0.1 * torch.randn(h.shape)
+            return h + 0.1 * torch.randn(())
         if self.kind == "dropout module":
             return F.dropout(h, 0.5, self.training)
         raise AssertionError(self.kind)
@@ -113,14 +114,28 @@ def test_a_forward_that_writes_a_parameter_is_refused_naming_it(how: str) -> Non
         ef.trace_topology(model, X)
 
 
-@pytest.mark.parametrize("kind", ["functional dropout", "added noise"])
-def test_random_evaluation_is_refused_naming_the_random_node(kind: str) -> None:
-    model = Net(Noise(kind))
-    node = "'dropout' (dropout)" if kind == "functional dropout" else "'randn' (randn)"
-    with pytest.raises(
-        ef.TopologyError, match=rf"two different outputs.*graph nodes {re.escape(node)}"
-    ):
-        ef.trace_topology(model, X)
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("functional dropout", "at graph nodes 'dropout' (dropout)"),
+        (
+            "added noise",
+            "outside the graph, e.g. random draws, at graph nodes ['_tensor_constant0']",
+        ),
+    ],
+)
+def test_random_evaluation_is_refused_naming_the_random_node(kind: str, named: str) -> None:
+    """The random node is named: a random operation of the graph, or the constant that a
+    draw with no traced input (``torch.randn(())``) became while tracing."""
+    with pytest.raises(ef.TopologyError, match=rf"two different outputs.*{re.escape(named)}"):
+        ef.trace_topology(Net(Noise(kind)), X)
+
+
+def test_a_per_channel_tensor_no_layer_holds_is_refused_naming_it() -> None:
+    """``h + buffer`` with a buffer per neuron: a pruned neuron would still carry it, and
+    growth could not widen it."""
+    with pytest.raises(ef.TopologyError, match=r"\(8,\) that no layer .*\(middle\.offset\)"):
+        ef.trace_topology(Net(ConstantOffset(width=8)), X)
 
 
 @pytest.mark.parametrize(
