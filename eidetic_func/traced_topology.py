@@ -317,9 +317,10 @@ class _Walk:
         if not tensors:
             return None  # arithmetic on sizes
         for other in node.args:
-            meta = other.meta.get("tensor_meta") if isinstance(other, fx.Node) else None
-            shape = getattr(meta, "shape", None)
-            if other not in tensors and shape is not None and math.prod(shape) > 1:
+            if not isinstance(other, fx.Node) or other in tensors:
+                continue
+            shape = getattr(other.meta.get("tensor_meta"), "shape", None)
+            if shape is not None and math.prod(shape) > 1:
                 raise self._refuse(
                     node,
                     f"a tensor of shape {tuple(shape)} that no layer of the topology holds "
