@@ -65,18 +65,18 @@ class _TaskBatchNorm(_BatchNorm):
         weight, bias = self.weight, self.bias
         with torch.no_grad():
             # Frozen channels: inference-mode normalization with the frozen statistics, an
-            # affine map applied once. An owned channel is computed from owned entries only
-            # (owned rows read nothing else), so no trainable parameter can change it: its
-            # values are constants for this step's gradients. Free channels: the
-            # batch-normalized output. The blend is exact (one side times 1, the other 0).
+            # affine map applied once; its scale and shift are constants (owned), but the
+            # gradient reaches the input: a frozen channel may read free entries (PackNet
+            # owns single weights, so an owned row can hold weights a later task trains).
+            # Free channels: the batch-normalized output. The blend is exact (one side
+            # times 1, the other 0).
             scale = (var + self.eps).rsqrt_()
             if weight is not None:
                 scale.mul_(weight)
             shift = torch.sub(bias, mean * scale) if bias is not None else (mean * scale).neg_()
             shape = (1, -1) + (1,) * (input.dim() - 2)
-            constant = torch.addcmul(
-                shift.mul_(frozen).view(shape), input, scale.mul_(frozen).view(shape)
-            )
+            shift, scale = shift.mul_(frozen).view(shape), scale.mul_(frozen).view(shape)
+        frozen_part = torch.addcmul(shift, input, scale)
         # batch norm updates the statistics of every channel (of copies it keeps for its
         # backward); only the free channels' updates are taken
         new_mean, new_var = mean.clone(), var.clone()
@@ -86,7 +86,7 @@ class _TaskBatchNorm(_BatchNorm):
         with torch.no_grad():
             torch.where(is_frozen, mean, new_mean, out=mean)
             torch.where(is_frozen, var, new_var, out=var)
-        return torch.addcmul(constant, batch_normalized, free.view(shape))
+        return torch.addcmul(frozen_part, batch_normalized, free.view(shape))
 
 
 def _blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
