@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from . import data, distributed, metrics, task_split
+from .acceptance import check_network
 from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 from .bridge import bridge
 from .capacity import Capacity, UnitCapacity, capacity
@@ -132,6 +133,7 @@ __all__ = [
     "bridge",
     "capacity",
     "chain",
+    "check_network",
     "check_topology",
     "convert_batchnorm",
     "data",

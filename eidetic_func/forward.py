@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._memo import TensorMemo
-from .errors import ShapeError
+from .errors import ShapeError, TopologyError
 from .mask import apply_task_mask, needs_task_mask
 from .state import EideticState, bn_prefixes, check_state
 from .validate import task_id
@@ -62,9 +62,19 @@ def _call(
     train: bool,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     buffers = {k: v.clone() for k, v in state.buffers.items()} if train else state.buffers
+    # the state's own tensors (buffers are copies in training mode): none may be written
+    own = {**params, **({} if train else buffers)}
+    versions = [t._version for t in own.values()]
     with train_mode(model, train):
         logits = functional_call(
             model, (params, buffers, frozen_channels(state)), (x,), {"task": task}, strict=True
+        )
+    if versions != [t._version for t in own.values()]:
+        written = next(k for (k, t), v in zip(own.items(), versions) if t._version != v)
+        raise TopologyError(
+            f"the forward of {type(model).__name__} wrote {written!r} in place: a forward may "
+            "not write the state it is given (this state's tensor has changed: reload it from "
+            "a checkpoint); keep the forward free of in-place writes to parameters and buffers"
         )
     return logits, buffers
 

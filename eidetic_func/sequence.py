@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from . import data as data_module
 from . import metrics, rundir
+from .acceptance import check_network
 from .capacity import capacity
 from .checkpoint import Checkpoint, load, save
 from .config import grows
@@ -169,12 +170,16 @@ def _import_model(spec: str, heads: list[int], input_shape: tuple[int, ...]) -> 
 
 
 def model_topology(model: nn.Module, sequence: data_module.TaskSequence) -> Topology:
-    """The model's declared topology (``model.topology()``), else one traced on a zero batch."""
+    """The model's declared topology (``model.topology()``), else one traced on a zero batch;
+    either way the network passes :func:`eidetic_func.acceptance.check_network` (a traced
+    one inside the tracer)."""
+    device = next(model.parameters()).device
+    example = torch.zeros(2, *sequence.input_shape, device=device)
     declared = declared_topology(model)
     if declared is not None:
+        check_network(model, example)
         return declared
-    device = next(model.parameters()).device
-    return trace_topology(model, torch.zeros(2, *sequence.input_shape, device=device))
+    return trace_topology(model, example)
 
 
 def reorder(sequence: data_module.TaskSequence, task_order: str) -> data_module.TaskSequence:

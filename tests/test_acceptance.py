@@ -14,6 +14,10 @@ from torch import Tensor, nn
 
 import eidetic_func as ef
 from eidetic_func.acceptance import check_network
+from eidetic_func.data import load_sequence
+from eidetic_func.scenario import prefixed
+from eidetic_func.sequence import model_topology
+from models import MLP
 from models.progressive import ProgressiveMLP
 
 X = torch.zeros(2, 6)
@@ -245,3 +249,38 @@ def test_operations_that_mix_neurons_are_refused_naming_the_node(
 ) -> None:
     with pytest.raises(ef.TopologyError, match=rf"'{node}'.*{why}"):
         ef.trace_topology(Mixer(mix), X)
+
+
+# --------------------------------------------------------------------------- declared topologies
+
+
+class WritingMLP(nn.Module):
+    """A network with a hand-written ``topology()`` whose forward rescales a weight in place."""
+
+    def __init__(self, in_features: int = 6) -> None:
+        super().__init__()
+        self.net = MLP(in_features, [2, 2], num_layers=1, width=4, bn=False)
+        self.heads = self.net.heads
+
+    def forward(self, x: Tensor, task: int = 0) -> Tensor:
+        with torch.no_grad():
+            self.net.blocks[0].linear.weight.mul_(1.0)  # same values, but a write
+        return self.net(x, task)
+
+    def topology(self) -> ef.Topology:
+        return prefixed(self.net.topology(), "net.")
+
+
+def test_a_forward_that_writes_the_state_it_is_given_is_refused_naming_the_tensor() -> None:
+    """A hand-written topology is not traced, so nothing refused the network up front: the
+    forward itself notices the write (version counters) and names the tensor."""
+    model = WritingMLP()
+    state = ef.init(model)
+    with pytest.raises(ef.TopologyError, match=r"wrote 'net\.blocks\.0\.linear\.weight' in place"):
+        ef.forward(model, state, X, task=0, train=False)
+
+
+def test_the_shell_checks_a_network_with_a_declared_topology_too() -> None:
+    sequence = load_sequence("embedded", limit_per_class=2, num_tasks=5)
+    with pytest.raises(ef.TopologyError, match=r"writes its parameter 'net\.blocks\.0\.linear"):
+        model_topology(WritingMLP(in_features=784), sequence)
