@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from . import validate
+from .acceptance import check_network
 from .errors import CheckpointError
 from .state import FREE, OWNER_DTYPE, EideticState, Growth, declared_topology, with_topology
 
@@ -219,8 +220,12 @@ def load(
     model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     map_location: str | torch.device = "cpu",
+    example_input: Tensor | None = None,
 ) -> Checkpoint:
     """Read and verify a checkpoint; optionally check it against ``model`` and load ``optimizer``.
+
+    With ``model`` and ``example_input`` (one batch), the network must also pass
+    :func:`eidetic_func.check_network`, as in :func:`eidetic_func.init`.
 
     Raises :class:`CheckpointError` (never a raw ``KeyError``, JSON or safetensors error)
     when the file is missing, foreign, truncated or corrupt (checksum), written by an
@@ -251,6 +256,8 @@ def load(
     checkpoint = dataclasses.replace(checkpoint, source=path)
     checkpoint.fit(model=model, optimizer=optimizer)
     topology = None if model is None else declared_topology(model)
+    if model is not None and example_input is not None:
+        check_network(model, example_input)
     if topology is not None:  # the topology belongs to the model; it is not stored
         checkpoint = dataclasses.replace(
             checkpoint, state=with_topology(checkpoint.state, topology)

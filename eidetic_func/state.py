@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .acceptance import check_network
 from .batchnorm import is_task_batchnorm
 from .errors import NoTopology, StateMismatchError, TopologyError
 from .pytree import pytree_dataclass, static_field
@@ -70,16 +71,25 @@ class EideticState:
         return dataclasses.replace(self, **changes)
 
 
-def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -> EideticState:
+def init(
+    model: nn.Module,
+    *,
+    topology: Topology | None = None,
+    task: int = 0,
+    example_input: Tensor | None = None,
+) -> EideticState:
     """The state of a fresh model: everything free, nothing pruned, training ``task``.
 
     The model's parameters and buffers are copied (detached, contiguous whatever the
     model's memory format); the model is not modified.
     Every BatchNorm must be a Task variant (see ``eidetic_func.convert_batchnorm``) so
     that channels of finished tasks can keep their statistics while later tasks train.
-    ``topology`` (default: the model's own ``model.topology()``, if it declares one; a
-    traced one from :func:`eidetic_func.trace_topology` otherwise) is checked once here
-    and carried by the state: the pure functions read it from there.
+    ``topology`` (default: the model's own ``model.topology()``, if it declares one —
+    :class:`eidetic_func.MultiHead` traces its own, refusals included — else none; trace
+    one with :func:`eidetic_func.trace_topology`) is checked once here and carried by the
+    state: the pure functions read it from there. With ``example_input`` (one batch), the
+    network must also pass :func:`eidetic_func.check_network` — a hand-written topology
+    is not traced, and nothing else runs its forward here.
     """
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_task_batchnorm(module):
@@ -98,6 +108,8 @@ def init(model: nn.Module, *, topology: Topology | None = None, task: int = 0) -
     keep = {k: torch.ones_like(v, dtype=torch.bool) for k, v in params.items()}
     state = EideticState(params=params, buffers=buffers, owner=owner, keep=keep, task=task)
     topology = topology if topology is not None else declared_topology(model)
+    if example_input is not None:
+        check_network(model, example_input)
     return state if topology is None else with_topology(state, topology)
 
 

@@ -284,3 +284,19 @@ def test_the_shell_checks_a_network_with_a_declared_topology_too() -> None:
     sequence = load_sequence("embedded", limit_per_class=2, num_tasks=5)
     with pytest.raises(ef.TopologyError, match=r"writes its parameter 'net\.blocks\.0\.linear"):
         model_topology(WritingMLP(in_features=784), sequence)
+
+
+def test_init_and_load_check_a_declared_topology_network_given_an_example(
+    tmp_path: Path,
+) -> None:
+    """A hand-written topology is not traced; with ``example_input``, ``ef.init`` and
+    ``ef.load`` run the network's forward checks all the same."""
+    model = WritingMLP()
+    honest = MLP(6, [2, 2], num_layers=1, width=4, bn=False)
+    with pytest.raises(ef.TopologyError, match=r"writes its parameter 'net\.blocks\.0\.linear"):
+        ef.init(model, example_input=X)
+    state = ef.init(honest, example_input=X)  # an honest network passes
+    path = ef.save(tmp_path / "state.safetensors", ef.init(model))
+    with pytest.raises(ef.TopologyError, match=r"writes its parameter"):
+        ef.load(path, model=model, example_input=X)
+    assert ef.load(ef.save(tmp_path / "honest.safetensors", state), model=honest, example_input=X)
