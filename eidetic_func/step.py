@@ -24,11 +24,11 @@ from torch.autograd.graph import increment_version
 from torch.func import functional_call
 
 from .compiling import compile_kwargs, device_of, optimizer_compile_kwargs, optimizer_device
-from .errors import ConfigError, NonFiniteError, ShapeError, TaskError
+from .errors import ConfigError, NonFiniteError, ShapeError, TaskError, TopologyError
 from .forward import check_input, check_task, frozen_channels_set, standard_layout, train_mode
 from .freeze import _mask, _trainable_bits, freeze_buffers
 from .mask import needs_task_mask, task_entries
-from .state import EideticState, _check_same
+from .state import EideticState, _check_same, bn_prefixes
 from .types import LossFn
 from .workspace import load_workspace, project_workspace
 
@@ -122,6 +122,11 @@ def train_step(
     with torch.no_grad():
         for k, b in own_buffers.items():
             b.copy_(state.buffers[k])
+    # buffers outside BatchNorm are no state of any task: the step may not write them
+    norms = set(bn_prefixes(state))
+    fixed = {
+        k: (b, b._version) for k, b in own_buffers.items() if k.rpartition(".")[0] not in norms
+    }
     optimizer.zero_grad(set_to_none=True)
     masked: dict[int, dict[str, Tensor]] = {}
 
@@ -168,6 +173,14 @@ def train_step(
             grads = {k: p.grad for k, p in workspace.items() if p.grad is not None}
             for k, g in grad_transform(grads, apply, workspace).items():
                 workspace[k].grad = g
+    written = [k for k, (b, version) in fixed.items() if b._version != version]
+    if written:
+        raise TopologyError(
+            f"the forward of {type(model).__name__} writes its buffer {written[0]!r} in training "
+            "mode: the masks own parameters and BatchNorm statistics only, so it would change "
+            "under later tasks (the state is returned unchanged; ef.check_network finds such "
+            "networks before training)"
+        )
     if zero_frozen_grads:
         bits = _trainable_bits(state)
         for k, p in workspace.items():

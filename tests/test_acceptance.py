@@ -300,3 +300,28 @@ def test_init_and_load_check_a_declared_topology_network_given_an_example(
     with pytest.raises(ef.TopologyError, match=r"writes its parameter"):
         ef.load(path, model=model, example_input=X)
     assert ef.load(ef.save(tmp_path / "honest.safetensors", state), model=honest, example_input=X)
+
+
+def test_a_training_step_that_writes_a_buffer_is_refused_with_the_state_unchanged() -> None:
+    """Through the Python API a network need not pass the tracer: ``ef.train_step`` notices
+    a buffer outside BatchNorm written in training mode, names it, and returns nothing."""
+
+    class Normalised(WritingMLP):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("seen", torch.zeros(()))
+
+        def forward(self, x: Tensor, task: int = 0) -> Tensor:
+            if self.training:
+                self.seen.add_(1)
+            return self.net(x, task)
+
+    model = Normalised()
+    state = ef.init(model)
+    before = {k: v.clone() for k, v in state.buffers.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ef.TopologyError, match=r"writes its buffer 'seen' in training mode"):
+        ef.train_step(
+            model, state, (torch.randn(4, 6), torch.tensor([0, 1, 0, 1])), optimizer=optimizer
+        )
+    assert all(torch.equal(state.buffers[k], v) for k, v in before.items())

@@ -57,25 +57,33 @@ def test_frozen_channels_use_frozen_statistics_and_keep_them(
             assert torch.equal(bn.running_var[c], plain.running_var[c])
 
 
-def test_frozen_channels_are_constants_and_free_channels_get_the_plain_gradient() -> None:
+def test_frozen_channels_pass_the_gradient_to_their_input_and_free_ones_get_the_plain_one() -> None:
+    """A frozen channel is the affine map of its frozen statistics: its scale and shift are
+    constants (no gradient to the BN weight and bias), but its input gets ``scale * grad``
+    — what reaches free weights behind an owned channel (PackNet owns single weights)."""
     bn = _bn(TaskBatchNorm1d, 3, 0).train()
     plain = _bn(TaskBatchNorm1d, 3, 0).train()
     bn.frozen_channels = torch.tensor([1])
     x = torch.randn(10, 3, requires_grad=True)
     x_plain = x.detach().clone().requires_grad_(True)
-    bn(x).pow(2).sum().backward()
+    out = bn(x)
+    out.pow(2).sum().backward()
     plain(x_plain).pow(2).sum().backward()
     assert x.grad is not None and x_plain.grad is not None
-    assert bool((x.grad[:, 1] == 0).all()) and bn.weight.grad[1] == 0 and bn.bias.grad[1] == 0
+    assert bn.weight.grad[1] == 0 and bn.bias.grad[1] == 0
+    assert bn.running_var is not None
+    scale = bn.weight[1] / torch.sqrt(bn.running_var[1] + bn.eps)
+    torch.testing.assert_close(x.grad[:, 1], (2 * out[:, 1] * scale).detach())
     for c in (0, 2):
         assert torch.allclose(x.grad[:, c], x_plain.grad[:, c])
         assert torch.allclose(bn.weight.grad[c], plain.weight.grad[c])
 
 
-def test_owned_channels_never_depend_on_trainable_entries_so_constant_is_exact() -> None:
-    """Why frozen channels may be constants: after finish_task, an owned channel is computed
-    from owned entries only, so the gradient of a later task's loss with respect to every
-    trainable entry is the same whether or not gradients flow through owned channels."""
+def test_under_eideticnet_owned_channels_never_depend_on_trainable_entries() -> None:
+    """After EideticNet's finish_task an owned channel is computed from owned entries only,
+    so the gradient of a later task's loss with respect to every trainable entry is the same
+    whether or not gradients flow through owned channels (unlike PackNet's, see
+    ``test_gradients_reach_free_entries.py``)."""
     torch.manual_seed(0)
     model = MLP(6, [2, 2], num_layers=2, width=5)
     topology = model.topology()
