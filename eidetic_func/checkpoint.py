@@ -753,8 +753,8 @@ def _state_problems(state: EideticState) -> list[str]:
 
 def _meaning_problems(state: EideticState) -> list[str]:
     """What makes a well-formed ``state`` mean nothing a run could have produced: an owner
-    id of a task that is not finished (or below ``FREE``), ``finished`` out of order or
-    beside the owners, and free entries pruned for the current task that hold a value (a
+    id of a task that is neither finished nor in training (a revisit), or below ``FREE``;
+    ``finished`` out of order or beside the owners; and free entries pruned for the current task that hold a value (a
     checksum proves only that nobody changed the file since it was written)."""
     problems: list[str] = []
     finished = list(state.finished)
@@ -763,12 +763,14 @@ def _meaning_problems(state: EideticState) -> list[str]:
     if any(v.is_meta for v in (*state.owner.values(), *state.params.values())):
         return problems  # no values to read (map_location="meta")
     owners: set[int] = set()
+    # a revisited task (ef.revisit) is unfinished again while it still owns its neurons
+    known = {FREE, *finished, state.task}
     for k, v in state.owner.items():
         ids = {int(i) for i in v.unique().tolist()}
-        if not ids <= {FREE, *finished}:
+        if not ids <= known:
             problems.append(
-                f"owner[{k!r}] names tasks {sorted(ids - {FREE} - set(finished))} that are "
-                f"not finished (finished: {finished})"
+                f"owner[{k!r}] names tasks {sorted(ids - known)} that are neither finished "
+                f"(finished: {finished}) nor the one in training ({state.task})"
             )
         owners |= ids - {FREE}
     if set(finished) - owners:

@@ -570,12 +570,12 @@ def _owner_edit(state: ef.EideticState, key: str, value: int) -> ef.EideticState
     [
         (
             lambda s: _owner_edit(s, "blocks.0.linear.weight", 7),
-            r"names tasks \[7\] that are not finished",
+            r"names tasks \[7\] that are neither",
         ),
         (lambda s: _owner_edit(s, "blocks.0.linear.weight", -5), r"names tasks \[-5\]"),
         (lambda s: s.replace(finished=(0, 1)), r"tasks \[1\] are finished but own nothing"),
         (lambda s: s.replace(finished=(1, 0)), "finished sorted once"),
-        (lambda s: s.replace(finished=()), r"names tasks \[0\] that are not finished"),
+        (lambda s: s.replace(finished=()), r"names tasks \[0\] that are neither"),
     ],
     ids=["unknown-owner", "negative-owner", "finished-owns-nothing", "unsorted", "not-finished"],
 )
@@ -608,3 +608,14 @@ def test_a_free_pruned_entry_holding_a_value_is_refused_on_load(
     )
     with pytest.raises(ef.CheckpointError, match=rf"params\['{re.escape(key)}'\] holds values"):
         ef.load(path)
+
+
+def test_a_state_in_the_middle_of_a_revisit_saves_and_loads(tmp_path: Path) -> None:
+    """``ef.revisit`` makes a finished task unfinished again while it owns its neurons: a
+    checkpoint written then (a ``--cycles`` run) has a meaning, and loads."""
+    _, state, _ = _trained()
+    state = ef.finish_task(state)  # tasks 0 and 1 finished
+    revisited = ef.revisit(state, task=0)
+    assert 0 not in revisited.finished and revisited.task == 0
+    loaded = ef.load(ef.save(tmp_path / "revisit.safetensors", revisited)).state
+    assert loaded.finished == revisited.finished and loaded.task == 0
