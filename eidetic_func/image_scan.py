@@ -23,9 +23,6 @@ from pathlib import Path
 
 from .errors import DataError
 
-# the extensions torchvision's ImageFolder loads (IMG_EXTENSIONS)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 
 def scan_split(train: Path, test: Path, *, progress: bool | None = None) -> list[str]:
     """Check the class folders of ``train`` and ``test`` (see the module docstring); return
@@ -45,23 +42,28 @@ def scan_split(train: Path, test: Path, *, progress: bool | None = None) -> list
 
 
 def _classes(split: Path) -> list[str]:
+    """The class folders of ``split`` as ``ImageFolder`` finds and numbers them."""
+    from torchvision.datasets.folder import find_classes
+
     if not split.is_dir():
         raise DataError(f"image folder {split} does not exist")
-    classes = sorted(e.name for e in os.scandir(split) if e.is_dir())
-    if not classes:
-        raise DataError(f"{split} holds no class folder")
-    return classes
+    try:
+        return find_classes(split)[0]
+    except FileNotFoundError:
+        raise DataError(f"{split} holds no class folder") from None
 
 
 def _images(split: Path, classes: list[str]) -> Iterator[tuple[Path, Path]]:
     """``(class folder, image file)`` pairs, walking links but refusing loops and files
     reached twice."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # what ImageFolder loads
+
     seen_files: dict[tuple[int, int], Path] = {}
     for name in classes:
         folder = split / name
         count = 0
         for path in _walk(folder, ancestors=frozenset()):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() not in IMG_EXTENSIONS:
                 continue
             info = path.stat()
             key = (info.st_dev, info.st_ino)
@@ -75,7 +77,7 @@ def _images(split: Path, classes: list[str]) -> Iterator[tuple[Path, Path]]:
             yield folder, path
         if count == 0:
             raise DataError(
-                f"class folder {folder} holds no image (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+                f"class folder {folder} holds no image (extensions: {', '.join(IMG_EXTENSIONS)})"
             )
 
 

@@ -6,12 +6,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import prune_rows
 
-import eidetic_func as ef
 from eidetic_func import TaskBatchNorm1d, TaskBatchNorm2d
-from eidetic_func.forward import frozen_channels, train_mode
-from models import MLP
 
 
 def _bn(cls: type, channels: int, seed: int, momentum: float | None = 0.1) -> torch.nn.Module:
@@ -77,72 +73,6 @@ def test_frozen_channels_pass_the_gradient_to_their_input_and_free_ones_get_the_
     for c in (0, 2):
         assert torch.allclose(x.grad[:, c], x_plain.grad[:, c])
         assert torch.allclose(bn.weight.grad[c], plain.weight.grad[c])
-
-
-def test_under_eideticnet_owned_channels_never_depend_on_trainable_entries() -> None:
-    """After EideticNet's finish_task an owned channel is computed from owned entries only,
-    so the gradient of a later task's loss with respect to every trainable entry is the same
-    whether or not gradients flow through owned channels (unlike PackNet's, see
-    ``test_gradients_reach_free_entries.py``)."""
-    torch.manual_seed(0)
-    model = MLP(6, [2, 2], num_layers=2, width=5)
-    topology = model.topology()
-    state = ef.init(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
-    state, _ = ef.train_step(model, state, (x, y), optimizer=opt, task=0)
-    state = prune_rows(state, topology, "blocks.0.linear.weight", [0, 1])
-    state = ef.finish_task(state, task=0)
-    state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
-
-    def gradients(frozen: bool = True) -> dict[str, torch.Tensor]:
-        params = {k: v.clone().requires_grad_(True) for k, v in state.params.items()}
-        buffers = {k: v.clone() for k, v in state.buffers.items()}
-        flags = frozen_channels(state) if frozen else {}
-        with train_mode(model, True):
-            logits = torch.func.functional_call(model, (params, buffers, flags), (x, 1))
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        return dict(
-            zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))
-        )
-
-    constant = gradients(frozen=True)
-    # the reference: owned channels normalized with their running statistics, differentiably
-    bn_modules = [m for m in model.modules() if isinstance(m, TaskBatchNorm1d)]
-    originals = [type(m).forward for m in bn_modules]
-    try:
-        TaskBatchNorm1d.forward = _differentiable_frozen_forward  # type: ignore[method-assign]
-        reference = gradients(frozen=True)
-    finally:
-        TaskBatchNorm1d.forward = originals[0]  # type: ignore[method-assign]
-    trainable = ef.trainable(state)
-    for k, mask in trainable.items():
-        a, b = constant[k], reference[k]
-        if a is None or b is None:
-            assert (a is None or not bool(a[mask].any())) and (b is None or not bool(b[mask].any()))
-            continue
-        assert torch.allclose(a[mask], b[mask], atol=1e-7), k
-
-
-def _differentiable_frozen_forward(self: TaskBatchNorm1d, input: torch.Tensor) -> torch.Tensor:
-    if not self.training or self.frozen_channels.numel() == 0:
-        return torch.nn.BatchNorm1d.forward(self, input)
-    frozen = torch.zeros(input.shape[1], dtype=torch.bool)
-    frozen[self.frozen_channels] = True
-    batch = torch.nn.functional.batch_norm(
-        input,
-        self.running_mean.clone(),
-        self.running_var.clone(),
-        self.weight,
-        self.bias,
-        True,
-        0.1,
-        self.eps,
-    )
-    running = torch.nn.functional.batch_norm(
-        input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-    )
-    return torch.where(frozen, running, batch)
 
 
 def test_empty_frozen_channels_is_exactly_plain_batchnorm() -> None:

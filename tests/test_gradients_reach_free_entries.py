@@ -52,6 +52,7 @@ def _finished_task_0(
     if method == "eidetic":
         scores = ef.score(model, state, [_batch(family, seed + 7)], method="taylor")
         state = ef.finish_task(ef.bridge(ef.prune(state, scores, fraction=0.3, method="taylor")))
+        state = ef.recycle(state, generator=torch.Generator().manual_seed(seed))
     else:
         packnet = PackNet(prune_ratio=0.5)
         state = magnitude_prune(state, packnet.prune_ratio, packnet_prunable(state))

@@ -50,6 +50,11 @@ def _break(root: Path, how: str) -> str:
     if how == "text under a png name":
         (test / "class_03" / "0.png").write_text("not an image")
         return r"class_03/0\.png is not a readable image"
+    if how == "no class folder":
+        shutil.rmtree(test)
+        test.mkdir()
+        (test / "0.png").write_bytes((train / "class_00" / "0.png").read_bytes())
+        return r"test holds no class folder"
     if how == "truncated image":
         path = train / "class_02" / "1.png"
         path.write_bytes(path.read_bytes()[:60])
@@ -65,6 +70,7 @@ HOWS = [
     "image reached twice",
     "text under a png name",
     "truncated image",
+    "no class folder",
 ]
 
 
