@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from eidetic_func.allocator import freed_memory_kept, keep_freed_memory
+from eidetic_func.training.allocator import freed_memory_kept, keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 import eidetic_func as ef
-from eidetic_func.allocator import keep_freed_memory
-from eidetic_func.config import TrainConfig
-from eidetic_func.method import traits
-from eidetic_func.methods import create
-from eidetic_func.metrics import summarize
-from eidetic_func.run_config import RunConfig
+from eidetic_func.methods.protocol import traits
+from eidetic_func.methods.registry import create
+from eidetic_func.runner.config import RunConfig
+from eidetic_func.training.allocator import keep_freed_memory
+from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.metrics import summarize
 
 from ._timing import RESULTS, environment
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from eidetic_func.cli import main
+from eidetic_func.runner.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ per-sample gradients of ``‖f(x)‖²``) it times
 - the floor: one forward+backward of the batch loss (no per-sample anything);
 - the per-sample loop as continual-learning libraries write it: per sample, ``zero_grad``,
   ``backward`` through the ``nn.Module``, accumulate ``grad²`` (or ``|grad|``);
-- ``vmap``: ``eidetic_func.baselines.gradient_stats.per_sample_sums(implementation="vmap")``,
+- ``vmap``: ``eidetic_func.importance.gradient_stats.per_sample_sums(implementation="vmap")``,
   ``vmap(grad)`` over ``functional_call``, summed per chunk (default chunks, and one
   chunk of all 128 samples);
 - ``vmap`` under ``torch.compile`` (the same kernel, ``per_sample_fn``; compiling takes a
@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from eidetic_func.models import MLP
 from torch import Tensor, nn
 
 import eidetic_func as ef
-from eidetic_func.baselines.gradient_stats import per_sample_fn, per_sample_sums
-from eidetic_func.forward import train_mode
-from eidetic_func.per_sample import SampleLoss, cross_entropy_loss, squared_norm_loss
-from models import MLP
+from eidetic_func.importance.gradient_stats import per_sample_fn, per_sample_sums
+from eidetic_func.importance.per_sample import SampleLoss, cross_entropy_loss, squared_norm_loss
+from eidetic_func.ops.forward import train_mode
 
 from ._timing import (
     environment,

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from eidetic_func.models import MLP, ConvNet, ResNet
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 import eidetic_func as ef
-from eidetic_func.forward import train_mode
-from eidetic_func.per_sample import restrict
-from eidetic_func.taylor import (
+from eidetic_func.importance.per_sample import restrict
+from eidetic_func.importance.taylor import (
     _gate_contributions,
     _producer_params,
     accumulate_squares,
@@ -32,7 +32,7 @@ from eidetic_func.taylor import (
     gated,
     per_sample_scores,
 )
-from models import MLP, ConvNet, ResNet
+from eidetic_func.ops.forward import train_mode
 
 from ._timing import (
     RESULTS,

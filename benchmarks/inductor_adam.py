@@ -7,7 +7,7 @@ once per tensor (see the kernel with ``TORCH_LOGS=output_code``). Timed here on 
 parameter tensor of each shipped MLP's first layer, interleaved:
 
 * torch's AdamW step: foreach (torch's default), fused, ``torch.compile``-d, and compiled
-  with the option :func:`eidetic_func.compiling.optimizer_compile_kwargs` gives compiled
+  with the option :func:`eidetic_func.core.compiling.optimizer_compile_kwargs` gives compiled
   steps on CPU (``realize_opcount_threshold=1``: scalar subexpressions computed once);
 * the same update written out and compiled, with the corrections computed from the step
   tensor inside the kernel (as torch's Adam does), and with them precomputed outside;
@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from eidetic_func.models import MLP
 
-from eidetic_func.compiling import optimizer_compile_kwargs
-from models import MLP
+from eidetic_func.core.compiling import optimizer_compile_kwargs
 
 from ._timing import (
     interleaved_samples,

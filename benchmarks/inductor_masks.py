@@ -9,7 +9,7 @@ on the activations of the shipped MLPs, eager against compiled (interleaved roun
 * the same mask returned as float (no bool store),
 * ``relu(x * g)`` forward + backward to ``g``: eager; compiled with inductor's default
   min-cut partition (the mask saved for the backward); compiled with the plain partition
-  that :mod:`eidetic_func.compiling` gives the library's compiled paths on CPU (the
+  that :mod:`eidetic_func.core.compiling` gives the library's compiled paths on CPU (the
   float output saved, the mask recomputed inside the backward's kernel).
 
 Run: ``python -m benchmarks.inductor_masks [--repeats 50]``.
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from eidetic_func.compiling import compile_kwargs
+from eidetic_func.core.compiling import compile_kwargs
 
 from ._timing import (
     interleaved_samples,

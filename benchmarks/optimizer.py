@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from models import MLP
+from eidetic_func.models import MLP
 
 from ._timing import (
     interleaved_samples,

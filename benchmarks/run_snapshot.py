@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import eidetic_func as ef
-from eidetic_func.report import write_history, write_text_atomic
+from eidetic_func.runner.report import write_history, write_text_atomic
 
 
 def snapshot(checkpoint: ef.Checkpoint) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 import eidetic_func as ef
-from eidetic_func.allocator import keep_freed_memory
-from eidetic_func.metrics import summarize
+from eidetic_func.training.allocator import keep_freed_memory
+from eidetic_func.training.metrics import summarize
 
 from ._timing import environment, spread, write_json
 from .compare import protocol

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from eidetic_func.models import MLP, ConvNet, ResNet
 
 import eidetic_func as ef
-from models import MLP, ConvNet, ResNet
 
 from ._timing import (
     interleaved_samples,

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import eidetic_func as ef
-from eidetic_func import step as step_module
-from eidetic_func.compiling import optimizer_compile_kwargs, optimizer_device
+from eidetic_func.core.compiling import optimizer_compile_kwargs, optimizer_device
+from eidetic_func.training import step as step_module
 
 from ._timing import (
     interleaved_samples,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eidetic_func.sequence import run
+from eidetic_func.runner.sequence import run
 
 from .compare import protocol
 

@@ -8,8 +8,8 @@ The core is a set of pure functions over an immutable :class:`EideticState`::
     state = ef.finish_task(state, model.topology(), task=0)
     state = ef.recycle(state, generator=torch.Generator().manual_seed(0))
 
-Methods (EideticNet, and the baselines in :mod:`eidetic_func.baselines`) follow one protocol
-(:mod:`eidetic_func.method`) and train through one shell, :func:`train_task`. The
+Methods (EideticNet, and the baselines in :mod:`eidetic_func.methods`) follow one protocol
+(:mod:`eidetic_func.methods.protocol`) and train through one shell, :func:`train_task`. The
 whole-run shell (``run``, ``RunConfig``, ``RunResult``) and the baselines are imported on
 first use: importing the core never imports them.
 """
@@ -17,15 +17,8 @@ first use: importing the core never imports them.
 import importlib
 from typing import Any
 
-from . import data, distributed, metrics, task_split
-from .acceptance import check_network
-from .batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
-from .bridge import bridge
-from .capacity import Capacity, UnitCapacity, capacity
-from .checkpoint import Checkpoint, load, save
-from .config import TrainConfig
-from .eidetic import EideticNet
-from .errors import (
+from eidetic_func import data
+from eidetic_func.core.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -40,12 +33,14 @@ from .errors import (
     TaskError,
     TopologyError,
 )
-from .forward import forward
-from .freeze import freeze, freeze_grads, trainable
-from .growth import full_units, grow, growth_plan, regrow
-from .lifecycle import finish_task, recycle, revisit
-from .mask import apply_task_mask, task_entries
-from .method import (
+from eidetic_func.core.pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
+from eidetic_func.core.state import FREE, EideticState, Growth, topology_of, with_topology
+from eidetic_func.core.topology import Reader, Topology, Unit, check_topology
+from eidetic_func.data import task_split
+from eidetic_func.importance.score import SCORING_METHODS, prunable, score
+from eidetic_func.io.checkpoint import Checkpoint, load, save
+from eidetic_func.methods.eidetic import EideticNet
+from eidetic_func.methods.protocol import (
     BaseMethod,
     Chain,
     Method,
@@ -55,26 +50,35 @@ from .method import (
     chain,
     method_step,
 )
-from .multihead import MultiHead, multihead
-from .prune import prune, prune_neurons
-from .pytree import NAMESPACE, tree_flatten, tree_leaves, tree_map
-from .score import SCORING_METHODS, prunable, score
-from .state import FREE, EideticState, Growth, init, topology_of, with_topology
-from .step import StepMetrics, train_step
-from .topology import Reader, Topology, Unit, check_topology
-from .traced_topology import trace_topology
-from .train import TaskProgress, train_task
+from eidetic_func.nn.acceptance import check_network
+from eidetic_func.nn.batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
+from eidetic_func.nn.init import init
+from eidetic_func.nn.multihead import MultiHead, multihead
+from eidetic_func.nn.traced_topology import trace_topology
+from eidetic_func.ops.bridge import bridge
+from eidetic_func.ops.capacity import Capacity, UnitCapacity, capacity
+from eidetic_func.ops.forward import forward
+from eidetic_func.ops.freeze import freeze, freeze_grads, trainable
+from eidetic_func.ops.growth import full_units, grow, growth_plan, regrow
+from eidetic_func.ops.lifecycle import finish_task, recycle, revisit
+from eidetic_func.ops.mask import apply_task_mask, task_entries
+from eidetic_func.ops.prune import prune, prune_neurons
+from eidetic_func.training import distributed, metrics
+from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.loop import TaskProgress
+from eidetic_func.training.step import StepMetrics, train_step
 
 # the shell above the core, imported on first use: (module, attribute or None)
 _LAZY = {
-    "baselines": ("baselines", None),
+    "baselines": ("methods", None),  # the former name of the methods package
     "methods": ("methods", None),
-    "report": ("report", None),
-    "presets": ("presets", None),
-    "sequence": ("sequence", None),
-    "run": ("sequence", "run"),
-    "RunResult": ("sequence", "RunResult"),
-    "RunConfig": ("run_config", "RunConfig"),
+    "report": ("runner.report", None),
+    "presets": ("runner.presets", None),
+    "sequence": ("runner.sequence", None),
+    "run": ("runner.sequence", "run"),
+    "RunResult": ("runner.sequence", "RunResult"),
+    "RunConfig": ("runner.config", "RunConfig"),
+    "train_task": ("runner.task", "train_task"),
 }
 
 

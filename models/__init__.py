@@ -1,11 +1,11 @@
 """Networks for eidetic_func: each takes ``(x, task)`` and declares its prune topology."""
 
-from eidetic_func.batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
+from eidetic_func.models.base import TaskModel
+from eidetic_func.models.convnet import ConvNet
+from eidetic_func.models.mlp import MLP
+from eidetic_func.models.resnet import ResNet
 
-from .base import TaskModel
-from .convnet import ConvNet
-from .mlp import MLP
-from .resnet import ResNet
+from eidetic_func.nn.batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
 
 __all__ = [
     "MLP",

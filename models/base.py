@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from eidetic_func.errors import ConfigError, ShapeError, TaskError
-from eidetic_func.topology import Topology
+from eidetic_func.core.errors import ConfigError, ShapeError, TaskError
+from eidetic_func.core.topology import Topology
 
 
 class TaskModel(nn.Module):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from eidetic_func.models.base import TaskModel, check_image, make_heads
 from torch import Tensor, nn
 
-from eidetic_func.batchnorm import TaskBatchNorm2d
-from eidetic_func.errors import ConfigError, ShapeError
-from eidetic_func.topology import Reader, Topology, Unit
-
-from .base import TaskModel, check_image, make_heads
+from eidetic_func.core.errors import ConfigError, ShapeError
+from eidetic_func.core.topology import Reader, Topology, Unit
+from eidetic_func.nn.batchnorm import TaskBatchNorm2d
 
 
 class ConvBlock(nn.Module):

@@ -17,7 +17,7 @@ Differences from the continual-learning tutorial's version, which this fixes:
 - freezing is not done here with ``requires_grad``: the tutorial froze earlier columns
   but not their lateral layers, and an optimizer that already holds gradients or state
   for a tensor (AdamW's decoupled weight decay, momentum) moves it anyway. Columns are
-  frozen by ownership (``eidetic_func.baselines.Progressive``): column ``k``'s layers,
+  frozen by ownership (``eidetic_func.methods.Progressive``): column ``k``'s layers,
   laterals and head are owned by task ``k`` once it is trained.
 
 The adapters of the paper's section 3 (a learned scale and a projection on each lateral)
@@ -32,12 +32,11 @@ from collections.abc import Sequence
 from typing import cast
 
 import torch
+from eidetic_func.models.base import TaskModel, check_flat, check_task_index, make_heads
 from torch import Tensor, nn
 
-from eidetic_func.errors import ConfigError, NoTopology, TopologyError
-from eidetic_func.topology import Topology
-
-from .base import TaskModel, check_flat, check_task_index, make_heads
+from eidetic_func.core.errors import ConfigError, NoTopology, TopologyError
+from eidetic_func.core.topology import Topology
 
 
 class Column(nn.Module):

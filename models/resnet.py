@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
+from eidetic_func.models.base import TaskModel, check_image, make_heads
 from torch import Tensor, nn
 
-from eidetic_func.batchnorm import TaskBatchNorm2d
-from eidetic_func.errors import ConfigError
-from eidetic_func.topology import Reader, Topology, Unit
-
-from .base import TaskModel, check_image, make_heads
+from eidetic_func.core.errors import ConfigError
+from eidetic_func.core.topology import Reader, Topology, Unit
+from eidetic_func.nn.batchnorm import TaskBatchNorm2d
 
 
 def _norm(channels: int, bn: bool) -> nn.Module:

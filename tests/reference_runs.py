@@ -7,7 +7,7 @@ torchvision's layout that ``tests/torchvision_files.py`` writes). Nothing is dow
 
 Floating-point results depend on the machine: torch picks its kernels by instruction set
 and vendor, and these tiny runs (200 test images a task) turn a last-bit difference into
-another trajectory. So ``tests/test_reference_runs.py`` checks three kinds of things:
+another trajectory. So ``tests/e2e/test_reference_runs.py`` checks three kinds of things:
 
 - on every machine, exactly: the same runs twice (in two processes, in opposite orders)
   are identical to the last bit; methods that freeze (EideticNet, PackNet, progressive)
@@ -49,10 +49,10 @@ from pathlib import Path
 from statistics import stdev
 from typing import Any
 
-from eidetic_func.config import TrainConfig
-from eidetic_func.methods import METHODS
-from eidetic_func.presets import PRESETS
-from eidetic_func.run_config import RunConfig
+from eidetic_func.methods.registry import METHODS
+from eidetic_func.runner.config import RunConfig
+from eidetic_func.runner.presets import PRESETS
+from eidetic_func.training.config import TrainConfig
 
 REFERENCE = Path(__file__).with_name("reference") / "runs.json"
 _REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def machine_fingerprint(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]
 
 def fingerprint(config: RunConfig, data_root: str) -> dict[str, Any]:
     """The run's visits, accuracy matrix and task-router accuracies."""
-    from eidetic_func.sequence import run
+    from eidetic_func.runner.sequence import run
 
     if config.dataset != "embedded":
         config = dataclasses.replace(config, data_root=data_root)
@@ -213,7 +213,7 @@ def measure(
 
 def _test_images(config: RunConfig) -> int:
     """Test images of one task (the smallest), which sets an accuracy's granularity."""
-    from eidetic_func.data import load_sequence
+    from eidetic_func.data.loading import load_sequence
     from tests.torchvision_files import write_data_root
 
     if config.dataset == "embedded":

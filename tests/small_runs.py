@@ -6,13 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from eidetic_func.models import MLP
 
 import eidetic_func as ef
-from eidetic_func.config import TrainConfig
-from eidetic_func.data import load_sequence, loaders
-from eidetic_func.metrics import evaluate
-from eidetic_func.train import train_task
-from models import MLP
+from eidetic_func.data.loading import load_sequence, loaders
+from eidetic_func.runner.task import train_task
+from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.metrics import evaluate
 
 # `eidetic-func run` arguments for a run of seconds on the embedded data.
 SMALL_ARGS = [
@@ -79,8 +79,8 @@ def embedded_summaries(
 ) -> dict[str, dict[str, Any]]:
     """``{method: summary}`` of ``eidetic_func.run`` on the embedded Split-MNIST with an MLP
     784-100-100 without BN, batch 32, ``epochs`` per task, no router, in ``scenario``."""
-    from eidetic_func.run_config import RunConfig
-    from eidetic_func.sequence import run
+    from eidetic_func.runner.config import RunConfig
+    from eidetic_func.runner.sequence import run
 
     summaries = {}
     for method in methods:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from eidetic_func.models import MLP, ConvNet, ResNet, TaskModel
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import eidetic_func as ef
-from models import MLP, ConvNet, ResNet, TaskModel
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The package's shape: no module imports itself back through others (lazily or for types
-alike: a cycle is a cycle of concepts)."""
+"""The package's shape: every module lives in a layer folder, imports run one way between
+the folders, and no module imports itself back through others (lazily or for types alike:
+a cycle is a cycle of concepts)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import eidetic_func
 
@@ -18,9 +20,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """Modules of the package that ``path`` imports: anywhere, type-only imports included."""
-    name = _module_name(path)
+def _imports(path: Path, modules: set[str], *, package_of: str | None = None) -> set[str]:
+    """Modules of the package that ``path`` imports: anywhere, type-only imports included
+    (``package_of``: the module name of ``path``, default from its place in the package)."""
+    name = package_of or _module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
     found = set()
@@ -88,37 +91,103 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# The shell above the core: it names methods and runs whole sequences. Everything else in
-# the package is the core (pure functions, the method protocol, EideticNet, train_task).
-SHELL = ("baselines", "methods", "run_config", "sequence", "presets", "report", "cli", "__main__")
+# The layers, bottom up, and what each folder may import (besides itself). ``data`` and
+# ``io`` stand beside the layers; ``models`` (the repository's networks, installed as
+# ``eidetic_func.models``) sits on ``nn``; the runner is the top and may import anything.
+LAYERS = ("core", "nn", "ops", "importance", "training", "methods", "runner")
+MAY_IMPORT: dict[str, frozenset[str]] = {
+    **{layer: frozenset(LAYERS[:i]) for i, layer in enumerate(LAYERS)},
+    "data": frozenset({"core"}),
+    "io": frozenset({"core", "nn"}),
+    "models": frozenset({"core", "nn"}),
+}
+MAY_IMPORT["runner"] = MAY_IMPORT["runner"] | {"data", "io", "models"}
+MODELS = PACKAGE.parent / "models"  # eidetic_func.models, from the repository's models/
 
 
-def _is_shell(module: str) -> bool:
+def _folder(module: str) -> str | None:
+    """The layer folder of ``eidetic_func.<folder>.…`` (None: the package's facade)."""
     parts = module.split(".")
-    return len(parts) > 1 and parts[1] in SHELL
+    return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else None
 
 
-def test_no_core_module_imports_the_baselines_or_the_run_shell() -> None:
-    paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {_module_name(p) for p in paths}
-    offending = {
-        _module_name(p): sorted(m for m in _imports(p, modules) if _is_shell(m))
-        for p in paths
-        if p.name != "__init__.py" or p.parent != PACKAGE  # the package's facade is lazy
-    }
-    offending = {k: v for k, v in offending.items() if v and not _is_shell(k)}
-    assert offending == {}
+def _layer_violations(paths: list[Path], to_module: Any) -> dict[str, list[str]]:
+    modules = {to_module(p) for p in paths}
+    out = {}
+    for path in paths:
+        name = to_module(path)
+        folder = _folder(name)
+        if folder is None:
+            continue
+        bad = [
+            m
+            for m in _imports(path, modules | _all_modules(), package_of=name)
+            if _folder(m) not in (None, folder) and _folder(m) not in MAY_IMPORT[folder]
+        ]
+        if bad:
+            out[name] = sorted(bad)
+    return out
 
 
-def test_importing_the_package_imports_no_baseline_and_no_run_shell() -> None:
+def _all_modules() -> set[str]:
+    found = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    return found | {_models_module(p) for p in MODELS.rglob("*.py")}
+
+
+def _models_module(path: Path) -> str:
+    parts = path.relative_to(MODELS).with_suffix("").parts
+    return ".".join(("eidetic_func", "models", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def test_every_module_lives_in_a_layer_folder() -> None:
+    loose = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert loose == []
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(
+        MAY_IMPORT
+    ) - {"models"}
+
+
+def test_imports_run_one_way_between_the_layer_folders() -> None:
+    assert _layer_violations(sorted(PACKAGE.rglob("*.py")), _module_name) == {}
+    assert _layer_violations(sorted(MODELS.rglob("*.py")), _models_module) == {}
+
+
+def test_the_layer_rule_finds_an_upward_import(tmp_path: Path) -> None:
+    core = PACKAGE / "core" / "state.py"
+    fake = tmp_path / "state.py"
+    fake.write_text(core.read_text() + "\nfrom eidetic_func.runner import cli\n")
+    found = _layer_violations([fake], lambda _: "eidetic_func.core.state")
+    assert found == {"eidetic_func.core.state": ["eidetic_func.runner.cli"]}
+
+
+def test_no_module_imports_the_top_level_name_models() -> None:
+    roots = [PACKAGE, MODELS, PACKAGE.parent / "tests", PACKAGE.parent / "benchmarks"]
+    offending = []
+    for path in (p for root in roots for p in sorted(root.rglob("*.py"))):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(n == "models" or n.startswith("models.") for n in names):
+                offending.append(f"{path.name}:{node.lineno}")
+    assert offending == []
+
+
+def test_importing_the_package_imports_no_baseline_and_no_runner() -> None:
     code = (
         "import sys, eidetic_func; "
-        "print([m for m in sys.modules if m.startswith('eidetic_func.') "
-        f"and m.split('.')[1] in {SHELL!r}])"
+        "print(sorted(m for m in sys.modules if m.startswith('eidetic_func.') and ("
+        "m.startswith('eidetic_func.runner') or m.startswith('eidetic_func.methods.') "
+        "and m.split('.')[2] not in ('protocol', 'eidetic'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    assert eidetic_func.RunConfig.__module__ == "eidetic_func.run_config"  # still reachable
+    assert eidetic_func.RunConfig.__module__ == "eidetic_func.runner.config"  # still reachable
+    assert eidetic_func.train_task.__module__ == "eidetic_func.runner.task"
 
 
 def _method_name_branches(path: Path) -> list[str]:
@@ -151,8 +220,9 @@ def _names_a_method(node: ast.Name | ast.Attribute) -> bool:
 
 
 def test_the_shell_never_branches_on_a_methods_name() -> None:
-    shell = ["train.py", "sequence.py", "run_config.py", "cli.py", "method.py", "eidetic.py"]
-    assert [hit for f in shell for hit in _method_name_branches(PACKAGE / f)] == []
+    shell = [*(PACKAGE / "runner").glob("*.py"), *(PACKAGE / "training").glob("*.py")]
+    shell += [PACKAGE / "methods" / "protocol.py", PACKAGE / "methods" / "eidetic.py"]
+    assert [hit for f in shell for hit in _method_name_branches(f)] == []
 
 
 def test_the_branch_finder_finds_a_branch(tmp_path: Path) -> None:

@@ -26,10 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-import eidetic_func.data
-from eidetic_func.data import EMBEDDED_FILE
+import eidetic_func.data.loading
+from eidetic_func.data.loading import EMBEDDED_FILE
 
-EMBEDDED_DIR = Path(eidetic_func.data.__file__).parent / "embedded"  # where the loader reads
+EMBEDDED_DIR = (
+    Path(eidetic_func.data.loading.__file__).parent / "embedded"
+)  # where the loader reads
 
 _PREFIX = {True: "train", False: "t10k"}
 

@@ -1,0 +1,1 @@
+"""Checkpoints: the sealed safetensors container, the tree codec and the state schema."""

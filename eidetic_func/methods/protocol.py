@@ -1,0 +1,428 @@
+"""The method protocol: what a continual-learning method adds to training, and composition.
+
+A method (EideticNet, EWC, ER, …) is a small frozen dataclass of hyperparameters whose
+pure functions thread an immutable method state ``mstate`` next to the
+:class:`EideticState` (like optax's ``(init, update)`` pairs):
+
+- ``init(model, state)`` → the method's initial state;
+- ``plan(model, state, mstate, batch, *, task)`` → a :class:`StepPlan`: what the method
+  adds to one training step (a loss of its own, a penalty, a gradient transform, and its
+  state after the step). :func:`method_step` runs the plan as one :func:`train_step`;
+- ``begin_task(state, mstate, *, task, ctx)`` → ``(state, mstate)`` before a task is
+  trained;
+- ``end_task(model, state, mstate, ctx)`` → ``(state, mstate)`` once the task is learned
+  (:class:`TaskContext` holds the task's data and the means to train more epochs): importance,
+  anchors, memories, or EideticNet's prune → recover → finish → recycle.
+
+Methods compose with :func:`chain` (``chain(EWC(), ER())``): penalties add, gradient
+transforms apply in order, task ends run in order, each member keeps its own state.
+What the shell needs to know of a method is in its :class:`Traits`, never its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eidetic_func.core.errors import ConfigError
+from eidetic_func.core.state import EideticState
+from eidetic_func.core.types import Batch, LossFn
+from eidetic_func.importance.taylor import Reduce
+from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.loop import TaskProgress
+from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetrics, train_step
+
+# penalty(apply, params) -> a differentiable scalar added to the loss, or None
+Penalty = Callable[[Apply, dict[str, Tensor]], Tensor | None]
+# update(state before the step, state after it) -> the method state after the step
+Update = Callable[[EideticState, EideticState], Any]
+# epoch((state, mstate), label) -> ((state, mstate), training metric, mean loss)
+Epoch = Callable[[tuple[EideticState, Any], str], tuple[tuple[EideticState, Any], float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """What the shell needs to know about a method (instead of its name).
+
+    ``data_parallel``: the network's state stays identical across data-parallel
+    processes — every update is an averaged gradient and every end of task a function of
+    identical parameters (a per-process method state, such as a replay buffer, may differ).
+    ``task_incremental``: it needs one head (or column) per task. ``router``: a task router
+    can be trained on its frozen features. ``revisits``: a finished task can be trained
+    again. ``network``: the network it is built for (``"progressive"``: columns), None
+    for any. ``grows``: the network may grow between tasks (:func:`eidetic_func.grow`):
+    nothing the method keeps has the shape of a parameter. ``owns``: it ends a task by
+    owning what the task uses and moving the state to the next task (at most one member of
+    a chain may).
+    """
+
+    data_parallel: bool = False
+    task_incremental: bool = False
+    router: bool = False
+    revisits: bool = False
+    network: str | None = None
+    grows: bool = False
+    owns: bool = False
+
+
+def traits(method: Method) -> Traits:
+    """``method``'s traits (the defaults if it declares none)."""
+    declared = getattr(method, "traits", None)
+    return declared if isinstance(declared, Traits) else Traits()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What a method adds to one training step (every part optional).
+
+    ``objective(apply, params) -> (loss, logits)`` replaces the task loss (at most one
+    method of a chain may); ``penalty(apply, params)`` is added to the loss;
+    ``grad_transform(grads, apply, params)`` rewrites the gradients before the optimizer
+    step; ``update(before, after)`` returns the method state after the step (None: the
+    state is unchanged).
+    """
+
+    objective: Objective | None = None
+    penalty: Penalty | None = None
+    grad_transform: GradTransform | None = None
+    update: Update | None = None
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """A record or checkpoint callback that keeps nothing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a method sees when task ``task`` ends.
+
+    ``loader``: the task's training data; ``generator``: the run's generator for random
+    choices; ``config``: how tasks are trained and pruned; ``last``: nothing is trained
+    after this task;
+    ``progress``: where the task is (a resumed run may be mid-way); ``epoch``: trains one
+    more epoch with the whole method's step; ``record(phase, **fields)`` adds to the
+    history; ``checkpoint(state, mstate, progress)`` saves a resumable point;
+    ``score_loader``: data for importance scores; ``reduce``: sums over data-parallel
+    processes; ``optimizer``: the task's optimizer (its learning rate may be lowered).
+    """
+
+    loader: Iterable[Batch]
+    task: int
+    generator: torch.Generator
+    config: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    last: bool = False
+    progress: TaskProgress = dataclasses.field(default_factory=TaskProgress)
+    epoch: Epoch | None = None
+    record: Callable[..., None] = _ignore
+    checkpoint: Callable[[EideticState, Any, TaskProgress], None] = _ignore
+    score_loader: Iterable[Batch] | None = None
+    reduce: Reduce | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+    def replace(self, **changes: Any) -> TaskContext:
+        return dataclasses.replace(self, **changes)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A continual-learning method (see the module docstring)."""
+
+    @property
+    def name(self) -> str: ...  # read-only, so frozen dataclasses satisfy the protocol
+
+    def init(self, model: nn.Module, state: EideticState) -> Any: ...
+
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
+    ) -> StepPlan: ...
+
+    def begin_task(
+        self, state: EideticState, mstate: Any, *, task: int, ctx: TaskContext
+    ) -> tuple[EideticState, Any]: ...
+
+    def end_task(
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+    ) -> tuple[EideticState, Any]: ...
+
+
+class TaskHooks:
+    """Default task hooks: nothing happens when a task begins or ends."""
+
+    traits: ClassVar[Traits] = Traits()
+
+    def begin_task(
+        self, state: EideticState, mstate: Any, *, task: int, ctx: TaskContext
+    ) -> tuple[EideticState, Any]:
+        return state, mstate
+
+    def end_task(
+        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+    ) -> tuple[EideticState, Any]:
+        return state, mstate
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseMethod(TaskHooks):
+    """Defaults: cross-entropy steps plus :meth:`regularizer` (by default :meth:`penalty`);
+    nothing happens when a task begins or ends."""
+
+    name: str = "finetune"
+
+    def init(self, model: nn.Module, state: EideticState) -> Any:
+        return None
+
+    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
+        """A regularizer on the parameters (differentiable), or None."""
+        return None
+
+    def regularizer(
+        self,
+        model: nn.Module,
+        mstate: Any,
+        apply: Apply,
+        params: dict[str, Tensor],
+        batch: Batch,
+        task: int,
+    ) -> Tensor | None:
+        """The extra loss term (differentiable in ``params``), or None. Default: ``penalty``."""
+        return self.penalty(mstate, params, task)
+
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
+    ) -> StepPlan:
+        def penalty(apply: Apply, params: dict[str, Tensor]) -> Tensor | None:
+            return self.regularizer(model, mstate, apply, params, batch, task)
+
+        return StepPlan(penalty=penalty)
+
+
+def method_step(
+    method: Method,
+    model: nn.Module,
+    state: EideticState,
+    mstate: Any,
+    batch: Batch,
+    *,
+    optimizer: torch.optim.Optimizer,
+    task: int | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    grad_transform: GradTransform | None = None,
+    compiled: bool = False,
+) -> tuple[EideticState, Any, StepMetrics]:
+    """One optimizer step of ``method`` on ``batch`` for ``task`` (default: the state's):
+    ``(state, mstate, metrics)``.
+
+    The loss is the plan's objective, else ``loss_fn(logits, targets)``, plus its penalty.
+    ``grad_transform`` (e.g. averaging over data-parallel processes) runs before the
+    plan's own. Frozen entries come back bit-identical (:func:`train_step`).
+    """
+    task = state.task if task is None else task
+    plan = method.plan(model, state, mstate, batch, task=task)
+    objective = plan.objective
+    if plan.penalty is not None:
+        objective = _with_penalty(objective, plan.penalty, batch, task, loss_fn)
+    new, metrics = train_step(
+        model,
+        state,
+        batch,
+        optimizer=optimizer,
+        task=task,
+        loss_fn=loss_fn,
+        objective=objective,
+        grad_transform=_compose([grad_transform, plan.grad_transform]),
+        compiled=compiled,
+    )
+    return new, (mstate if plan.update is None else plan.update(state, new)), metrics
+
+
+def _with_penalty(
+    objective: Objective | None, penalty: Penalty, batch: Batch, task: int, loss_fn: LossFn
+) -> Objective:
+    x, y = batch
+
+    def total(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if objective is None:
+            logits = apply(x, task)
+            loss = loss_fn(logits, y)
+        else:
+            loss, logits = objective(apply, params)
+        extra = penalty(apply, params)
+        return (loss if extra is None else loss + extra), logits
+
+    return total
+
+
+def _compose(transforms: list[GradTransform | None]) -> GradTransform | None:
+    given = [t for t in transforms if t is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+
+    def composed(
+        grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        for transform in given:
+            grads = transform(grads, apply, params)
+        return grads
+
+    return composed
+
+
+def _sum_penalties(penalties: list[Penalty]) -> Penalty | None:
+    if len(penalties) <= 1:
+        return penalties[0] if penalties else None
+
+    def total(apply: Apply, params: dict[str, Tensor]) -> Tensor | None:
+        total: Tensor | None = None
+        for penalty in penalties:
+            term = penalty(apply, params)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """Methods applied together; the state is the tuple of their states (see :func:`chain`)."""
+
+    methods: tuple[Method, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.methods) < 2:
+            raise ConfigError("a chain combines at least two methods")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a chain lists each method once, got {names}")
+        networks = {traits(m).network for m in self.methods} - {None}
+        if len(networks) > 1:
+            raise ConfigError(f"{' and '.join(names)} need different networks: {networks}")
+        owners = [m.name for m in self.methods if traits(m).owns]
+        if len(owners) > 1:
+            raise ConfigError(
+                f"{' and '.join(owners)} each end a task by owning what it uses and moving to "
+                "the next task; a chain may hold only one of them"
+            )
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.methods)
+
+    @property
+    def traits(self) -> Traits:
+        each = [traits(m) for m in self.methods]
+        return Traits(
+            data_parallel=all(t.data_parallel for t in each),
+            task_incremental=any(t.task_incremental for t in each),
+            router=any(t.router for t in each),
+            revisits=all(t.revisits for t in each),
+            network=next((t.network for t in each if t.network is not None), None),
+            grows=all(t.grows for t in each),
+            owns=any(t.owns for t in each),
+        )
+
+    def init(self, model: nn.Module, state: EideticState) -> tuple[Any, ...]:
+        return tuple(m.init(model, state) for m in self.methods)
+
+    def plan(
+        self,
+        model: nn.Module,
+        state: EideticState,
+        mstate: tuple[Any, ...],
+        batch: Batch,
+        *,
+        task: int,
+    ) -> StepPlan:
+        plans = [m.plan(model, state, s, batch, task=task) for m, s in zip(self.methods, mstate)]
+        objectives = [p.objective for p in plans if p.objective is not None]
+        if len(objectives) > 1:
+            own = [m.name for m, p in zip(self.methods, plans) if p.objective is not None]
+            raise ConfigError(
+                f"{' and '.join(own)} each define the step's whole loss: chain only one of them"
+            )
+
+        def update(before: EideticState, after: EideticState) -> tuple[Any, ...]:
+            return tuple(
+                s if p.update is None else p.update(before, after) for s, p in zip(mstate, plans)
+            )
+
+        return StepPlan(
+            objective=objectives[0] if objectives else None,
+            penalty=_sum_penalties([p.penalty for p in plans if p.penalty is not None]),
+            grad_transform=_compose([p.grad_transform for p in plans]),
+            update=update if any(p.update is not None for p in plans) else None,
+        )
+
+    def begin_task(
+        self, state: EideticState, mstate: tuple[Any, ...], *, task: int, ctx: TaskContext
+    ) -> tuple[EideticState, tuple[Any, ...]]:
+        states = list(mstate)
+        for i, m in enumerate(self.methods):
+            state, states[i] = m.begin_task(state, states[i], task=task, ctx=ctx)
+        return state, tuple(states)
+
+    def end_task(
+        self, model: nn.Module, state: EideticState, mstate: tuple[Any, ...], ctx: TaskContext
+    ) -> tuple[EideticState, tuple[Any, ...]]:
+        states = list(mstate)
+        # resumed mid-way: the members before the checkpointed one had ended the task already
+        for i in range(ctx.progress.end_member, len(self.methods)):
+            member = _member_context(ctx, states, i)
+            state, states[i] = self.methods[i].end_task(model, state, states[i], member)
+        return state, tuple(states)
+
+
+def _member_context(ctx: TaskContext, states: list[Any], i: int) -> TaskContext:
+    """``ctx`` as member ``i`` of a chain sees it: its own state in, the chain's epochs and
+    checkpoints run on the whole state (``states`` is kept current)."""
+    epoch = ctx.epoch
+
+    def member_epoch(
+        carry: tuple[EideticState, Any], label: str
+    ) -> tuple[tuple[EideticState, Any], float, float]:
+        assert epoch is not None
+        states[i] = carry[1]
+        (state, whole), metric, loss = epoch((carry[0], tuple(states)), label)
+        states[:] = list(whole)
+        return (state, states[i]), metric, loss
+
+    def member_checkpoint(state: EideticState, mstate: Any, progress: TaskProgress) -> None:
+        states[i] = mstate
+        ctx.checkpoint(state, tuple(states), dataclasses.replace(progress, end_member=i))
+
+    return ctx.replace(epoch=None if epoch is None else member_epoch, checkpoint=member_checkpoint)
+
+
+def chain(*methods: Method) -> Chain:
+    """The methods together, in order: ``chain(EWC(), ER())`` (nested chains flatten)."""
+    flat: list[Method] = []
+    for m in methods:
+        flat.extend(m.methods if isinstance(m, Chain) else [m])
+    return Chain(tuple(flat))
+
+
+def advance(state: EideticState, task: int) -> EideticState:
+    """Move to task ``task + 1`` without owning anything (methods that do not freeze).
+
+    The task is not marked finished: with nothing owned, a finished task's subnetwork
+    would be empty. Its head simply stays trainable, as in the methods' papers.
+    """
+    return state.replace(task=task + 1)
+
+
+def state_bytes(value: Any) -> int:
+    """Bytes held by the tensors of a method state (its extra memory)."""
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(state_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(state_bytes(v) for v in value)
+    return 0

@@ -1,0 +1,143 @@
+"""A one-line change to an existing PyTorch loop: the regularization methods, imperatively.
+
+The Synapse seed's convenience: keep your model, optimizer and loop, and replace
+``loss.backward()`` with ``cl.backward(loss, inputs=x, targets=y, task=t)``; call
+``cl.end_task(loader, task=t)`` after each task. :class:`Synapse` is the imperative shell
+around a method's pure state (``cl.mstate``): ``backward`` back-propagates your loss and
+then the method's regularizer into the parameters' ``.grad`` (for SI it also records the
+task loss's gradient and, at the next call, the step your optimizer took). Your own
+``optimizer.step()`` does the rest. Runnable example (Split-MNIST as two 5-class tasks)::
+
+    import torch
+    import torch.nn.functional as F
+    from eidetic_func.methods import EWC, Synapse
+    from eidetic_func.data.loading import load_sequence, loaders
+    from eidetic_func.models import MLP
+
+    torch.manual_seed(0)
+    sequence = load_sequence("embedded", num_tasks=2)
+    model = MLP(784, sequence.num_classes, num_layers=2, width=100)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    cl = Synapse(model, EWC(lambda_ewc=100.0))
+    for t, task in enumerate(sequence):
+        train = loaders(task, 64, seed=t).train
+        model.train()
+        for x, y in train:
+            loss = F.cross_entropy(model(x, task=t), y)
+            optimizer.zero_grad()
+            cl.backward(loss, inputs=x, targets=y, task=t)  # instead of loss.backward()
+            optimizer.step()
+        cl.end_task(train, task=t)
+
+Models whose ``forward`` takes a ``task`` argument are called as ``model(x, task=h)``
+(multi-head; LwF needs this); others as ``model(x)``. Any ``nn.Module`` works, plain
+BatchNorm included (the adapter never freezes anything). Joint training is offline and
+has no place in a ``backward``: use :func:`eidetic_func.methods.train_method_task`.
+With the same data order, optimizer and generator, a loop with ``cl.backward`` reaches
+the same parameters as ``train_method_task`` (a test checks this bit for bit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eidetic_func.core.errors import ConfigError
+from eidetic_func.core.state import EideticState
+from eidetic_func.core.types import Batch
+from eidetic_func.importance.per_sample import takes_task
+from eidetic_func.methods.joint import Joint
+from eidetic_func.methods.protocol import Method, TaskContext
+
+
+class Synapse:
+    """Drive ``method`` (a regularization method) from an imperative training loop.
+
+    ``generator`` seeds what the method draws at task ends (e.g. EWC's Fisher labels);
+    default ``torch.Generator().manual_seed(0)``. ``mstate`` is the method's current
+    (immutable) state; it is replaced, never modified.
+    """
+
+    def __init__(
+        self, model: nn.Module, method: Method, *, generator: torch.Generator | None = None
+    ) -> None:
+        if isinstance(method, Joint):
+            raise ConfigError(
+                "joint training is offline (it keeps every task's data); train it with "
+                "eidetic_func.train_task, not in a backward()"
+            )
+        if not hasattr(method, "regularizer") and not hasattr(method, "penalty"):
+            raise ConfigError(
+                f"method {getattr(method, 'name', method)!r} has neither regularizer() nor "
+                "penalty(); Synapse drives regularization methods (EWC, OnlineEWC, SI, MAS, "
+                "LwF, FineTune)"
+            )
+        self.model = model
+        self.method = method
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.mstate: Any = method.init(model, self.snapshot())
+        self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+
+    def snapshot(self, task: int = 0) -> EideticState:
+        """The model's parameters and buffers now, copied into a state (nothing owned)."""
+        params = {k: p.detach().clone() for k, p in self.model.named_parameters()}
+        buffers = {
+            k: b.detach().clone()
+            for k, b in self.model.named_buffers()
+            if not k.endswith("frozen_channels")
+        }
+        return EideticState(params=params, buffers=buffers, owner={}, keep={}, task=task)
+
+    def backward(self, loss: Tensor, *, inputs: Tensor, targets: Tensor, task: int = 0) -> Tensor:
+        """``loss.backward()`` plus the method's regularizer; returns the regularizer's value.
+
+        ``inputs``/``targets`` are the batch ``loss`` was computed on (LwF distils on the
+        inputs). Gradients accumulate into ``.grad`` as ``loss.backward()`` would.
+        """
+        self._settle()
+        loss.backward()
+        params = dict(self.model.named_parameters())
+        observes = bool(getattr(self.method, "observes", False))
+        if observes:
+            grads = {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
+            before = {k: p.detach().clone() for k, p in params.items()}
+        extra = self._regularizer(params, (inputs, targets), task)
+        if extra is not None:
+            extra.backward()
+        if observes:
+            self._pending = (grads, before)
+        if extra is None:
+            return torch.zeros((), device=loss.device, dtype=loss.dtype)
+        return extra.detach()
+
+    def end_task(self, loader: Any, *, task: int) -> None:
+        """Close task ``task``: importance, anchors or old outputs from ``loader``'s batches."""
+        self._settle()
+        ctx = TaskContext(loader=loader, task=task, generator=self.generator)
+        _, self.mstate = self.method.end_task(self.model, self.snapshot(task), self.mstate, ctx)
+
+    def _apply(self, x: Tensor, head: int) -> Tensor:
+        return self.model(x, task=head) if takes_task(self.model) else self.model(x)
+
+    def _regularizer(
+        self, params: dict[str, nn.Parameter], batch: Batch, task: int
+    ) -> Tensor | None:
+        regularizer = getattr(self.method, "regularizer", None)
+        if regularizer is not None:
+            out: Tensor | None = regularizer(
+                self.model, self.mstate, self._apply, params, batch, task
+            )
+            return out
+        penalty: Tensor | None = self.method.penalty(self.mstate, params, task)  # type: ignore[attr-defined]
+        return penalty
+
+    def _settle(self) -> None:
+        """Report the step taken since the last ``backward`` to the method (SI's Δθ)."""
+        if self._pending is None:
+            return
+        grads, before = self._pending
+        after = {k: p.detach() for k, p in self.model.named_parameters()}
+        self.mstate = self.method.observe(self.mstate, grads, before, after)  # type: ignore[attr-defined]
+        self._pending = None

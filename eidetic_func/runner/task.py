@@ -1,0 +1,238 @@
+"""One task of any method: begin it, train it until it plateaus, end it.
+
+Imperative and thin: it runs the method's steps (:func:`method_step`) epoch by epoch
+(:func:`~eidetic_func.training.loop.train_until_plateau`) and hands the end of the task to
+the method (EideticNet prunes, recovers, finishes and recycles there; EWC estimates its
+Fisher; ER keeps its buffer). Every decision is recorded in the returned history, and its
+progress is a small record (:class:`TaskProgress`) so that a run can stop after any epoch
+or pruning step and resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eidetic_func.core.errors import ConfigError
+from eidetic_func.core.state import EideticState
+from eidetic_func.core.types import Batch, LossFn, Record
+from eidetic_func.methods.eidetic import EideticNet
+from eidetic_func.methods.protocol import Method, TaskContext, advance, method_step, traits
+from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.distributed import SINGLE, Parallel, Single
+from eidetic_func.training.loop import (
+    TaskProgress,
+    device_of,
+    learning_rates,
+    run_epoch,
+    set_learning_rates,
+    train_until_plateau,
+)
+from eidetic_func.training.metrics import evaluate
+from eidetic_func.training.step import StepMetrics, check_trainable
+
+# (the state, the method state): what a task's training threads
+TaskCarry = tuple[EideticState, Any]
+
+EIDETIC = EideticNet()  # the default method
+
+CheckpointCallback = Callable[[EideticState, Any, TaskProgress, list[Record]], None]
+
+
+def train_task(
+    model: nn.Module,
+    state: EideticState,
+    loader: Iterable[Batch],
+    *,
+    task: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    method: Method = EIDETIC,
+    mstate: Any = None,
+    config: TrainConfig | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    score_loader: Iterable[Batch] | None = None,
+    stop_loader: Iterable[Batch] | None = None,
+    last: bool = False,
+    progress: bool = True,
+    checkpoint: CheckpointCallback | None = None,
+    resume: TaskProgress | None = None,
+    parallel: Parallel | Single = SINGLE,
+) -> tuple[EideticState, Any, list[Record]]:
+    """Train task ``task`` with ``method`` (default EideticNet) and end it:
+    ``(state, mstate, history)``.
+
+    ``loader`` yields ``(x, y)`` batches (re-iterated every epoch); ``mstate`` is the
+    method's state (``method.init``); ``config`` the loop's and pruning's settings;
+    ``score_loader`` (default
+    ``loader``) feeds importance scores; ``generator`` drives random choices; ``last``:
+    nothing is trained after this task (EideticNet does not prune it).
+    ``checkpoint(state, mstate, progress, history)`` is called after every epoch, after
+    the training phase, after every kept pruning step and at the end; pass the progress
+    back as ``resume`` (with that state) to continue.
+
+    The stopping metric is the running training accuracy of each epoch (the original's
+    rule); with ``stop_loader`` (a held-out split) it is the eval-mode accuracy on it, and
+    the training accuracy is kept in the history as ``train_metric``. With ``parallel``
+    (:mod:`eidetic_func.training.distributed`; methods whose traits allow it) ``loader`` is this
+    process's shard: gradients, BN statistics, metrics and scores are combined, and the
+    state is checked to be identical on every process at the end. Works with any
+    ``torch.optim`` optimizer over ``model.parameters()``; its learning rates are restored
+    when the task ends, so every task starts at the same rate.
+    """
+    config = config or TrainConfig()
+    if parallel.world_size > 1 and not traits(method).data_parallel:
+        raise ConfigError(f"{method.name} does not support data parallelism; run one process")
+    p = resume or TaskProgress()
+    if not p.lrs:
+        p = dataclasses.replace(p, lrs=learning_rates(optimizer))
+    history: list[Record] = []
+    ctx = _context(
+        model,
+        state,
+        loader,
+        method=method,
+        task=task,
+        optimizer=optimizer,
+        generator=generator,
+        config=config,
+        loss_fn=loss_fn,
+        score_loader=score_loader,
+        stop_loader=stop_loader,
+        last=last,
+        progress=progress,
+        checkpoint=checkpoint,
+        parallel=parallel,
+        resume_at=p,
+        history=history,
+    )
+    if resume is None:
+        state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
+    check_trainable(state, task)
+    carry = (state, mstate)
+    if p.phase == "train":
+        assert ctx.epoch is not None
+        carry, p = train_until_plateau(
+            ctx.epoch,
+            carry,
+            p,
+            config=config,
+            optimizer=optimizer,
+            record=ctx.record,
+            after_epoch=lambda c, q: ctx.checkpoint(c[0], c[1], q),
+        )
+        p = dataclasses.replace(p, phase="end", metric=p.best)
+        ctx.checkpoint(*carry, p)
+    start = time.perf_counter()
+    state, mstate = method.end_task(model, *carry, ctx.replace(progress=p))
+    ctx.record("end_task", seconds=time.perf_counter() - start)
+    set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
+    if state.task == task and config.finish:  # the method did not finish the task itself
+        state = advance(state, task)
+    parallel.check_identical(state, f"after task {task}")
+    ctx.checkpoint(state, mstate, dataclasses.replace(p, phase="done"))
+    return state, mstate, history
+
+
+def _context(
+    model: nn.Module,
+    state: EideticState,
+    loader: Iterable[Batch],
+    *,
+    method: Method,
+    task: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+    loss_fn: LossFn,
+    score_loader: Iterable[Batch] | None,
+    stop_loader: Iterable[Batch] | None,
+    last: bool,
+    progress: bool,
+    checkpoint: CheckpointCallback | None,
+    parallel: Parallel | Single,
+    resume_at: TaskProgress,
+    history: list[Record],
+) -> TaskContext:
+    """The task's context: its epoch (the method's steps over ``loader``, measured on
+    ``stop_loader`` if given), its history record and its checkpoint callback."""
+    latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
+
+    def record(phase: str, **fields: Any) -> None:
+        extra = latest if phase in ("train", "recover") else {}
+        lr = optimizer.param_groups[0]["lr"]
+        entry = {"task": task, "phase": phase, "method": method.name, "time": time.time()}
+        history.append({**entry, "lr": lr, **extra, **fields})
+
+    step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
+    device = device_of(state)
+
+    def epoch(carry: TaskCarry, label: str) -> tuple[TaskCarry, float, float]:
+        carry, accuracy, loss = run_epoch(
+            step,
+            carry,
+            loader,
+            device=device,
+            description=f"{method.name} task {task} {label}",
+            progress=progress and parallel.is_main,
+            combine=parallel.sum_metrics,
+        )
+        if stop_loader is None:
+            return carry, accuracy, loss
+        latest["train_metric"] = accuracy
+        return carry, evaluate(model, carry[0], stop_loader, task=task), loss
+
+    def save(s: EideticState, ms: Any, q: TaskProgress) -> None:
+        if checkpoint is not None:
+            checkpoint(s, ms, q, history)
+
+    return TaskContext(
+        loader=loader,
+        task=task,
+        generator=generator,
+        config=config,
+        last=last,
+        progress=resume_at,
+        epoch=epoch,
+        record=record,
+        checkpoint=save,
+        score_loader=score_loader,
+        reduce=parallel.score_reduce,
+        optimizer=optimizer,
+    )
+
+
+def _stepper(
+    method: Method,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: int,
+    loss_fn: LossFn,
+    compiled: bool,
+    parallel: Parallel | Single,
+) -> Callable[[TaskCarry, Batch], tuple[TaskCarry, StepMetrics]]:
+    """One training step of ``method`` on a ``(state, mstate)`` carry."""
+
+    def step(carry: TaskCarry, batch: Batch) -> tuple[TaskCarry, StepMetrics]:
+        state, mstate = carry
+        new, mstate, metrics = method_step(
+            method,
+            model,
+            state,
+            mstate,
+            batch,
+            optimizer=optimizer,
+            task=task,
+            loss_fn=loss_fn,
+            grad_transform=parallel.grad_transform,
+            compiled=compiled,
+        )
+        return (parallel.sync_buffers(new, state), mstate), metrics
+
+    return step
