@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # build outputs, caches, environments and run outputs: not what a wheel is built from
 _NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*cache*")
 _NOT_SOURCE += (".hypothesis", "runs", "data-cache", "results")
+_PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q")
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source") / "checkout"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(source)],
+        [*_PIP_WHEEL, "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
