@@ -28,7 +28,7 @@ from eidetic_func.core.errors import CheckpointError, ConfigError, EideticError
 from eidetic_func.core.state import EideticState, declared_topology, with_topology
 from eidetic_func.core.topology import Topology
 from eidetic_func.core.types import Record
-from eidetic_func.data import loading as data_module
+from eidetic_func import data as data_module
 from eidetic_func.data.scenario import SharedHead, head_sizes, scenario_sequence
 from eidetic_func.data.task_split import image_folder
 from eidetic_func.io.checkpoint import Checkpoint, load, save
