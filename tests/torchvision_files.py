@@ -3,7 +3,7 @@
 The suite needs nothing outside the clone: the readers of ``DATA_ROOT/<Class>/raw/`` are
 tested on files these helpers write in the exact formats (LeCun's idx, gzip-compressed as
 distributed, or as torchvision extracts them), holding the real MNIST images the package
-ships (``eidetic_func/embedded/``). FashionMNIST gets the same images inverted and their
+ships (``eidetic_func/data/embedded/``). FashionMNIST gets the same images inverted and their
 labels rotated by one, so a reader that mixed the two datasets up would be caught.
 
 Generated ``.gz`` files cannot have the original md5 sums; :func:`patched_checksums` makes
@@ -36,7 +36,7 @@ _PREFIX = {True: "train", False: "t10k"}
 
 @functools.cache
 def embedded_npz() -> dict[str, np.ndarray]:
-    """The embedded subset's arrays as stored (see ``eidetic_func/embedded/README.md``)."""
+    """The embedded subset's arrays as stored (see ``eidetic_func/data/embedded/README.md``)."""
     blob = (EMBEDDED_DIR / EMBEDDED_FILE).read_bytes()
     with np.load(io.BytesIO(lzma.decompress(blob)), allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}

@@ -33,7 +33,7 @@ from torch import Tensor
 from eidetic_func.core.errors import DataError
 
 EMBEDDED_FILE = "mnist-subset.npz.xz"
-"""The embedded MNIST subset, under ``eidetic_func/embedded/``."""
+"""The embedded MNIST subset, under ``eidetic_func/data/embedded/``."""
 
 
 @dataclass(frozen=True)
