@@ -213,7 +213,7 @@ def measure(
 
 def _test_images(config: RunConfig) -> int:
     """Test images of one task (the smallest), which sets an accuracy's granularity."""
-    from eidetic_func.data.loading import load_sequence
+    from eidetic_func.data.sequences import load_sequence
     from tests.torchvision_files import write_data_root
 
     if config.dataset == "embedded":

@@ -9,7 +9,7 @@ import torch
 from eidetic_func.models import MLP
 
 import eidetic_func as ef
-from eidetic_func.data.loading import load_sequence, loaders
+from eidetic_func.data import load_sequence, loaders
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.metrics import evaluate

@@ -26,12 +26,10 @@ import numpy as np
 import pytest
 import torch
 
-import eidetic_func.data.loading
-from eidetic_func.data.loading import EMBEDDED_FILE
+import eidetic_func.data
+from eidetic_func.data import EMBEDDED_FILE
 
-EMBEDDED_DIR = (
-    Path(eidetic_func.data.loading.__file__).parent / "embedded"
-)  # where the loader reads
+EMBEDDED_DIR = Path(eidetic_func.data.__file__).parent / "embedded"  # where the loader reads
 
 _PREFIX = {True: "train", False: "t10k"}
 
@@ -113,3 +111,8 @@ def expected_split(name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """What a reader must return for ``name``: images (N, 1, 28, 28) uint8, labels int64."""
     images, labels = dataset_arrays(name)[train]
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def standardized(u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The documented formula, per channel: (pixel / 255 - mean) / std."""
+    return (u8.float() / 255 - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)

@@ -131,42 +131,12 @@ def check_topology(
     if not topology.heads:
         raise TopologyError("topology has no heads; give one head per task")
     for unit in topology.units:
-        if not unit.producers:
-            raise TopologyError(f"unit {unit.name!r} has no producers")
-        size = None
-        for p in unit.producers:
-            w = params.get(f"{p}.weight")
-            if w is None or w.dim() < 2:
-                raise TopologyError(
-                    f"producer {p!r} of unit {unit.name!r} is not a Linear/Conv layer"
-                )
-            if size is not None and w.shape[0] != size:
-                raise TopologyError(
-                    f"unit {unit.name!r}: producer {p!r} has {w.shape[0]} outputs, expected {size}"
-                )
-            size = int(w.shape[0])
-            covered.update(k for k in param_keys(p) if k in params)
-            bias = params.get(f"{p}.bias")
-            if bias is not None and bias.shape != (size,):
-                raise TopologyError(
-                    f"bias of {p!r} has shape {tuple(bias.shape)}, expected ({size},)"
-                )
-        assert size is not None
-        for n in unit.norms:
-            stats = buffers.get(f"{n}.running_mean")
-            if stats is None or stats.shape != (size,):
-                raise TopologyError(
-                    f"norm {n!r} of unit {unit.name!r} is not a BatchNorm of {size} channels"
-                )
-            covered.update(k for k in param_keys(n) if k in params)
+        size = _check_producers(unit, params)
+        covered.update(k for p in unit.producers for k in param_keys(p) if k in params)
+        _check_norms(unit, size, buffers)
+        covered.update(k for n in unit.norms for k in param_keys(n) if k in params)
         for r in unit.readers:
-            w = params.get(f"{r.layer}.weight")
-            if w is None or w.dim() < 2:
-                raise TopologyError(
-                    f"reader {r.layer!r} of unit {unit.name!r} is not a Linear/Conv layer"
-                )
-            if r.repeat < 1 or r.offset < 0:
-                raise TopologyError(f"reader {r.layer!r}: repeat must be >= 1 and offset >= 0")
+            _check_reader(unit, r, params)
             reads.setdefault(r.layer, []).append((r.offset, r.offset + size * r.repeat, unit.name))
     for h in topology.heads:
         w = params.get(f"{h}.weight")
@@ -174,25 +144,68 @@ def check_topology(
             raise TopologyError(f"head {h!r} is not a Linear layer")
         covered.update(k for k in param_keys(h) if k in params)
     for layer, spans in reads.items():
-        in_features = int(params[f"{layer}.weight"].shape[1])
-        spans.sort()
-        position = 0
-        for start, stop, name in spans:
-            if start != position:
-                raise TopologyError(
-                    f"layer {layer!r} input columns {position}..{start - 1} are not read from any "
-                    f"unit, or unit {name!r} overlaps another; readers must tile the input exactly"
-                )
-            position = stop
-        if position != in_features:
-            raise TopologyError(
-                f"layer {layer!r} has {in_features} input columns but its readers cover {position}"
-            )
+        _check_tiling(layer, spans, int(params[f"{layer}.weight"].shape[1]))
     uncovered = sorted(set(params) - covered)
     if uncovered:
         raise TopologyError(
             f"parameters outside the topology would never be frozen: {uncovered[:5]}"
             f"{' ...' if len(uncovered) > 5 else ''}"
+        )
+
+
+def _check_producers(unit: Unit, params: dict[str, Tensor]) -> int:
+    """The unit's size: its producers are Linear/Conv layers of equal outputs, biases to match."""
+    if not unit.producers:
+        raise TopologyError(f"unit {unit.name!r} has no producers")
+    size = None
+    for p in unit.producers:
+        w = params.get(f"{p}.weight")
+        if w is None or w.dim() < 2:
+            raise TopologyError(f"producer {p!r} of unit {unit.name!r} is not a Linear/Conv layer")
+        if size is not None and w.shape[0] != size:
+            raise TopologyError(
+                f"unit {unit.name!r}: producer {p!r} has {w.shape[0]} outputs, expected {size}"
+            )
+        size = int(w.shape[0])
+        bias = params.get(f"{p}.bias")
+        if bias is not None and bias.shape != (size,):
+            raise TopologyError(f"bias of {p!r} has shape {tuple(bias.shape)}, expected ({size},)")
+    assert size is not None
+    return size
+
+
+def _check_norms(unit: Unit, size: int, buffers: dict[str, Tensor]) -> None:
+    """Every norm of the unit is a BatchNorm of ``size`` channels."""
+    for n in unit.norms:
+        stats = buffers.get(f"{n}.running_mean")
+        if stats is None or stats.shape != (size,):
+            raise TopologyError(
+                f"norm {n!r} of unit {unit.name!r} is not a BatchNorm of {size} channels"
+            )
+
+
+def _check_reader(unit: Unit, r: Reader, params: dict[str, Tensor]) -> None:
+    """A reader is a Linear/Conv layer with ``repeat >= 1`` and ``offset >= 0``."""
+    w = params.get(f"{r.layer}.weight")
+    if w is None or w.dim() < 2:
+        raise TopologyError(f"reader {r.layer!r} of unit {unit.name!r} is not a Linear/Conv layer")
+    if r.repeat < 1 or r.offset < 0:
+        raise TopologyError(f"reader {r.layer!r}: repeat must be >= 1 and offset >= 0")
+
+
+def _check_tiling(layer: str, spans: list[tuple[int, int, str]], in_features: int) -> None:
+    """The ``(start, stop, unit)`` column spans read by ``layer`` tile its input exactly."""
+    position = 0
+    for start, stop, name in sorted(spans):
+        if start != position:
+            raise TopologyError(
+                f"layer {layer!r} input columns {position}..{start - 1} are not read from any "
+                f"unit, or unit {name!r} overlaps another; readers must tile the input exactly"
+            )
+        position = stop
+    if position != in_features:
+        raise TopologyError(
+            f"layer {layer!r} has {in_features} input columns but its readers cover {position}"
         )
 
 

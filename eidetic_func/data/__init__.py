@@ -1,19 +1,17 @@
 """Data: task sequences (MNIST, FashionMNIST, CIFAR, the embedded subset, image folders),
 task splits, scenarios and loaders. Beside the layers: imports only the core."""
 
-from eidetic_func.data.loading import (
-    EMBEDDED_FILE,
+from eidetic_func.data.image_dataset import ImageDataset
+from eidetic_func.data.loaders import TaskLoaders, loaders, split_validation
+from eidetic_func.data.sequences import (
     SEQUENCE_NAMES,
-    ImageDataset,
     Task,
-    TaskLoaders,
     TaskSequence,
     load_sequence,
-    loaders,
     pixel_permutations,
     split_classes,
-    split_validation,
 )
+from eidetic_func.data.sources import EMBEDDED_FILE
 
 __all__ = [
     "EMBEDDED_FILE",

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.topology import Topology, Unit
-from eidetic_func.data.loading import ImageDataset, TaskSequence
+from eidetic_func.data.image_dataset import ImageDataset
+from eidetic_func.data.sequences import TaskSequence
 
 SCENARIOS = ("task", "class", "domain")
 

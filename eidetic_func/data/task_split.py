@@ -8,7 +8,7 @@ Synapse seed's ``TaskDict``). Items are read lazily (one at a time, through
 disk; per-split transforms (augmentation for training only) are applied per item.
 :func:`image_folder` reads a directory of class folders (the MAS seed's Tiny-ImageNet
 layout too). In-memory MNIST-sized sequences keep their batched fast path
-(:func:`eidetic_func.data.loading.load_sequence`).
+(:func:`eidetic_func.data.sequences.load_sequence`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from eidetic_func.core.errors import ConfigError, DataError, ShapeError
 from eidetic_func.data.image_scan import scan_split
-from eidetic_func.data.loading import Task, TaskSequence
+from eidetic_func.data.sequences import Task, TaskSequence
 
 Transform = Callable[[Any], Any]
 

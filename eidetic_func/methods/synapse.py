@@ -11,7 +11,7 @@ task loss's gradient and, at the next call, the step your optimizer took). Your 
     import torch
     import torch.nn.functional as F
     from eidetic_func.methods import EWC, Synapse
-    from eidetic_func.data.loading import load_sequence, loaders
+    from eidetic_func.data import load_sequence, loaders
     from eidetic_func.models import MLP
 
     torch.manual_seed(0)

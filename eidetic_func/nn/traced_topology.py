@@ -17,7 +17,8 @@ network input, each spread over ``repeat`` columns once a feature map is flatten
 Anything that mixes channels in another way — grouped or depthwise convolutions,
 LayerNorm / GroupNorm, attention, products of two feature maps, a network input added to a
 unit, an unknown module or function — cannot be pruned soundly by structured masks and is
-refused with a :class:`TopologyError` naming the graph node and why. The result is checked
+refused with a :class:`TopologyError` naming the graph node and why (the operations known
+and the refusals: :mod:`eidetic_func.nn.trace_rules`). The result is checked
 with :func:`check_topology` like a declared one.
 """
 
@@ -27,81 +28,34 @@ import copy
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from eidetic_func.core.errors import TopologyError
 from eidetic_func.core.topology import Reader, Topology, Unit, check_topology
 from eidetic_func.nn.acceptance import check_network
+from eidetic_func.nn.trace_rules import (
+    ADDS,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+    POOL_RANKS,
+    REDUCE_FUNCTIONS,
+    REDUCE_METHODS,
+    RESHAPE_METHODS,
+    RESHAPES_FUNCTIONS,
+    check_pool_rank,
+    node_shape,
+    refusal,
+    scalar_other,
+    unknown_operation,
+)
 from eidetic_func.nn.tracing import Tracer
 
 INPUT = -1  # the segment source of network inputs (not a unit)
-
-PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
-PASS_FUNCTIONS: tuple[Any, ...] = (
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.hardswish,
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    F.sigmoid,
-    F.tanh,
-    F.dropout,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-)
-# Pooling reads (batch, channels, *spatial): given one dimension fewer, torch takes the
-# tensor as unbatched and pools across the channels (across neurons).
-POOL_RANKS: dict[Any, int] = {
-    **dict.fromkeys((nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d), 3),
-    **dict.fromkeys((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), 4),
-    **dict.fromkeys((F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d), 3),
-    **dict.fromkeys((F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d), 4),
-}
-PASS_METHODS = ("relu", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "detach")
-RESHAPES_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.reshape)
-RESHAPE_METHODS = ("flatten", "view", "reshape")
-ADDS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add)
-REDUCE_METHODS = ("mean", "sum", "amax")
-REDUCE_FUNCTIONS: tuple[Any, ...] = (torch.mean, torch.sum, torch.amax)
 
 
 @dataclass(frozen=True)
@@ -190,7 +144,7 @@ class _Walk:
         if node.op == "placeholder":
             if not hasattr(node.meta.get("tensor_meta"), "shape"):
                 return None  # the concrete task id
-            shape = self._shape(node)
+            shape = node_shape(node)
             return [Segment(INPUT, shape[1] if len(shape) > 1 else 1)]
         if node.op in ("output", "get_attr"):
             return None
@@ -202,49 +156,49 @@ class _Walk:
             return self._function(node)
         if node.op == "call_method":
             return self._method(node)
-        raise self._refuse(node, f"unsupported graph operation {node.op!r}")
+        raise refusal(node, f"unsupported graph operation {node.op!r}")
 
     def _module(self, node: fx.Node, m: nn.Module) -> list[Segment] | None:
         name = str(node.target)
         x = self._input(node, 0)
         if name.startswith("heads."):
             if name != "heads.0":
-                raise self._refuse(node, "forward(x, 0) must call only heads.0")
+                raise refusal(node, "forward(x, 0) must call only heads.0")
             if self.head_input is not None:
-                raise self._refuse(node, "the head is called twice; a task's logits are one call")
+                raise refusal(node, "the head is called twice; a task's logits are one call")
             self.head_input = x
             return None
         if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
             if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups != 1:
-                raise self._refuse(
+                raise refusal(
                     node,
                     f"a grouped or depthwise convolution (groups={m.groups}) ties "
                     "input and output channels in groups; structured masks cannot prune it",
                 )
             if any(name in u.producers for u in self.units):
-                raise self._refuse(node, "the layer is called twice (shared weights)")
+                raise refusal(node, "the layer is called twice (shared weights)")
             self._read(name, x, node.name)
             self.units.append(_Unit(producers=[name]))
             self.parent.append(len(self.parent))
             return [Segment(len(self.units) - 1, int(m.weight.shape[0]))]
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if any(name in u.norms for u in self.units):
-                raise self._refuse(
+                raise refusal(
                     node,
                     "the BatchNorm is called twice: its per-channel statistics and weights "
                     "would be shared by two units (or counted twice in one)",
                 )
             sources = {self._find(s.source) for s in x if s.source != INPUT}
             if len(sources) != 1 or any(s.source == INPUT for s in x):
-                raise self._refuse(node, "BatchNorm must normalize the channels of one unit")
+                raise refusal(node, "BatchNorm must normalize the channels of one unit")
             self.units[sources.pop()].norms.append(name)
             return x
         if isinstance(m, PASS_MODULES):
-            self._check_pool_rank(node, POOL_RANKS.get(type(m)))
+            check_pool_rank(node, POOL_RANKS.get(type(m)))
             return x
         if isinstance(m, nn.Flatten):
             return self._flatten(node, x, m.start_dim)
-        raise self._refuse(
+        raise refusal(
             node,
             f"{type(m).__name__} is not supported (it may mix channels: LayerNorm, GroupNorm, "
             "attention, ...)",
@@ -255,9 +209,9 @@ class _Walk:
         if target is getattr and node.args[1] in ("shape", "dtype", "device", "ndim"):
             return None  # a size or a property, not a feature tensor
         if target is operator.getitem or target is getattr:
-            return None if self.values.get(node.args[0]) is None else self._refuse_op(node)  # type: ignore[arg-type]
+            return None if self.values.get(node.args[0]) is None else unknown_operation(node)  # type: ignore[arg-type]
         if target in PASS_FUNCTIONS:
-            self._check_pool_rank(node, POOL_RANKS.get(target))
+            check_pool_rank(node, POOL_RANKS.get(target))
             return self._input(node, 0)
         if target in ADDS:
             return self._add(node)
@@ -267,9 +221,9 @@ class _Walk:
             return self._reshape(node, self._input(node, 0))
         if target in REDUCE_FUNCTIONS:
             return self._reduce(node, self._input(node, 0))
-        if target in (operator.mul, operator.truediv, torch.mul) and self._scalar_other(node):
+        if target in (operator.mul, operator.truediv, torch.mul) and scalar_other(node):
             return self._input(node, 0)
-        return self._refuse_op(node)
+        return unknown_operation(node)
 
     def _method(self, node: fx.Node) -> list[Segment] | None:
         name = str(node.target)
@@ -279,16 +233,16 @@ class _Walk:
         if name in PASS_METHODS:
             return x
         if name in ("expand", "repeat") and all(s.source == INPUT for s in x):
-            return [Segment(INPUT, self._shape(node)[1])]  # e.g. grey images into RGB
+            return [Segment(INPUT, node_shape(node)[1])]  # e.g. grey images into RGB
         if name in RESHAPE_METHODS:
             return self._reshape(node, x)
         if name in REDUCE_METHODS:
             return self._reduce(node, x)
         if name in ("add", "add_"):
             return self._add(node)
-        if name in ("mul", "mul_", "div", "div_") and self._scalar_other(node):
+        if name in ("mul", "mul_", "div", "div_") and scalar_other(node):
             return x
-        return self._refuse_op(node)
+        return unknown_operation(node)
 
     # --------------------------------------------------------------------- channel rules
 
@@ -321,7 +275,7 @@ class _Walk:
                 continue
             shape = getattr(other.meta.get("tensor_meta"), "shape", None)
             if shape is not None and math.prod(shape) > 1:
-                raise self._refuse(
+                raise refusal(
                     node,
                     f"a tensor of shape {tuple(shape)} that no layer of the topology holds "
                     f"({other.target if other.op == 'get_attr' else other.name}) is added to "
@@ -333,10 +287,10 @@ class _Walk:
         a, b = (self.values[t] for t in tensors)
         assert a is not None and b is not None
         if [(s.size, s.repeat) for s in a] != [(s.size, s.repeat) for s in b]:
-            raise self._refuse(node, "the two summands are not laid out alike channel by channel")
+            raise refusal(node, "the two summands are not laid out alike channel by channel")
         for sa, sb in zip(a, b):
             if (sa.source == INPUT) != (sb.source == INPUT):
-                raise self._refuse(
+                raise refusal(
                     node,
                     "the network input is added to a unit: a pruned channel would still "
                     "carry the input",
@@ -348,18 +302,18 @@ class _Walk:
     def _cat(self, node: fx.Node) -> list[Segment]:
         parts = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim not in (1, -len(self._shape(node))):
-            raise self._refuse(node, f"concatenation along dim {dim}, not the channel dim 1")
+        if dim not in (1, -len(node_shape(node))):
+            raise refusal(node, f"concatenation along dim {dim}, not the channel dim 1")
         out: list[Segment] = []
         for p in parts:  # type: ignore[union-attr]
             value = self.values.get(p) if isinstance(p, fx.Node) else None
             if value is None:
-                raise self._refuse(node, "concatenates something that is not a feature tensor")
+                raise refusal(node, "concatenates something that is not a feature tensor")
             out.extend(value)
         return out
 
     def _reshape(self, node: fx.Node, x: list[Segment]) -> list[Segment]:
-        before, after = self._shape(node.args[0]), self._shape(node)  # type: ignore[arg-type]
+        before, after = node_shape(node.args[0]), node_shape(node)  # type: ignore[arg-type]
         if before == after or (len(after) > 2 and after[:2] == before[:2]):
             return x  # row-major: equal leading dims keep every channel where it was
         if len(after) == 2 and after[0] == before[0] and len(before) > 2:
@@ -367,7 +321,7 @@ class _Walk:
             for d in before[2:]:
                 spatial *= d
             return [Segment(s.source, s.size, s.repeat * spatial) for s in x]
-        raise self._refuse(
+        raise refusal(
             node,
             f"a reshape from {tuple(before)} to {tuple(after)} is not a flatten of "
             "(batch, channels, ...) into (batch, features)",
@@ -375,18 +329,18 @@ class _Walk:
 
     def _flatten(self, node: fx.Node, x: list[Segment], start_dim: int) -> list[Segment]:
         if start_dim != 1:
-            raise self._refuse(node, f"flatten from dim {start_dim}; only from dim 1")
+            raise refusal(node, f"flatten from dim {start_dim}; only from dim 1")
         return self._reshape(node, x)
 
     def _reduce(self, node: fx.Node, x: list[Segment]) -> list[Segment]:
-        before = self._shape(node.args[0])  # type: ignore[arg-type]
+        before = node_shape(node.args[0])  # type: ignore[arg-type]
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = (dims,) if isinstance(dims, int) else dims
         if not isinstance(dims, tuple | list) or not dims:
-            raise self._refuse(node, "a reduction over every dimension mixes channels")
+            raise refusal(node, "a reduction over every dimension mixes channels")
         axes = {int(d) % len(before) for d in dims}
         if 0 in axes or 1 in axes:
-            raise self._refuse(node, "a reduction over the batch or channel dimension")
+            raise refusal(node, "a reduction over the batch or channel dimension")
         return x  # a reduction over spatial dims keeps the channels
 
     # ------------------------------------------------------------------------- helpers
@@ -395,31 +349,8 @@ class _Walk:
         arg = node.args[i] if i < len(node.args) else None
         value = self.values.get(arg) if isinstance(arg, fx.Node) else None
         if value is None:
-            raise self._refuse(node, "its input is not a feature tensor the trace follows")
+            raise refusal(node, "its input is not a feature tensor the trace follows")
         return value
-
-    def _check_pool_rank(self, node: fx.Node, rank: int | None) -> None:
-        if rank is None:
-            return
-        arg = node.args[0] if node.args else None
-        shape = self._shape(arg) if isinstance(arg, fx.Node) else None
-        if shape is not None and len(shape) != rank:
-            raise self._refuse(
-                node,
-                f"pooling of {rank - 2} spatial dimension(s) applied to a {len(shape)}-D "
-                f"tensor: torch takes it as unbatched and pools across channels (neurons); "
-                f"give it (batch, channels{', length' if rank == 3 else ', height, width'})",
-            )
-
-    def _scalar_other(self, node: fx.Node) -> bool:
-        others = [a for a in node.args[1:] if isinstance(a, fx.Node)]
-        return not others and isinstance(node.args[0], fx.Node)
-
-    def _shape(self, node: fx.Node) -> list[int]:
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
-            raise self._refuse(node, "its output is not a single tensor")
-        return list(meta.shape)
 
     def _find(self, u: int) -> int:
         while self.parent[u] != u:
@@ -449,16 +380,3 @@ class _Walk:
                 name = unit.producers[0]
             units.append(Unit(name, tuple(unit.producers), tuple(unit.norms), tuple(unit.readers)))
         return Topology(units=tuple(units), heads=heads)
-
-    def _refuse(self, node: fx.Node, why: str) -> TopologyError:
-        return TopologyError(
-            f"cannot derive a prune topology at node {node.name!r} ({node.target}): {why}"
-        )
-
-    def _refuse_op(self, node: fx.Node) -> list[Segment]:
-        raise self._refuse(
-            node,
-            "an operation whose effect on channels the trace does not know (supported: "
-            "Linear, ungrouped Conv1d/2d, BatchNorm, activations, dropout, pooling, flatten, "
-            "residual adds, channel concatenation)",
-        )

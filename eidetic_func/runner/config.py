@@ -13,8 +13,8 @@ from torch import nn
 
 from eidetic_func.core import validate
 from eidetic_func.core.errors import ConfigError
-from eidetic_func.data.loading import SEQUENCE_NAMES
 from eidetic_func.data.scenario import SCENARIOS
+from eidetic_func.data.sequences import SEQUENCE_NAMES
 from eidetic_func.methods.protocol import Method, traits
 from eidetic_func.methods.registry import create
 from eidetic_func.training.config import TrainConfig, grows, option
@@ -174,7 +174,7 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        from eidetic_func.data.loading import SEQUENCE_NAMES
+        from eidetic_func.data.sequences import SEQUENCE_NAMES
 
         if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
             if not self.dataset.removeprefix(IMAGEFOLDER):

@@ -24,16 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from eidetic_func import data as data_module
 from eidetic_func.core.errors import CheckpointError, ConfigError, EideticError
 from eidetic_func.core.state import EideticState, declared_topology, with_topology
 from eidetic_func.core.topology import Topology
 from eidetic_func.core.types import Record
-from eidetic_func.data import loading as data_module
 from eidetic_func.data.scenario import SharedHead, head_sizes, scenario_sequence
 from eidetic_func.data.task_split import image_folder
 from eidetic_func.io.checkpoint import Checkpoint, load, save
 from eidetic_func.methods.protocol import Method, state_bytes, traits
-from eidetic_func.training.loop import TaskProgress
 from eidetic_func.methods.registry import decode_state, encode_state
 from eidetic_func.nn.acceptance import check_network
 from eidetic_func.nn.init import init
@@ -55,6 +54,7 @@ from eidetic_func.runner.task import CheckpointCallback, train_task
 from eidetic_func.training import metrics
 from eidetic_func.training.config import grows
 from eidetic_func.training.distributed import Parallel, Single, from_environment
+from eidetic_func.training.loop import TaskProgress
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import eidetic_func as ef
 from eidetic_func.core.pytree import NAMESPACE
-from eidetic_func.data.loading import load_sequence, loaders
+from eidetic_func.data import load_sequence, loaders
 from eidetic_func.importance.per_sample import Implementation
 from eidetic_func.methods import (
     EWC,

@@ -15,8 +15,8 @@ from eidetic_func.models.progressive import ProgressiveMLP
 from torch import Tensor, nn
 
 import eidetic_func as ef
-from eidetic_func.data.loading import load_sequence
 from eidetic_func.data.scenario import prefixed
+from eidetic_func.data.sequences import load_sequence
 from eidetic_func.nn.acceptance import check_network
 from eidetic_func.runner.sequence import model_topology
 

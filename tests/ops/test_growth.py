@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import eidetic_func as ef
-from eidetic_func.io.checkpoint import _state_problems
+from eidetic_func.io.state_checks import state_problems
 from eidetic_func.nn.grown_layers import GrownLinear
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.runner.sequence import run
@@ -52,7 +52,7 @@ def _inserted(state: ef.EideticState, unit: str, k: int) -> dict[str, tuple[int,
 
 def _assert_consistent(state: ef.EideticState) -> None:
     """Shapes, dtypes and keys fit, and every free entry the mask removes is exactly zero."""
-    assert _state_problems(state) == []
+    assert state_problems(state) == []
     for k, p in state.params.items():
         removed = ~state.keep[k] & (state.owner[k] < 0)
         assert bool((p[removed] == 0).all()), f"a removed free entry of {k} is not zero"
