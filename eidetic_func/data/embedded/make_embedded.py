@@ -1,7 +1,7 @@
 """Make ``mnist-subset.npz.xz``: a seeded, stratified subset of MNIST shipped with the package.
 
-    python eidetic_func/embedded/make_embedded.py --source DATA_ROOT           # (re)write it
-    python eidetic_func/embedded/make_embedded.py --source DATA_ROOT --check   # verify it
+    python eidetic_func/data/embedded/make_embedded.py --source DATA_ROOT           # (re)write it
+    python eidetic_func/data/embedded/make_embedded.py --source DATA_ROOT --check   # verify it
 
 ``DATA_ROOT/MNIST/raw/`` holds the four original ``.gz`` files (torchvision layout). They
 are md5-checked, copied to a temporary directory and read with ``torchvision.datasets.MNIST``
