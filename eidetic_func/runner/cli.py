@@ -20,17 +20,12 @@ from typing import Any
 
 from eidetic_func.core.errors import EideticError
 from eidetic_func.methods.registry import parse_option
-from eidetic_func.runner import rundir
 from eidetic_func.runner.config import RunConfig
+from eidetic_func.runner.environment import output_held
 from eidetic_func.runner.report import write_outputs
-from eidetic_func.runner.sequence import (
-    CHECKPOINT_FILE,
-    RunResult,
-    SavedRun,
-    is_main_process,
-    run,
-    saved_run,
-)
+from eidetic_func.runner.result import RunResult
+from eidetic_func.runner.resume import Given
+from eidetic_func.runner.sequence import run_held
 from eidetic_func.training.allocator import keep_freed_memory
 from eidetic_func.training.config import TrainConfig
 
@@ -246,45 +241,29 @@ def _report(result: RunResult, output_dir: Path) -> int:
     return status
 
 
-def _run_and_report(
-    config: RunConfig,
-    output: Path,
-    resume: bool,
-    overwrite: bool,
-    saved: SavedRun | None = None,
-) -> int:
+def _run_and_report(given: Given, output: Path, resume: bool, overwrite: bool) -> int:
     """Run and write the results while holding the output directory (rank 0 of a launch)."""
-    if not is_main_process():
-        return _report(run(config, output_dir=output, resume=resume, saved=saved, log=say), output)
-    with rundir.hold(
-        output, checkpoint=CHECKPOINT_FILE, resume=resume, overwrite=overwrite, log=say
-    ):
-        result = run(
-            config, output_dir=output, resume=resume, overwrite=overwrite, saved=saved, log=say
-        )
-        return _report(result, output)
+    with output_held(output, resume=resume, overwrite=overwrite, log=say):
+        return _report(run_held(given, output, resume=resume, log=say), output)
 
 
-def _resume_config(
-    args: argparse.Namespace, defaults: argparse.Namespace
-) -> tuple[RunConfig, SavedRun]:
-    """The saved run (read once) and its config with the options given on this command line
-    put in (``run`` then refuses those that change what the run computes)."""
+def _resume_changes(args: argparse.Namespace, defaults: argparse.Namespace) -> dict[str, Any]:
+    """The settings this command line gives (those that differ from the defaults) as
+    changes to the saved run's config (``run`` refuses those that change what it computes);
+    the device is always this command line's (the machine may be another)."""
     given, default = config_from_args(args), config_from_args(defaults)
-    saved_one = saved_run(args.output_dir / CHECKPOINT_FILE, device=given.device)
-    saved = saved_one.config
-    top = {
+    changes: dict[str, Any] = {
         f.name: getattr(given, f.name)
         for f in dataclasses.fields(RunConfig)
         if f.name != "train" and getattr(given, f.name) != getattr(default, f.name)
     }
-    train = {
+    changes["device"] = given.device
+    changes["train"] = {
         f.name: getattr(given.train, f.name)
         for f in dataclasses.fields(TrainConfig)
         if getattr(given.train, f.name) != getattr(default.train, f.name)
     }
-    config = dataclasses.replace(saved, **top, train=dataclasses.replace(saved.train, **train))
-    return config, saved_one
+    return changes
 
 
 def _list_methods() -> None:
@@ -357,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.resume:
                 config = config_from_args(args)
                 return _run_and_report(config, args.output_dir, False, args.overwrite)
-            config, saved = _resume_config(args, parser.parse_args(["run"]))
-            return _run_and_report(config, args.output_dir, True, args.overwrite, saved)
+            changes = _resume_changes(args, parser.parse_args(["run"]))
+            return _run_and_report(changes, args.output_dir, True, args.overwrite)
         if args.command == "methods":
             _list_methods()
             return 0

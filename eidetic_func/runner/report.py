@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from eidetic_func.training import metrics
 
 if TYPE_CHECKING:
-    from eidetic_func.runner.sequence import RunResult
+    from eidetic_func.runner.result import RunResult
 
 
 def write_outputs(result: RunResult, output_dir: str | Path) -> dict[str, Path]:

@@ -31,7 +31,7 @@ STALE_PATTERNS = (".*.tmp", ".*.tmp.png")  # atomic writes that a killed process
 # root) gives the old run back.
 ASIDE_SUFFIX = ".replaced"
 
-# directories this process holds (re-entrant: the CLI holds one around ef.run, which holds it)
+# directories this process holds (re-entrant: a run started where its caller holds the dir)
 _held: dict[Path, int] = {}
 
 

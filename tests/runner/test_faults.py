@@ -21,10 +21,11 @@ from eidetic_func.models import MLP
 from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
-from eidetic_func.runner import cli, rundir
+from eidetic_func.runner import build, cli, rundir
+from eidetic_func.runner import record as run_record
 from eidetic_func.runner.cli import main
 from eidetic_func.runner.config import RunConfig
-from eidetic_func.runner.sequence import CHECKPOINT_FILE, run, saved_run
+from eidetic_func.runner.sequence import CHECKPOINT_FILE, run
 from eidetic_func.training.config import TrainConfig
 
 TINY = RunConfig(
@@ -381,7 +382,7 @@ def test_a_model_too_large_to_allocate_is_a_config_error(monkeypatch: pytest.Mon
             "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
         )
 
-    monkeypatch.setattr(ef.sequence, "build_model", no_memory)
+    monkeypatch.setattr(build, "build_model", no_memory)
     with pytest.raises(ef.ConfigError, match="cannot build the mlp"):
         run(dataclasses.replace(TINY, width=100_000_000), log=_quiet)
 
@@ -425,19 +426,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_checkpoint_read_before_the_run_held_the_directory_is_read_again_if_replaced(
-    finished_run: Path, tmp_path: Path
+def test_a_resumed_run_reads_its_checkpoint_once_while_holding_the_directory(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "copy"
     out.mkdir()
-    checkpoint = out / CHECKPOINT_FILE
-    checkpoint.write_bytes((finished_run / CHECKPOINT_FILE).read_bytes())
-    early = saved_run(checkpoint)
-    assert early.is_current(checkpoint)
-    # another run replaces the file (atomically: a new inode) after it was read
-    replacement = out / "new"
-    replacement.write_bytes(checkpoint.read_bytes())
-    os.replace(replacement, checkpoint)
-    assert not early.is_current(checkpoint)
-    resumed = run(None, output_dir=out, resume=True, saved=early, log=_quiet)
+    (out / CHECKPOINT_FILE).write_bytes((finished_run / CHECKPOINT_FILE).read_bytes())
+    reads: list[bool] = []  # per read of the file: was the directory held by this process
+
+    def counted_load(path: Path, **options: object) -> object:
+        reads.append(out.resolve() in rundir._held)
+        return ef.load(path, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_record, "load", counted_load)
+    resumed = run(None, output_dir=out, resume=True, log=_quiet)
+    assert reads == [True]
+    assert main(["run", "--resume", "--output-dir", str(out), "--no-progress"]) == 0
+    assert reads == [True, True]
     assert resumed.matrix == run(None, output_dir=finished_run, resume=True, log=_quiet).matrix

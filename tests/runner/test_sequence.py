@@ -18,7 +18,7 @@ from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
 from benchmarks import run_snapshot
-from eidetic_func.runner import sequence
+from eidetic_func.runner import loop, sequence
 from eidetic_func.runner.cli import main
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.runner.sequence import run
@@ -408,7 +408,7 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
         config = dataclasses.replace(SMALL, width=6, train=dataclasses.replace(SMALL.train, grow=4))
     reference = run(config, output_dir=tmp_path / "reference", log=_quiet)
     assert bool(reference.state.growth) == grows
-    written = sequence._save
+    written = loop.save
     stopped_at: list[dict[str, object]] = []
 
     def save_then_stop_inside_the_router(setup: object, record: sequence.RunRecord) -> None:
@@ -418,7 +418,7 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
             stopped_at.append(record.progress.to_dict())  # type: ignore[union-attr]
             raise _Stopped
 
-    monkeypatch.setattr(sequence, "_save", save_then_stop_inside_the_router)
+    monkeypatch.setattr(loop, "save", save_then_stop_inside_the_router)
     with pytest.raises(_Stopped):
         run(config, output_dir=tmp_path / "stopped", log=_quiet)
     assert stopped_at, "no checkpoint was written while the router trained"
