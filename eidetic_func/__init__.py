@@ -39,15 +39,15 @@ from eidetic_func.core.topology import Reader, Topology, Unit, check_topology
 from eidetic_func.data import task_split
 from eidetic_func.importance.score import SCORING_METHODS, prunable, score
 from eidetic_func.io.checkpoint import Checkpoint, load, save
+from eidetic_func.methods.chain import Chain, ChainState, chain
+from eidetic_func.methods.decisions import Continue, Done, Recover, ScaleLearningRate
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.protocol import (
     BaseMethod,
-    Chain,
     Method,
     StepPlan,
     TaskContext,
     Traits,
-    chain,
     method_step,
 )
 from eidetic_func.nn.acceptance import check_network
@@ -99,11 +99,14 @@ __all__ = [
     "BaseMethod",
     "Capacity",
     "Chain",
+    "ChainState",
     "Checkpoint",
     "CheckpointError",
     "ConfigError",
+    "Continue",
     "DataError",
     "DistributedError",
+    "Done",
     "EideticError",
     "EideticNet",
     "EideticState",
@@ -115,8 +118,10 @@ __all__ = [
     "NothingToPrune",
     "OutputDirError",
     "Reader",
+    "Recover",
     "RunConfig",
     "RunResult",
+    "ScaleLearningRate",
     "ShapeError",
     "StateMismatchError",
     "StepMetrics",

@@ -228,7 +228,7 @@ def run_sequence(
                 yield Event("prune", task, state)
         if method is not None:
             ctx = ef.TaskContext([batch(spec, generator)], task=task, generator=generator)
-            state, mstate = method.end_task(model, state, mstate, ctx)
+            state, mstate, _ = method.end_task(model, state, mstate, ctx)
         yield Event("finishing", task, state)
         state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         yield Event("finish", task, state)

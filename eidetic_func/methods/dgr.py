@@ -31,6 +31,7 @@ from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import call_logits
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks, Traits
 from eidetic_func.methods.replay import generator_from
 from eidetic_func.ops.forward import train_mode
@@ -198,14 +199,18 @@ class DGR(TaskHooks):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: DGRState, ctx: TaskContext
-    ) -> tuple[EideticState, DGRState]:
+    ) -> tuple[EideticState, DGRState, Decision]:
         task = ctx.task
-        return state, dataclasses.replace(
-            mstate,
-            old_vae=dict(mstate.vae),
-            solver_params=dict(state.params),
-            solver_buffers=dict(state.buffers),
-            heads=tuple(sorted({*mstate.heads, task})),
+        return (
+            state,
+            dataclasses.replace(
+                mstate,
+                old_vae=dict(mstate.vae),
+                solver_params=dict(state.params),
+                solver_buffers=dict(state.buffers),
+                heads=tuple(sorted({*mstate.heads, task})),
+            ),
+            DONE,
         )
 
 

@@ -25,13 +25,35 @@ from eidetic_func.core.errors import ConfigError, DataError, NothingToPrune
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.score import DATA_METHODS, score
+from eidetic_func.methods.decisions import (
+    Continue,
+    Decision,
+    Done,
+    Records,
+    Recover,
+    ScaleLearningRate,
+)
 from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits
+from eidetic_func.methods.schedule import (
+    Measured,
+    NothingLeft,
+    Observation,
+    Prune,
+    Pruned,
+    Recovered,
+    Restore,
+    Save,
+    Schedule,
+    Settings,
+    Stop,
+    Train,
+    start,
+    transition,
+)
 from eidetic_func.ops.bridge import bridge
 from eidetic_func.ops.capacity import capacity
 from eidetic_func.ops.lifecycle import finish_task, recycle, revisit
 from eidetic_func.ops.prune import prune
-from eidetic_func.training.config import as_list
-from eidetic_func.training.loop import TaskProgress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,128 +92,129 @@ class EideticNet:
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, Any]:
+    ) -> tuple[EideticState, Any, Decision]:
+        """One call of the end of task: prune and recover (a decision for the loop) until
+        the schedule stops, then finish and recycle (Done)."""
         config = ctx.config
+        records: Records = ()
         if not (ctx.last or config.last_task):
-            p = ctx.progress
-            if not p.lr_lowered and config.lr_factor < 1.0 and ctx.optimizer is not None:
+            if mstate is None and not ctx.progress.lr_lowered and config.lr_factor < 1.0:
                 # max_epochs ended training before a plateau: still prune at the lowered rate
-                for group in ctx.optimizer.param_groups:
-                    group["lr"] = group["lr"] * config.lr_factor
-                p = dataclasses.replace(p, lr_lowered=True)
-            state, mstate = _prune_phase(model, state, mstate, p, ctx)
+                return state, mstate, ScaleLearningRate(config.lr_factor)
+            if not isinstance(mstate, Pruning):
+                mstate = Pruning(start(config, ctx.progress.best))
+            state, mstate, decision = _drive(model, state, mstate, ctx, config)
+            if not isinstance(decision, Done):
+                return state, mstate, decision
+            records = decision.records
         if config.finish:
             state = finish_task(state, task=ctx.task, forward_transfer=config.forward_transfer)
             state = recycle(state, generator=ctx.generator)
-            ctx.record("finish", pruned_fraction=None)
-        return state, mstate
+            records = (*records, ("finish", {"pruned_fraction": None}))
+        return state, None, Done(records)
 
 
-def _prune_phase(
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    """EideticNet's method state while it prunes a task: where its schedule is, and the
+    last good state while the current one is not (None where it is: what a resumable
+    point holds)."""
+
+    schedule: Schedule
+    snapshot: EideticState | None = None
+
+
+def _drive(
+    model: nn.Module, state: EideticState, pruning: Pruning, ctx: TaskContext, settings: Settings
+) -> tuple[EideticState, Pruning | None, Decision]:
+    """Run the schedule's actions until one is the loop's (save, recover) or it stops."""
+    records: list[tuple[str, dict[str, Any]]] = []
+    s, snapshot = pruning.schedule, pruning.snapshot
+    observation: Observation
+    if s.phase == "recovering":
+        if ctx.metric is None:
+            raise ConfigError("a recovering schedule needs the recovery epoch's metric")
+        observation = Recovered(ctx.metric)
+    else:
+        observation = Measured(capacity(state).pruned_fraction)
+    while True:
+        s, action = transition(settings, s, observation)
+        if isinstance(action, Stop):
+            records.append(("stop", {"reason": action.reason}))
+            if action.restore:
+                assert snapshot is not None
+                state = snapshot
+            return state, None, Done(tuple(records))
+        if isinstance(action, Save):
+            return state, Pruning(s), Continue(tuple(records), resumable=True)
+        if isinstance(action, Train):
+            fields = {
+                "iteration": action.iteration,
+                "epoch": action.epoch,
+                "pruned_fraction": capacity(state).pruned_fraction,
+            }
+            label = f"prune {action.iteration} recovery {action.epoch}"
+            return (
+                state,
+                Pruning(s, snapshot),
+                Recover(label, fields=fields, records=tuple(records)),
+            )
+        if isinstance(action, Prune):
+            snapshot = state  # the checks passed: the state before the step is good
+            state, observation = _prune(model, state, action, ctx, settings)
+            if isinstance(observation, Pruned):
+                records.append(("prune", _prune_fields(action, s.iteration + 1, observation)))
+            continue
+        if isinstance(action, Restore):
+            assert snapshot is not None
+            state, snapshot = snapshot, None
+            records.append(("restore", {"reason": action.reason}))
+        observation = Measured(capacity(state).pruned_fraction)
+
+
+def _prune(
     model: nn.Module,
     state: EideticState,
-    mstate: Any,
-    p: TaskProgress,
+    action: Prune,
     ctx: TaskContext,
-) -> tuple[EideticState, Any]:
-    """Prune and recover until the accuracy leaves the tolerance; the last good state."""
-    config, record = ctx.config, ctx.record
-    if ctx.epoch is None:
-        raise ConfigError("pruning recovers with training epochs: TaskContext.epoch is required")
-    steps = itertools.cycle(as_list(config.pruning_step))
-    kinds = itertools.cycle(as_list(config.pruning_type))
-    for _ in range(p.pruning_iteration):  # resume the cycles where they were
-        next(steps), next(kinds)
-    adaptive = config.pruning_schedule == "adaptive"
-    smallest = min(as_list(config.pruning_step))
-    if adaptive and p.adaptive_step == 0.0:
-        p = dataclasses.replace(p, adaptive_step=config.first_pruning_step)
+    settings: Any,
+) -> tuple[EideticState, Observation]:
+    """Score, prune and bridge one step: the new state and what was observed."""
+    start_time = time.perf_counter()
     data = ctx.score_loader if ctx.score_loader is not None else ctx.loader
-    good = (state, mstate)  # the last state whose accuracy is within tolerance
-    while True:
-        floor = p.best * (1 - config.tolerance)
-        if p.metric < floor:
-            record("stop", reason=f"accuracy {p.metric:.4f} below {floor:.4f}")
-            return good
-        pruned_fraction = capacity(state).pruned_fraction
-        if pruned_fraction > config.max_masking_ratio:
-            record(
-                "stop",
-                reason=f"pruned fraction {pruned_fraction:.3f} above {config.max_masking_ratio}",
-            )
-            return good
-        good, good_metric = (state, mstate), p.metric
-        if p.pruning_iteration > 0:
-            ctx.checkpoint(state, mstate, p)
-        fraction, kind = next(steps), next(kinds)
-        if adaptive:  # of the remaining neurons, never past max_masking_ratio
-            left = 1.0 - pruned_fraction
-            headroom = (config.max_masking_ratio - pruned_fraction) / left if left > 0 else 0.0
-            fraction = min(p.adaptive_step, headroom)
-            if fraction <= 0.0:
-                record("stop", reason=f"pruned fraction at {config.max_masking_ratio}")
-                return good
-        start = time.perf_counter()
-        batches = _take(data, config.score_batches, state) if kind in DATA_METHODS else None
-        scores = score(
-            model,
+    kind = action.kind
+    batches = _take(data, settings.score_batches, state) if kind in DATA_METHODS else None
+    scores = score(
+        model,
+        state,
+        batches,
+        method=kind,
+        task=ctx.task,
+        generator=ctx.generator,
+        reduce=ctx.reduce,
+    )
+    try:
+        pruned = prune(
             state,
-            batches,
+            scores,
+            fraction=action.fraction,
             method=kind,
-            task=ctx.task,
-            generator=ctx.generator,
-            reduce=ctx.reduce,
+            constant_step=settings.constant_step,
         )
-        try:
-            pruned = prune(
-                state,
-                scores,
-                fraction=fraction,
-                method=kind,
-                constant_step=config.constant_step,
-            )
-            state = bridge(pruned)
-        except NothingToPrune as stop:
-            record("stop", reason=str(stop))
-            return good
-        p = dataclasses.replace(p, pruning_iteration=p.pruning_iteration + 1)
-        pruned_fraction = capacity(state).pruned_fraction
-        record(
-            "prune",
-            iteration=p.pruning_iteration,
-            scoring=kind,
-            step=fraction,
-            pruned_fraction=pruned_fraction,
-            seconds=time.perf_counter() - start,
-        )
-        metric = p.metric
-        for recovery in range(config.max_recovery_epochs):
-            start = time.perf_counter()
-            (state, mstate), metric, loss = ctx.epoch(
-                (state, mstate), f"prune {p.pruning_iteration} recovery {recovery + 1}"
-            )
-            p = dataclasses.replace(p, metric=metric)
-            record(
-                "recover",
-                iteration=p.pruning_iteration,
-                epoch=recovery + 1,
-                metric=metric,
-                loss=loss,
-                pruned_fraction=pruned_fraction,
-                seconds=time.perf_counter() - start,
-            )
-            within = metric >= p.best * (1 - config.tolerance)
-            p = dataclasses.replace(p, best=max(p.best, metric))
-            if within:
-                break
-        if adaptive and p.metric < p.best * (1 - config.tolerance):
-            # a failed step: back to the snapshot, and try half the step from there
-            state, mstate = good
-            p = dataclasses.replace(p, metric=good_metric, adaptive_step=p.adaptive_step / 2)
-            record("restore", reason=f"accuracy {metric:.4f} below the tolerance")
-            if p.adaptive_step < smallest:
-                record("stop", reason=f"the adaptive step fell below {smallest}")
-                return good
+        state = bridge(pruned)
+    except NothingToPrune as stop:
+        return state, NothingLeft(str(stop))
+    return state, Pruned(capacity(state).pruned_fraction, time.perf_counter() - start_time)
+
+
+def _prune_fields(action: Prune, iteration: int, observed: Pruned) -> dict[str, Any]:
+    return {
+        "iteration": iteration,
+        "scoring": action.kind,
+        "step": action.fraction,
+        "pruned_fraction": observed.pruned_fraction,
+        "seconds": observed.seconds,
+    }
 
 
 def _take(data: Iterable[Batch], n: int | None, state: EideticState) -> list[Batch]:

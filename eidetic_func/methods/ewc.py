@@ -39,6 +39,7 @@ from eidetic_func.importance.per_sample import (
     cross_entropy_loss,
     take_samples,
 )
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import TaskContext
 from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty, state_batches
 from eidetic_func.ops.forward import train_mode
@@ -203,11 +204,15 @@ class EWC(_FisherMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, EWCState]:
+    ) -> tuple[EideticState, EWCState, Decision]:
         loader, task, generator = ctx.loader, ctx.task, ctx.generator
         fisher = self.task_fisher(model, state, loader, task, generator)
-        return state, EWCState(
-            fishers=(*mstate.fishers, fisher), anchors=(*mstate.anchors, dict(state.params))
+        return (
+            state,
+            EWCState(
+                fishers=(*mstate.fishers, fisher), anchors=(*mstate.anchors, dict(state.params))
+            ),
+            DONE,
         )
 
 
@@ -237,10 +242,10 @@ class OnlineEWC(_FisherMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, OnlineEWCState]:
+    ) -> tuple[EideticState, OnlineEWCState, Decision]:
         loader, task, generator = ctx.loader, ctx.task, ctx.generator
         fisher = self.task_fisher(model, state, loader, task, generator)
-        return state, online_update(mstate, fisher, state.params, self.gamma)
+        return state, online_update(mstate, fisher, state.params, self.gamma), DONE
 
 
 def online_update(

@@ -37,6 +37,7 @@ from eidetic_func.core.errors import ConfigError, NonFiniteError, ShapeError
 from eidetic_func.core.pytree import pytree_dataclass
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks
 from eidetic_func.methods.replay import (
     Samples,
@@ -246,14 +247,14 @@ class _Episodic(TaskHooks):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: EpisodicState, ctx: TaskContext
-    ) -> tuple[EideticState, EpisodicState]:
+    ) -> tuple[EideticState, EpisodicState, Decision]:
         """Store ``memory_per_task`` examples of ``task`` drawn uniformly from ``loader``."""
         loader, task, generator = ctx.loader, ctx.task, ctx.generator
         device = next(iter(state.params.values())).device
         new = sample_loader(
             loader, self.memory_per_task, task=task, generator=generator, device=device
         )
-        return state, dataclasses.replace(mstate, memory=concat_samples(mstate.memory, new))
+        return state, dataclasses.replace(mstate, memory=concat_samples(mstate.memory, new)), DONE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from eidetic_func.core.errors import DataError
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import BaseMethod, StepPlan, TaskContext, Traits
 from eidetic_func.methods.regularizer import state_batches
 from eidetic_func.training.step import Apply
@@ -93,7 +94,7 @@ class Joint(BaseMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, JointState]:
+    ) -> tuple[EideticState, JointState, Decision]:
         loader, task = ctx.loader, ctx.task
         xs, ys, seen = [], [], 0
         for x, y in state_batches(loader, state):
@@ -107,9 +108,13 @@ class Joint(BaseMethod):
         limit = self.max_samples_per_task
         inputs, targets = torch.cat(xs)[:limit], torch.cat(ys)[:limit]
         keep = [i for i, t in enumerate(mstate.tasks) if t != task]  # a revisit replaces
-        return state, JointState(
-            inputs=(*(mstate.inputs[i] for i in keep), inputs),
-            targets=(*(mstate.targets[i] for i in keep), targets),
-            tasks=(*(mstate.tasks[i] for i in keep), task),
-            steps=mstate.steps,
+        return (
+            state,
+            JointState(
+                inputs=(*(mstate.inputs[i] for i in keep), inputs),
+                targets=(*(mstate.targets[i] for i in keep), targets),
+                tasks=(*(mstate.tasks[i] for i in keep), task),
+                steps=mstate.steps,
+            ),
+            DONE,
         )

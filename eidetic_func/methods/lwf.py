@@ -26,6 +26,7 @@ from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import call_logits
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import TaskContext
 from eidetic_func.methods.regularizer import RegularizedMethod
 from eidetic_func.ops.forward import train_mode
@@ -95,7 +96,11 @@ class LwF(RegularizedMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, LwFState]:
+    ) -> tuple[EideticState, LwFState, Decision]:
         task = ctx.task
         heads = tuple(sorted({*mstate.heads, task}))
-        return state, LwFState(params=dict(state.params), buffers=dict(state.buffers), heads=heads)
+        return (
+            state,
+            LwFState(params=dict(state.params), buffers=dict(state.buffers), heads=heads),
+            DONE,
+        )

@@ -35,6 +35,7 @@ from eidetic_func.importance.per_sample import (
     squared_norm_loss,
     take_samples,
 )
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import TaskContext
 from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty, state_batches
 
@@ -126,7 +127,7 @@ class MAS(RegularizedMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, MASState]:
+    ) -> tuple[EideticState, MASState, Decision]:
         loader, task = ctx.loader, ctx.task
         importance = mas_importance(
             model,
@@ -138,4 +139,4 @@ class MAS(RegularizedMethod):
             implementation=self.implementation,
             chunk_size=self.chunk_size,
         )
-        return state, mas_update(mstate, importance, state.params)
+        return state, mas_update(mstate, importance, state.params), DONE

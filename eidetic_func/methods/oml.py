@@ -30,6 +30,7 @@ from eidetic_func.core.pytree import pytree_dataclass
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import call_logits
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks, Traits
 from eidetic_func.methods.replay import (
     ReservoirBuffer,
@@ -137,5 +138,5 @@ class OML(TaskHooks):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: OMLState, ctx: TaskContext
-    ) -> tuple[EideticState, OMLState]:
-        return state, mstate
+    ) -> tuple[EideticState, OMLState, Decision]:
+        return state, mstate, DONE

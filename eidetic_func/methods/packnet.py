@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from eidetic_func.core.errors import ConfigError, TaskError
 from eidetic_func.core.state import FREE, EideticState
 from eidetic_func.core.types import Batch
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import BaseMethod, TaskContext, Traits
 from eidetic_func.training.step import train_step
 
@@ -146,12 +147,12 @@ class PackNet(BaseMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: None, ctx: TaskContext
-    ) -> tuple[EideticState, None]:
+    ) -> tuple[EideticState, None, Decision]:
         """Prune, retrain, then own what survived (and the shared entries, at task 0)."""
         loader, task = ctx.loader, ctx.task
         state = magnitude_prune(state, self.prune_ratio, packnet_prunable(state))
         state = self.retrain(model, state, loader, task=task)
-        return own_entries(state, task=task, entries=self.claims(state, task)), mstate
+        return own_entries(state, task=task, entries=self.claims(state, task)), mstate, DONE
 
     def retrain(
         self, model: nn.Module, state: EideticState, loader: Iterable[Batch], *, task: int

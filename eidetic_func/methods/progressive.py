@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.packnet import own_entries
 from eidetic_func.methods.protocol import BaseMethod, TaskContext, Traits
 from eidetic_func.ops.lifecycle import recycle
@@ -70,10 +71,10 @@ class Progressive(BaseMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: None, ctx: TaskContext
-    ) -> tuple[EideticState, None]:
+    ) -> tuple[EideticState, None, Decision]:
         """Own column ``task``; re-initialize the later (free) columns from ``generator``."""
         task, generator = ctx.task, ctx.generator
         if not isinstance(model, ColumnModel):
             raise ConfigError(f"{type(model).__name__} has no columns (column_prefixes)")
         state = own_column(state, model, task=task)
-        return recycle(state, generator=generator), mstate
+        return recycle(state, generator=generator), mstate, DONE

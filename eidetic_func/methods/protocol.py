@@ -10,12 +10,15 @@ pure functions thread an immutable method state ``mstate`` next to the
   state after the step). :func:`method_step` runs the plan as one :func:`train_step`;
 - ``begin_task(state, mstate, *, task, ctx)`` → ``(state, mstate)`` before a task is
   trained;
-- ``end_task(model, state, mstate, ctx)`` → ``(state, mstate)`` once the task is learned
-  (:class:`TaskContext` holds the task's data and the means to train more epochs): importance,
-  anchors, memories, or EideticNet's prune → recover → finish → recycle.
+- ``end_task(model, state, mstate, ctx)`` → ``(state, mstate, decision)`` once the task is
+  learned (:class:`TaskContext` is plain data: the task's data, settings, progress):
+  importance, anchors, memories, or a step of EideticNet's prune → recover → finish →
+  recycle. The decision (:mod:`eidetic_func.methods.decisions`) is what the task loop does
+  next: train more epochs, lower the learning rate, save a checkpoint, or nothing (Done).
 
-Methods compose with :func:`chain` (``chain(EWC(), ER())``): penalties add, gradient
-transforms apply in order, task ends run in order, each member keeps its own state.
+Methods compose with :func:`~eidetic_func.methods.chain.chain` (``chain(EWC(), ER())``):
+penalties add, gradient transforms apply in order, task ends run in order, each member
+keeps its own state.
 What the shell needs to know of a method is in its :class:`Traits`, never its name.
 """
 
@@ -29,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn
 from eidetic_func.importance.taylor import Reduce
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.loop import TaskProgress
 from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetrics, train_step
@@ -41,8 +44,6 @@ from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetr
 Penalty = Callable[[Apply, dict[str, Tensor]], Tensor | None]
 # update(state before the step, state after it) -> the method state after the step
 Update = Callable[[EideticState, EideticState], Any]
-# epoch((state, mstate), label) -> ((state, mstate), training metric, mean loss)
-Epoch = Callable[[tuple[EideticState, Any], str], tuple[tuple[EideticState, Any], float, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,22 +94,17 @@ class StepPlan:
     update: Update | None = None
 
 
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    """A record or checkpoint callback that keeps nothing."""
-
-
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
-    """What a method sees when task ``task`` ends.
+    """What a method sees when task ``task`` ends (plain data: the loop acts on what the
+    method decides, :mod:`eidetic_func.methods.decisions`).
 
     ``loader``: the task's training data; ``generator``: the run's generator for random
-    choices; ``config``: how tasks are trained and pruned; ``last``: nothing is trained
-    after this task;
-    ``progress``: where the task is (a resumed run may be mid-way); ``epoch``: trains one
-    more epoch with the whole method's step; ``record(phase, **fields)`` adds to the
-    history; ``checkpoint(state, mstate, progress)`` saves a resumable point;
-    ``score_loader``: data for importance scores; ``reduce``: sums over data-parallel
-    processes; ``optimizer``: the task's optimizer (its learning rate may be lowered).
+    choices; ``config``: how tasks are trained; ``last``: nothing is trained after this
+    task; ``progress``: where the task is (a resumed run may be mid-way); ``metric``: the
+    last epoch's metric after a :class:`~eidetic_func.methods.decisions.Recover` (None on
+    the first call); ``score_loader``: data for importance scores; ``reduce``: sums over
+    data-parallel processes.
     """
 
     loader: Iterable[Batch]
@@ -117,12 +113,9 @@ class TaskContext:
     config: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     last: bool = False
     progress: TaskProgress = dataclasses.field(default_factory=TaskProgress)
-    epoch: Epoch | None = None
-    record: Callable[..., None] = _ignore
-    checkpoint: Callable[[EideticState, Any, TaskProgress], None] = _ignore
+    metric: float | None = None
     score_loader: Iterable[Batch] | None = None
     reduce: Reduce | None = None
-    optimizer: torch.optim.Optimizer | None = None
 
     def replace(self, **changes: Any) -> TaskContext:
         return dataclasses.replace(self, **changes)
@@ -147,7 +140,7 @@ class Method(Protocol):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, Any]: ...
+    ) -> tuple[EideticState, Any, Decision]: ...
 
 
 class TaskHooks:
@@ -162,8 +155,8 @@ class TaskHooks:
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, Any]:
-        return state, mstate
+    ) -> tuple[EideticState, Any, Decision]:
+        return state, mstate, DONE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +227,7 @@ def method_step(
         task=task,
         loss_fn=loss_fn,
         objective=objective,
-        grad_transform=_compose([grad_transform, plan.grad_transform]),
+        grad_transform=compose_transforms([grad_transform, plan.grad_transform]),
         compiled=compiled,
     )
     return new, (mstate if plan.update is None else plan.update(state, new)), metrics
@@ -257,7 +250,7 @@ def _with_penalty(
     return total
 
 
-def _compose(transforms: list[GradTransform | None]) -> GradTransform | None:
+def compose_transforms(transforms: list[GradTransform | None]) -> GradTransform | None:
     given = [t for t in transforms if t is not None]
     if len(given) <= 1:
         return given[0] if given else None
@@ -270,140 +263,6 @@ def _compose(transforms: list[GradTransform | None]) -> GradTransform | None:
         return grads
 
     return composed
-
-
-def _sum_penalties(penalties: list[Penalty]) -> Penalty | None:
-    if len(penalties) <= 1:
-        return penalties[0] if penalties else None
-
-    def total(apply: Apply, params: dict[str, Tensor]) -> Tensor | None:
-        total: Tensor | None = None
-        for penalty in penalties:
-            term = penalty(apply, params)
-            if term is not None:
-                total = term if total is None else total + term
-        return total
-
-    return total
-
-
-@dataclasses.dataclass(frozen=True)
-class Chain:
-    """Methods applied together; the state is the tuple of their states (see :func:`chain`)."""
-
-    methods: tuple[Method, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.methods) < 2:
-            raise ConfigError("a chain combines at least two methods")
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"a chain lists each method once, got {names}")
-        networks = {traits(m).network for m in self.methods} - {None}
-        if len(networks) > 1:
-            raise ConfigError(f"{' and '.join(names)} need different networks: {networks}")
-        owners = [m.name for m in self.methods if traits(m).owns]
-        if len(owners) > 1:
-            raise ConfigError(
-                f"{' and '.join(owners)} each end a task by owning what it uses and moving to "
-                "the next task; a chain may hold only one of them"
-            )
-
-    @property
-    def name(self) -> str:
-        return "+".join(m.name for m in self.methods)
-
-    @property
-    def traits(self) -> Traits:
-        each = [traits(m) for m in self.methods]
-        return Traits(
-            data_parallel=all(t.data_parallel for t in each),
-            task_incremental=any(t.task_incremental for t in each),
-            router=any(t.router for t in each),
-            revisits=all(t.revisits for t in each),
-            network=next((t.network for t in each if t.network is not None), None),
-            grows=all(t.grows for t in each),
-            owns=any(t.owns for t in each),
-        )
-
-    def init(self, model: nn.Module, state: EideticState) -> tuple[Any, ...]:
-        return tuple(m.init(model, state) for m in self.methods)
-
-    def plan(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        mstate: tuple[Any, ...],
-        batch: Batch,
-        *,
-        task: int,
-    ) -> StepPlan:
-        plans = [m.plan(model, state, s, batch, task=task) for m, s in zip(self.methods, mstate)]
-        objectives = [p.objective for p in plans if p.objective is not None]
-        if len(objectives) > 1:
-            own = [m.name for m, p in zip(self.methods, plans) if p.objective is not None]
-            raise ConfigError(
-                f"{' and '.join(own)} each define the step's whole loss: chain only one of them"
-            )
-
-        def update(before: EideticState, after: EideticState) -> tuple[Any, ...]:
-            return tuple(
-                s if p.update is None else p.update(before, after) for s, p in zip(mstate, plans)
-            )
-
-        return StepPlan(
-            objective=objectives[0] if objectives else None,
-            penalty=_sum_penalties([p.penalty for p in plans if p.penalty is not None]),
-            grad_transform=_compose([p.grad_transform for p in plans]),
-            update=update if any(p.update is not None for p in plans) else None,
-        )
-
-    def begin_task(
-        self, state: EideticState, mstate: tuple[Any, ...], *, task: int, ctx: TaskContext
-    ) -> tuple[EideticState, tuple[Any, ...]]:
-        states = list(mstate)
-        for i, m in enumerate(self.methods):
-            state, states[i] = m.begin_task(state, states[i], task=task, ctx=ctx)
-        return state, tuple(states)
-
-    def end_task(
-        self, model: nn.Module, state: EideticState, mstate: tuple[Any, ...], ctx: TaskContext
-    ) -> tuple[EideticState, tuple[Any, ...]]:
-        states = list(mstate)
-        # resumed mid-way: the members before the checkpointed one had ended the task already
-        for i in range(ctx.progress.end_member, len(self.methods)):
-            member = _member_context(ctx, states, i)
-            state, states[i] = self.methods[i].end_task(model, state, states[i], member)
-        return state, tuple(states)
-
-
-def _member_context(ctx: TaskContext, states: list[Any], i: int) -> TaskContext:
-    """``ctx`` as member ``i`` of a chain sees it: its own state in, the chain's epochs and
-    checkpoints run on the whole state (``states`` is kept current)."""
-    epoch = ctx.epoch
-
-    def member_epoch(
-        carry: tuple[EideticState, Any], label: str
-    ) -> tuple[tuple[EideticState, Any], float, float]:
-        assert epoch is not None
-        states[i] = carry[1]
-        (state, whole), metric, loss = epoch((carry[0], tuple(states)), label)
-        states[:] = list(whole)
-        return (state, states[i]), metric, loss
-
-    def member_checkpoint(state: EideticState, mstate: Any, progress: TaskProgress) -> None:
-        states[i] = mstate
-        ctx.checkpoint(state, tuple(states), dataclasses.replace(progress, end_member=i))
-
-    return ctx.replace(epoch=None if epoch is None else member_epoch, checkpoint=member_checkpoint)
-
-
-def chain(*methods: Method) -> Chain:
-    """The methods together, in order: ``chain(EWC(), ER())`` (nested chains flatten)."""
-    flat: list[Method] = []
-    for m in methods:
-        flat.extend(m.methods if isinstance(m, Chain) else [m])
-    return Chain(tuple(flat))
 
 
 def advance(state: EideticState, task: int) -> EideticState:

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from eidetic_func.core.errors import ConfigError
+from eidetic_func.methods.chain import chain
 from eidetic_func.methods.dgr import DGR
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.ewc import EWC, OnlineEWC
@@ -23,7 +24,7 @@ from eidetic_func.methods.mas import MAS
 from eidetic_func.methods.oml import OML
 from eidetic_func.methods.packnet import PackNet
 from eidetic_func.methods.progressive import Progressive
-from eidetic_func.methods.protocol import Method, chain
+from eidetic_func.methods.protocol import Method
 from eidetic_func.methods.replay import DER, DERPP, ER
 from eidetic_func.methods.si import SI
 

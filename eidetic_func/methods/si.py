@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from eidetic_func.core import validate
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
+from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import TaskContext
 from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty
 
@@ -112,5 +113,5 @@ class SI(RegularizedMethod):
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, SIState]:
-        return state, si_consolidate(mstate, state.params, self.xi)
+    ) -> tuple[EideticState, SIState, Decision]:
+        return state, si_consolidate(mstate, state.params, self.xi), DONE

@@ -48,6 +48,7 @@ from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import takes_task
+from eidetic_func.methods.decisions import Done
 from eidetic_func.methods.joint import Joint
 from eidetic_func.methods.protocol import Method, TaskContext
 
@@ -116,7 +117,11 @@ class Synapse:
         """Close task ``task``: importance, anchors or old outputs from ``loader``'s batches."""
         self._settle()
         ctx = TaskContext(loader=loader, task=task, generator=self.generator)
-        _, self.mstate = self.method.end_task(self.model, self.snapshot(task), self.mstate, ctx)
+        _, self.mstate, decision = self.method.end_task(
+            self.model, self.snapshot(task), self.mstate, ctx
+        )
+        if not isinstance(decision, Done):
+            raise ConfigError(f"{self.method.name} ends a task by training more: use train_task")
 
     def _apply(self, x: Tensor, head: int) -> Tensor:
         return self.model(x, task=head) if takes_task(self.model) else self.model(x)

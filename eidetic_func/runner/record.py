@@ -158,7 +158,7 @@ def _record(tree: Mapping[str, Any], meta: dict[str, Any], extra: dict[str, Any]
         raise CheckpointError(f"the run record's after_finish is {after!r}, not rows by task")
     try:
         mstate = decode_state(extra.get("method"))
-        task = None if progress is None else TaskProgress(**progress)
+        task = None if progress is None else TaskProgress.from_dict(progress)
     except (TypeError, ValueError, EideticError) as e:
         raise CheckpointError(f"the run record's method or task state is not valid: {e}") from e
     return RunRecord(

@@ -22,6 +22,7 @@ from torch import nn
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn, Record
+from eidetic_func.methods.decisions import Done, Recover, ScaleLearningRate
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.protocol import Method, TaskContext, advance, method_step, traits
 from eidetic_func.training.config import TrainConfig
@@ -31,6 +32,7 @@ from eidetic_func.training.loop import (
     device_of,
     learning_rates,
     run_epoch,
+    scale_learning_rates,
     set_learning_rates,
     train_until_plateau,
 )
@@ -93,7 +95,7 @@ def train_task(
     if not p.lrs:
         p = dataclasses.replace(p, lrs=learning_rates(optimizer))
     history: list[Record] = []
-    ctx = _context(
+    ctx, shell = _context(
         model,
         state,
         loader,
@@ -109,7 +111,6 @@ def train_task(
         progress=progress,
         checkpoint=checkpoint,
         parallel=parallel,
-        resume_at=p,
         history=history,
     )
     if resume is None:
@@ -117,27 +118,76 @@ def train_task(
     check_trainable(state, task)
     carry = (state, mstate)
     if p.phase == "train":
-        assert ctx.epoch is not None
         carry, p = train_until_plateau(
-            ctx.epoch,
+            shell.epoch,
             carry,
             p,
             config=config,
             optimizer=optimizer,
-            record=ctx.record,
-            after_epoch=lambda c, q: ctx.checkpoint(c[0], c[1], q),
+            record=shell.record,
+            after_epoch=lambda c, q: shell.save(c[0], c[1], q),
         )
         p = dataclasses.replace(p, phase="end", metric=p.best)
-        ctx.checkpoint(*carry, p)
+        shell.save(*carry, p)
     start = time.perf_counter()
-    state, mstate = method.end_task(model, *carry, ctx.replace(progress=p))
-    ctx.record("end_task", seconds=time.perf_counter() - start)
+    (state, mstate), p = _end_task(method, model, carry, p, ctx, shell)
+    shell.record("end_task", seconds=time.perf_counter() - start)
     set_learning_rates(optimizer, p.lrs)  # the next task starts where this one did
     if state.task == task and config.finish:  # the method did not finish the task itself
         state = advance(state, task)
     parallel.check_identical(state, f"after task {task}")
-    ctx.checkpoint(state, mstate, dataclasses.replace(p, phase="done"))
+    shell.save(state, mstate, dataclasses.replace(p, phase="done"))
     return state, mstate, history
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shell:
+    """What the loop does for a task: train one epoch of the method's step (``label``),
+    add to the history, save a resumable point."""
+
+    epoch: Callable[[TaskCarry, str], tuple[TaskCarry, float, float]]
+    record: Callable[..., None]
+    save: Callable[[EideticState, Any, TaskProgress], None]
+    optimizer: torch.optim.Optimizer
+
+
+def _end_task(
+    method: Method,
+    model: nn.Module,
+    carry: TaskCarry,
+    p: TaskProgress,
+    ctx: TaskContext,
+    shell: _Shell,
+) -> tuple[TaskCarry, TaskProgress]:
+    """Call the method's end of task and execute its decisions until it is Done."""
+    metric: float | None = None
+    while True:
+        ctx = ctx.replace(progress=p, metric=metric)
+        state, mstate, decision = method.end_task(model, *carry, ctx)
+        carry = (state, mstate)
+        for phase, fields in decision.records:
+            shell.record(phase, **fields)
+        if decision.resumable:
+            shell.save(state, mstate, p)
+        if isinstance(decision, Done):
+            return carry, p
+        if isinstance(decision, ScaleLearningRate):
+            scale_learning_rates(shell.optimizer, decision.factor)
+            p = dataclasses.replace(p, lr_lowered=True)
+        elif isinstance(decision, Recover):
+            carry, metric = _recover(carry, decision, shell)
+
+
+def _recover(carry: TaskCarry, decision: Recover, shell: _Shell) -> tuple[TaskCarry, float]:
+    """The decision's epochs, each recorded: the carry and the last epoch's metric."""
+    metric = 0.0
+    for k in range(decision.epochs):
+        start = time.perf_counter()
+        label = decision.label if decision.epochs == 1 else f"{decision.label} ({k + 1})"
+        carry, metric, loss = shell.epoch(carry, label)
+        seconds = time.perf_counter() - start
+        shell.record(decision.phase, **decision.fields, metric=metric, loss=loss, seconds=seconds)
+    return carry, metric
 
 
 def _context(
@@ -157,11 +207,10 @@ def _context(
     progress: bool,
     checkpoint: CheckpointCallback | None,
     parallel: Parallel | Single,
-    resume_at: TaskProgress,
     history: list[Record],
-) -> TaskContext:
-    """The task's context: its epoch (the method's steps over ``loader``, measured on
-    ``stop_loader`` if given), its history record and its checkpoint callback."""
+) -> tuple[TaskContext, _Shell]:
+    """The task's context (data) and its shell: its epoch (the method's steps over
+    ``loader``, measured on ``stop_loader`` if given), history record and checkpoint."""
     latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
 
     def record(phase: str, **fields: Any) -> None:
@@ -192,20 +241,16 @@ def _context(
         if checkpoint is not None:
             checkpoint(s, ms, q, history)
 
-    return TaskContext(
+    ctx = TaskContext(
         loader=loader,
         task=task,
         generator=generator,
         config=config,
         last=last,
-        progress=resume_at,
-        epoch=epoch,
-        record=record,
-        checkpoint=save,
         score_loader=score_loader,
         reduce=parallel.score_reduce,
-        optimizer=optimizer,
     )
+    return ctx, _Shell(epoch=epoch, record=record, save=save, optimizer=optimizer)
 
 
 def _stepper(

@@ -29,19 +29,17 @@ TaskCarry = tuple[EideticState, Any]
 
 @dataclasses.dataclass(frozen=True)
 class TaskProgress:
-    """Where a task's training is: enough to resume it after an epoch or a pruning step."""
+    """Where a task's training is: enough to resume it after an epoch or at a resumable
+    point of its end (the method's own progress there is in its method state)."""
 
     phase: str = "train"  # "train" → "end" → "done"
     epoch: int = 0
     best: float = 0.0
     best_epoch: int = 0
     metric: float = 0.0
-    pruning_iteration: int = 0
     lrs: tuple[float, ...] = ()  # the optimizer's learning rates when the task started
     lr_lowered: bool = False  # ``lr_factor`` has been applied in this task
     stopping: bool = False  # the plateau is reached: one more training epoch, then end
-    adaptive_step: float = 0.0  # the adaptive pruning schedule's next step (0: not started)
-    end_member: int = 0  # in a chain: the member whose end of task was checkpointed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
@@ -50,6 +48,13 @@ class TaskProgress:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TaskProgress:
+        """The progress a checkpoint holds; the pruning fields of earlier versions (now the
+        method's state) are dropped, so such a point resumes at the start of the task's end."""
+        retired = ("pruning_iteration", "adaptive_step", "end_member")
+        return cls(**{k: v for k, v in saved.items() if k not in retired})
 
 
 def train_until_plateau(
@@ -89,7 +94,7 @@ def train_until_plateau(
         stopping = metric >= 1.0 or (metric < p.best and p.epoch - p.best_epoch > config.patience)
         p = dataclasses.replace(p, stopping=stopping)
         if stopping and config.lr_factor < 1.0 and not p.lr_lowered:
-            _scale_lr(optimizer, config.lr_factor)
+            scale_learning_rates(optimizer, config.lr_factor)
             p = dataclasses.replace(p, lr_lowered=True)
         if metric > p.best:
             p = dataclasses.replace(p, best=metric, best_epoch=p.epoch)
@@ -143,6 +148,7 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -
         group["lr"] = lr
 
 
-def _scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+def scale_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every parameter group's learning rate by ``factor``."""
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * factor

@@ -57,7 +57,7 @@ def test_replay_starts_with_the_second_task_and_the_state_is_never_mutated() -> 
     for k, v in mstate.vae.items():
         assert torch.equal(v, before[k]), "the method state passed in was modified"
     assert any(not torch.equal(after.vae[k], before[k]) for k in before), "the VAE trained"
-    _, ended = method.end_task(
+    _, ended, _ = method.end_task(
         model, state, after, TaskContext([batch], task=0, generator=torch.Generator())
     )
     assert ended.heads == (0,)

@@ -83,7 +83,7 @@ def test_packnet_end_task_owns_kept_weights_its_head_and_the_shared_entries() ->
         state, mstate, _ = method_step(
             method, model, state, mstate, batch, optimizer=optimizer, task=0
         )
-    done, _ = method.end_task(
+    done, _, _ = method.end_task(
         model,
         state,
         mstate,
@@ -124,7 +124,7 @@ def test_packnet_tasks_are_bit_identical_after_later_tasks_with_one_adamw(bn: bo
                     method, model, state, mstate, batch, optimizer=optimizer, task=t
                 )
         assert any(not torch.equal(start[k], state.params[k]) for k in state.params)  # it trains
-        state, mstate = method.end_task(
+        state, mstate, _ = method.end_task(
             model,
             state,
             mstate,
@@ -249,7 +249,7 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
                 )
         mine = [k for k in state.params if k.startswith(model.column_prefixes(t))]
         assert all(not torch.equal(start[k], state.params[k]) for k in mine)  # laterals train too
-        state, mstate = method.end_task(
+        state, mstate, _ = method.end_task(
             model,
             state,
             mstate,

@@ -300,10 +300,10 @@ def test_mas_sums_importance_over_tasks() -> None:
     method = MAS(reg_lambda=0.5)
     mstate = method.init(model, state)
     loader = [(torch.randn(4, 3, dtype=torch.float64), torch.zeros(4))]
-    _, once = method.end_task(
+    _, once, _ = method.end_task(
         model, state, mstate, TaskContext(loader, task=0, generator=torch.Generator())
     )
-    _, twice = method.end_task(
+    _, twice, _ = method.end_task(
         model, state, once, TaskContext(loader, task=1, generator=torch.Generator())
     )
     assert torch.allclose(twice.importance["linear.weight"], 2 * once.importance["linear.weight"])
@@ -338,10 +338,10 @@ def test_lwf_regularizer_distils_every_earlier_head_with_the_old_parameters() ->
     state = ef.init(model)
     method = LwF(lambda_o=0.5)
     mstate = method.init(model, state)
-    _, mstate = method.end_task(
+    _, mstate, _ = method.end_task(
         model, state, mstate, TaskContext([], task=0, generator=torch.Generator())
     )
-    _, mstate = method.end_task(
+    _, mstate, _ = method.end_task(
         model, state, mstate, TaskContext([], task=1, generator=torch.Generator())
     )
     assert mstate.heads == (0, 1)
@@ -398,7 +398,7 @@ def test_methods_never_mutate_their_inputs_and_states_are_pytrees(method: Any) -
             _assert_same(mstate, m_print)
             state, mstate = new, new_m
         s_print, m_print = _fingerprint(state), _fingerprint(mstate)
-        new, new_m = method.end_task(
+        new, new_m, _ = method.end_task(
             model, state, mstate, TaskContext(data, task=task, generator=g)
         )
         _assert_same(state, s_print)
@@ -444,7 +444,7 @@ def test_joint_mixes_an_equal_batch_of_every_stored_task_reproducibly() -> None:
     method = Joint(seed=5)
     mstate = method.init(model, state)
     old = [(torch.randn(10, 4), torch.randint(0, 2, (10,))) for _ in range(2)]
-    state, mstate = method.end_task(
+    state, mstate, _ = method.end_task(
         model, state, mstate, TaskContext(old, task=0, generator=torch.Generator())
     )
     state = state.replace(task=1)

@@ -444,7 +444,7 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
             state, mstate, _ = method_step(
                 method, model, state, mstate, (x, y), optimizer=optimizer, task=t
             )
-        state, mstate = method.end_task(
+        state, mstate, _ = method.end_task(
             model,
             state,
             mstate,

@@ -13,7 +13,9 @@ from eidetic_func.models import MLP
 
 import eidetic_func as ef
 from eidetic_func.methods import DER, ER, EWC, GEM, MAS, SI, FineTune, ReplayState
-from eidetic_func.methods.protocol import StepPlan, TaskContext, chain, method_step, traits
+from eidetic_func.methods.chain import chain
+from eidetic_func.methods.eidetic import Pruning
+from eidetic_func.methods.protocol import StepPlan, TaskContext, method_step, traits
 from eidetic_func.methods.registry import create
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
@@ -53,14 +55,15 @@ def _ended(method: Any, model: MLP) -> tuple[ef.EideticState, Any]:
 def test_a_chain_adds_its_members_penalties_to_the_task_loss() -> None:
     ewc, mas = EWC(lambda_ewc=50.0), MAS(reg_lambda=3.0)
     model = _model()
-    state, (ewc_state, mas_state) = _ended(chain(ewc, mas), model)
+    state, ended = _ended(chain(ewc, mas), model)
+    ewc_state, mas_state = ended["ewc"], ended["mas"]
     moved = state.replace(params={k: v + 0.05 for k, v in state.params.items()})
     x, y = _data(1)[0]
     _, _, metrics = method_step(
         chain(ewc, mas),
         model,
         moved,
-        (ewc_state, mas_state),
+        ended,
         (x, y),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
         task=1,
@@ -79,7 +82,8 @@ def test_a_chain_adds_its_members_penalties_to_the_task_loss() -> None:
 def test_a_chain_keeps_each_members_state_and_ends_tasks_in_order() -> None:
     method = chain(EWC(), ER(buffer_size=40, buffer_sample_size=8))
     model = _model()
-    state, (ewc_state, er_state) = _ended(method, model)
+    state, ended = _ended(method, model)
+    ewc_state, er_state = ended["ewc"], ended["er"]
     assert state.task == 1
     assert len(ewc_state.fishers) == 1, "EWC estimated its Fisher at the end of task 0"
     assert isinstance(er_state, ReplayState)
@@ -98,7 +102,7 @@ def test_a_chain_of_one_method_steps_exactly_like_the_method() -> None:
             state, mstate, _ = method_step(
                 method, model, state, mstate, (x, y), optimizer=opt, task=0
             )
-        results.append((state, mstate if method.name == "si" else mstate[0]))
+        results.append((state, mstate if method.name == "si" else mstate["si"]))
     (a, ma), (b, mb) = results
     for k in a.params:
         assert torch.equal(a.params[k], b.params[k]), k
@@ -205,7 +209,8 @@ def test_a_plan_update_sees_the_state_before_and_after_the_step() -> None:
 
 
 def test_progress_saved_mid_pruning_by_earlier_versions_resumes_at_the_end_of_the_task() -> None:
-    assert ef.TaskProgress(phase="prune", pruning_iteration=3).phase == "end"
+    saved = {"phase": "prune", "pruning_iteration": 3, "adaptive_step": 0.25, "end_member": 1}
+    assert ef.TaskProgress.from_dict(saved).phase == "end"
 
 
 def test_a_chain_resumed_mid_pruning_ends_its_earlier_members_only_once() -> None:
@@ -237,13 +242,13 @@ def test_a_chain_resumed_mid_pruning_ends_its_earlier_members_only_once() -> Non
         saved.append((s, ms, p, copy.deepcopy(opt.state_dict()), g.get_state()))
 
     reference, reference_m, _ = run(mstate=method.init(model, state), checkpoint=keep)
-    mid = [e for e in saved if e[2].phase == "end" and e[2].pruning_iteration > 0]
-    assert mid and mid[0][2].end_member == 1, "a checkpoint inside EideticNet's pruning"
+    mid = [e for e in saved if isinstance(e[1]["eidetic"], Pruning)]
+    assert mid and mid[0][1].ending == 1, "a checkpoint inside EideticNet's pruning"
     state, mstate, progress, opt_state, g_state = mid[0]
     model, _, opt, g = fresh()
     opt.load_state_dict(opt_state)
     g.set_state(g_state)
     resumed, resumed_m, _ = run(mstate=mstate, resume=progress)
-    assert len(resumed_m[0].fishers) == len(reference_m[0].fishers) == 1
+    assert len(resumed_m["ewc"].fishers) == len(reference_m["ewc"].fishers) == 1
     for k in reference.params:
         assert torch.equal(resumed.params[k], reference.params[k]), k

@@ -9,6 +9,7 @@ import torch
 from eidetic_func.models import MLP
 
 import eidetic_func as ef
+from eidetic_func.methods.eidetic import Pruning
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.loop import TaskProgress
@@ -272,7 +273,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     saved = []
 
     def keep(s: ef.EideticState, ms: object, p: TaskProgress, h: list) -> None:
-        saved.append((s, p, _opt_copy(opt), g.get_state()))
+        saved.append((s, p, _opt_copy(opt), g.get_state(), ms))
 
     reference, _, reference_history = train_task(
         model,
@@ -287,12 +288,14 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     )
     reference_steps = [h["step"] for h in reference_history if h["phase"] == "prune"]
     mid_training = [entry for entry in saved if entry[1].phase == "train"]
-    mid_pruning = [e for e in saved if e[1].phase == "end" and e[1].pruning_iteration > 0]
+    mid_pruning = [e for e in saved if isinstance(e[4], Pruning)]
     assert mid_training, "expected a checkpoint after a training epoch"
     assert mid_pruning, "expected a checkpoint after a pruning step"
+    assert all(e[4].schedule.iteration > 0 and e[4].snapshot is None for e in mid_pruning)
     if schedule == "adaptive":  # a checkpoint after a halved step must resume at that step
-        assert any(e[1].adaptive_step < config.first_pruning_step for e in mid_pruning)
-    for s, p, opt_state, g_state in (mid_training[0], mid_pruning[0], mid_pruning[-1]):
+        halved = [e[4].schedule.adaptive_step < config.first_pruning_step for e in mid_pruning]
+        assert any(halved)
+    for s, p, opt_state, g_state, ms in (mid_training[0], mid_pruning[0], mid_pruning[-1]):
         model, _, opt, g = fresh()
         opt.load_state_dict(opt_state)
         g.set_state(g_state)
@@ -306,6 +309,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
             generator=g,
             progress=False,
             resume=p,
+            mstate=ms,
         )
         steps = [h["step"] for h in history if h["phase"] == "prune"]
         assert steps == reference_steps[len(reference_steps) - len(steps) :], p
