@@ -26,12 +26,12 @@ from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.score import DATA_METHODS, score
 from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits
-from eidetic_func.training.loop import TaskProgress
 from eidetic_func.ops.bridge import bridge
 from eidetic_func.ops.capacity import capacity
 from eidetic_func.ops.lifecycle import finish_task, recycle, revisit
 from eidetic_func.ops.prune import prune
 from eidetic_func.training.config import as_list
+from eidetic_func.training.loop import TaskProgress
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,6 @@ from eidetic_func.data.scenario import SharedHead, head_sizes, scenario_sequence
 from eidetic_func.data.task_split import image_folder
 from eidetic_func.io.checkpoint import Checkpoint, load, save
 from eidetic_func.methods.protocol import Method, state_bytes, traits
-from eidetic_func.training.loop import TaskProgress
 from eidetic_func.methods.registry import decode_state, encode_state
 from eidetic_func.nn.acceptance import check_network
 from eidetic_func.nn.init import init
@@ -55,6 +54,7 @@ from eidetic_func.runner.task import CheckpointCallback, train_task
 from eidetic_func.training import metrics
 from eidetic_func.training.config import grows
 from eidetic_func.training.distributed import Parallel, Single, from_environment
+from eidetic_func.training.loop import TaskProgress
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
