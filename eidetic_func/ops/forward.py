@@ -13,7 +13,7 @@ from eidetic_func.core.errors import ShapeError, TopologyError
 from eidetic_func.core.state import EideticState, bn_prefixes, check_state
 from eidetic_func.core.validate import task_id
 from eidetic_func.ops.mask import apply_task_mask, needs_task_mask
-from eidetic_func.ops.step_masks import StepMasks
+from eidetic_func.ops.step_masks import StepMasks, frozen_channels
 
 
 def forward(
@@ -77,19 +77,6 @@ def _call(
             "a checkpoint); keep the forward free of in-place writes to parameters and buffers"
         )
     return logits, buffers
-
-
-def frozen_channels(state: EideticState) -> dict[str, Tensor]:
-    """Per Task BatchNorm, the indices of its channels owned by some task (``frozen_channels``).
-
-    Derived per call; a run of steps takes them prepared, from
-    :attr:`eidetic_func.ops.step_masks.StepMasks.frozen_channels`.
-    """
-    flags = {}
-    for prefix in bn_prefixes(state):
-        owner = state.owner[f"{prefix}.running_mean"]
-        flags[f"{prefix}.frozen_channels"] = (owner >= 0).nonzero().squeeze(1)
-    return flags
 
 
 def _no_frozen_channels(state: EideticState) -> dict[str, Tensor]:

@@ -86,17 +86,17 @@ def step_masks(state: EideticState) -> StepMasks:
         int_dtype = INT_VIEW.get(state.params[k].dtype)
         bits[k] = mask if int_dtype is None else mask.to(int_dtype).neg_()
     owned = {k: own >= 0 for k, own in state.owner.items() if k in state.buffers}
-    frozen_channels, blends = {}, {}
-    for prefix in bn_prefixes(state):
-        idx = (state.owner[f"{prefix}.running_mean"] >= 0).nonzero().squeeze(1)
-        frozen_channels[f"{prefix}.frozen_channels"] = idx
+    channels = frozen_channels(state)
+    blends = {}
+    for name, idx in channels.items():
+        prefix = name.rpartition(".")[0]
         blends[prefix] = (idx, *blend_masks(idx, state.buffers[f"{prefix}.running_mean"]))
     sources = tuple(_sources(state))
     return StepMasks(
         bits=bits,
         coverage={k: _coverage(b) for k, b in bits.items()},
         owned=owned,
-        frozen_channels=frozen_channels,
+        frozen_channels=channels,
         blends=blends,
         sources=sources,
         versions=_versions(sources),
@@ -106,6 +106,16 @@ def step_masks(state: EideticState) -> StepMasks:
 def trainable(state: EideticState) -> dict[str, Tensor]:
     """Per parameter, a bool mask of the entries a training step may change: free and kept."""
     return {k: (state.owner[k] < 0) & state.keep[k] for k in state.params}
+
+
+def frozen_channels(state: EideticState) -> dict[str, Tensor]:
+    """Per Task BatchNorm, the indices of its channels owned by some task, keyed
+    ``"<prefix>.frozen_channels"`` like the module's buffer (derived per call)."""
+    flags = {}
+    for prefix in bn_prefixes(state):
+        owner = state.owner[f"{prefix}.running_mean"]
+        flags[f"{prefix}.frozen_channels"] = (owner >= 0).nonzero().squeeze(1)
+    return flags
 
 
 def _coverage(bits: Tensor) -> bool | None:
