@@ -86,20 +86,41 @@ def _measure(
     compiled_opt = torch.optim.AdamW(for_compile.parameters(), lr=1e-3, weight_decay=1e-2)
     start = _state_with_owned_entries(model, (x, y), opt)
     states = {"functional": start, "compiled": start, "fused": start}
+    masks = ef.step_masks(start)  # prepared once, as the task loop does per task
+    spaces = {name: ef.Workspace() for name in states}
 
     def functional() -> None:
         states["functional"], _ = ef.train_step(
-            model, states["functional"], (x, y), optimizer=opt, task=1
+            model,
+            states["functional"],
+            (x, y),
+            optimizer=opt,
+            task=1,
+            masks=masks,
+            workspace=spaces["functional"],
         )
 
     def fused() -> None:
         states["fused"], _ = ef.train_step(
-            fused_model, states["fused"], (x, y), optimizer=fused_opt, task=1
+            fused_model,
+            states["fused"],
+            (x, y),
+            optimizer=fused_opt,
+            task=1,
+            masks=masks,
+            workspace=spaces["fused"],
         )
 
     def compiled() -> None:
         states["compiled"], _ = ef.train_step(
-            for_compile, states["compiled"], (x, y), optimizer=compiled_opt, task=1, compiled=True
+            for_compile,
+            states["compiled"],
+            (x, y),
+            optimizer=compiled_opt,
+            task=1,
+            compiled=True,
+            masks=masks,
+            workspace=spaces["compiled"],
         )
 
     def plain_step(net: torch.nn.Module, fused: bool = False) -> Callable[[], None]:

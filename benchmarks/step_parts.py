@@ -47,7 +47,7 @@ def _no_op(*_: object, **__: object) -> None:
 
 
 def _copy_only(
-    _: torch.nn.Module, workspace: dict[str, torch.Tensor], __: ef.EideticState
+    _: ef.Workspace, workspace: dict[str, torch.Tensor], *__: object
 ) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {k: p.clone() for k, p in workspace.items()}
@@ -60,7 +60,7 @@ def _no_frozen_channels(*_: object) -> Iterator[None]:
 
 # the part switched off -> the step module's names replaced while the step runs
 SWITCHED_OFF: dict[str, list[Patch]] = {
-    "no finiteness check": [("_check_finite_step", _no_op)],
+    "no finiteness check": [("check_finite_step", _no_op)],
     "projection replaced by a copy": [("project_workspace", _copy_only)],
     "no frozen BN channels": [("frozen_channels_set", _no_frozen_channels)],
     "no argument checks": [
@@ -70,7 +70,7 @@ SWITCHED_OFF: dict[str, list[Patch]] = {
             "check_task",
             "_check_same",
             "check_input",
-            "_check_optimizer",
+            "check_optimizer",
         )
     ],
 }
@@ -87,12 +87,15 @@ def _functional(
     optimizer = _adamw(net, fused=True)
     states = [_state_with_owned_entries(net, batch, optimizer)]
     saved = {name: getattr(step_module, name) for name, _ in patches}
+    masks, workspace = ef.step_masks(states[0]), ef.Workspace()
 
     def step() -> None:
         for name, value in patches:
             setattr(step_module, name, value)
         try:
-            states[0], _ = ef.train_step(net, states[0], batch, optimizer=optimizer, task=1)
+            states[0], _ = ef.train_step(
+                net, states[0], batch, optimizer=optimizer, task=1, masks=masks, workspace=workspace
+            )
         finally:
             for name, value in saved.items():
                 setattr(step_module, name, value)

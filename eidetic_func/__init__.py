@@ -58,11 +58,13 @@ from eidetic_func.nn.traced_topology import trace_topology
 from eidetic_func.ops.bridge import bridge
 from eidetic_func.ops.capacity import Capacity, UnitCapacity, capacity
 from eidetic_func.ops.forward import forward
-from eidetic_func.ops.freeze import freeze, freeze_grads, trainable
+from eidetic_func.ops.freeze import freeze, freeze_grads
 from eidetic_func.ops.growth import full_units, grow, growth_plan, regrow
 from eidetic_func.ops.lifecycle import finish_task, recycle, revisit
 from eidetic_func.ops.mask import apply_task_mask, task_entries
 from eidetic_func.ops.prune import prune, prune_neurons
+from eidetic_func.ops.step_masks import StepMasks, step_masks, trainable
+from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training import distributed, metrics
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.loop import TaskProgress
@@ -124,6 +126,7 @@ __all__ = [
     "ScaleLearningRate",
     "ShapeError",
     "StateMismatchError",
+    "StepMasks",
     "StepMetrics",
     "StepPlan",
     "TaskBatchNorm1d",
@@ -137,6 +140,7 @@ __all__ = [
     "Traits",
     "Unit",
     "UnitCapacity",
+    "Workspace",
     "apply_task_mask",
     "baselines",
     "bridge",
@@ -172,6 +176,7 @@ __all__ = [
     "save",
     "score",
     "sequence",
+    "step_masks",
     "task_entries",
     "task_split",
     "topology_of",

@@ -37,6 +37,8 @@ from eidetic_func.core.state import FREE, EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.protocol import BaseMethod, TaskContext, Traits
+from eidetic_func.ops.step_masks import step_masks
+from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training.step import train_step
 
 __all__ = ["PackNet", "magnitude_prune", "own_entries", "packnet_prunable"]
@@ -162,10 +164,17 @@ class PackNet(BaseMethod):
             return state
         optimizer = torch.optim.Adam(model.parameters(), lr=self.retrain_lr)
         device = next(iter(state.params.values())).device
+        masks, workspace = step_masks(state), Workspace()  # no step changes the masks
         for _ in range(self.retrain_epochs):
             for x, y in loader:
                 state, _ = train_step(
-                    model, state, (x.to(device), y.to(device)), optimizer=optimizer, task=task
+                    model,
+                    state,
+                    (x.to(device), y.to(device)),
+                    optimizer=optimizer,
+                    task=task,
+                    masks=masks,
+                    workspace=workspace,
                 )
         return state
 

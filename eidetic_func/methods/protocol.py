@@ -36,6 +36,8 @@ from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn
 from eidetic_func.importance.taylor import Reduce
 from eidetic_func.methods.decisions import DONE, Decision
+from eidetic_func.ops.step_masks import StepMasks
+from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.loop import TaskProgress
 from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetrics, train_step
@@ -206,13 +208,16 @@ def method_step(
     loss_fn: LossFn = F.cross_entropy,
     grad_transform: GradTransform | None = None,
     compiled: bool = False,
+    masks: StepMasks | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[EideticState, Any, StepMetrics]:
     """One optimizer step of ``method`` on ``batch`` for ``task`` (default: the state's):
     ``(state, mstate, metrics)``.
 
     The loss is the plan's objective, else ``loss_fn(logits, targets)``, plus its penalty.
     ``grad_transform`` (e.g. averaging over data-parallel processes) runs before the
-    plan's own. Frozen entries come back bit-identical (:func:`train_step`).
+    plan's own. Frozen entries come back bit-identical (:func:`train_step`, which takes
+    ``masks`` and ``workspace`` as given).
     """
     task = state.task if task is None else task
     plan = method.plan(model, state, mstate, batch, task=task)
@@ -229,6 +234,8 @@ def method_step(
         objective=objective,
         grad_transform=compose_transforms([grad_transform, plan.grad_transform]),
         compiled=compiled,
+        masks=masks,
+        workspace=workspace,
     )
     return new, (mstate if plan.update is None else plan.update(state, new)), metrics
 

@@ -10,6 +10,10 @@ The frozen channels arrive as the buffer ``frozen_channels`` (their indices), wh
 :func:`eidetic_func.ops.forward` derives from the state's ownership and passes through
 ``functional_call``; the module keeps no state of its own. An empty ``frozen_channels``
 (the default) means "no channel is frozen" and is exactly the plain ``nn.BatchNorm``.
+A training step also sets the plain attribute ``frozen_blend`` beside them: the blend
+vectors of those indices (:func:`blend_masks`), prepared once per task in
+:class:`eidetic_func.ops.step_masks.StepMasks`; without it (or for other indices) the
+module derives them per call.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from eidetic_func.core._memo import TensorMemo
 from eidetic_func.core.errors import TopologyError
+
+# (indices, frozen, free, is_frozen): channel indices, then blend_masks of them
+FrozenBlend = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class _TaskBatchNorm(_BatchNorm):
     frozen_channels: Tensor
+    frozen_blend: FrozenBlend | None = None  # set for a step beside frozen_channels
 
     def __init__(
         self,
@@ -60,7 +67,7 @@ class _TaskBatchNorm(_BatchNorm):
             factor = 1.0 / float(self.num_batches_tracked)
         else:
             factor = self.momentum
-        frozen, free, is_frozen = _blend_masks(self.frozen_channels, self.running_mean)
+        frozen, free, is_frozen = self._blend()
         mean, var = self.running_mean, self.running_var
         weight, bias = self.weight, self.bias
         with torch.no_grad():
@@ -88,23 +95,27 @@ class _TaskBatchNorm(_BatchNorm):
             torch.where(is_frozen, var, new_var, out=var)
         return torch.addcmul(frozen_part, batch_normalized, free.view(shape))
 
+    def _blend(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The blend vectors of ``frozen_channels``: the prepared ones when they are of
+        these very indices (compiled code computes them in the graph, once)."""
+        prepared, like = self.frozen_blend, self.running_mean
+        assert like is not None
+        if (
+            torch.compiler.is_compiling()
+            or prepared is None
+            or prepared[0] is not self.frozen_channels
+            or prepared[1].dtype != like.dtype
+            or prepared[1].shape != like.shape
+        ):
+            return blend_masks(self.frozen_channels, like)
+        return prepared[1], prepared[2], prepared[3]
 
-def _blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(frozen, 1 - frozen, frozen as bool)``: 0/1 vectors shaped like ``like`` and the
-    bool mask, cached per index tensor."""
-    if torch.compiler.is_compiling():  # compiled code computes them in the graph, once
-        frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
-        return frozen, 1 - frozen, frozen.bool()
-    masks = _MASKS.get((frozen_channels,))
-    if masks is None or masks[0].dtype != like.dtype or masks[0].shape != like.shape:
-        frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
-        masks = (frozen, 1 - frozen, frozen.bool())
-        _MASKS.put((frozen_channels,), masks)
-    return masks
 
-
-# The frozen channels change once per task; their masks need not be rebuilt every step.
-_MASKS = TensorMemo()
+def blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(frozen, 1 - frozen, frozen as bool)`` for the channel indices ``frozen_channels``:
+    0/1 vectors shaped like ``like`` (a BN statistic), and the bool mask."""
+    frozen = torch.zeros_like(like).index_fill_(0, frozen_channels, 1.0)
+    return frozen, 1 - frozen, frozen.bool()
 
 
 class TaskBatchNorm1d(_TaskBatchNorm, nn.BatchNorm1d):

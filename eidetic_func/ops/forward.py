@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from eidetic_func.core._memo import TensorMemo
 from eidetic_func.core.errors import ShapeError, TopologyError
 from eidetic_func.core.state import EideticState, bn_prefixes, check_state
 from eidetic_func.core.validate import task_id
 from eidetic_func.ops.mask import apply_task_mask, needs_task_mask
+from eidetic_func.ops.step_masks import StepMasks, frozen_channels
 
 
 def forward(
@@ -65,10 +65,10 @@ def _call(
     # the state's own tensors (buffers are copies in training mode): none may be written
     own = {**params, **({} if train else buffers)}
     versions = [t._version for t in own.values()]
+    # in eval mode every channel uses its running statistics: no frozen channel to find
+    flags = frozen_channels(state) if train else _no_frozen_channels(state)
     with train_mode(model, train):
-        logits = functional_call(
-            model, (params, buffers, frozen_channels(state)), (x,), {"task": task}, strict=True
-        )
+        logits = functional_call(model, (params, buffers, flags), (x,), {"task": task}, strict=True)
     if versions != [t._version for t in own.values()]:
         written = next(k for (k, t), v in zip(own.items(), versions) if t._version != v)
         raise TopologyError(
@@ -79,45 +79,39 @@ def _call(
     return logits, buffers
 
 
-def frozen_channels(state: EideticState) -> dict[str, Tensor]:
-    """Per Task BatchNorm, the indices of its channels owned by some task (``frozen_channels``).
-
-    Indices are cached per ownership tensor, so steady training does not recompute them
-    (nor synchronize a GPU to find them).
-    """
-    flags = {}
-    for prefix in bn_prefixes(state):
-        owner = state.owner[f"{prefix}.running_mean"]
-        idx = _FROZEN.get((owner,))
-        if idx is None:
-            idx = (owner >= 0).nonzero().squeeze(1)
-            _FROZEN.put((owner,), idx)
-        flags[f"{prefix}.frozen_channels"] = idx
-    return flags
-
-
-_FROZEN = TensorMemo()
+def _no_frozen_channels(state: EideticState) -> dict[str, Tensor]:
+    prefixes = bn_prefixes(state)
+    if not prefixes:
+        return {}
+    like = state.buffers[f"{prefixes[0]}.running_mean"]
+    none = torch.zeros(0, dtype=torch.long, device=like.device)
+    return {f"{prefix}.frozen_channels": none for prefix in prefixes}
 
 
 @contextlib.contextmanager
-def frozen_channels_set(model: nn.Module, state: EideticState) -> Iterator[None]:
-    """Give the model's Task BatchNorm modules the state's frozen channels for the block.
+def frozen_channels_set(model: nn.Module, masks: StepMasks) -> Iterator[None]:
+    """Give the model's Task BatchNorm modules the frozen channels of ``masks`` (and their
+    blend vectors) for the block.
 
     For running the model itself (its own parameters and buffers as a workspace) rather
     than through ``functional_call``; the modules' previous values come back on exit.
     """
-    # through the modules' buffer tables: nn.Module.__setattr__ costs more than the rest
-    # of this per-step call (the name is a registered buffer, so it is the same update)
-    before: list[tuple[dict[str, Tensor | None], Tensor | None]] = []
-    for name, idx in frozen_channels(state).items():
-        table = model.get_submodule(name.rpartition(".")[0])._buffers
-        before.append((table, table["frozen_channels"]))
-        table["frozen_channels"] = idx
+    # through the modules' buffer tables and attribute dicts: nn.Module.__setattr__ costs
+    # more than the rest of this per-step call (the name is a registered buffer, so it is
+    # the same update)
+    before: list[tuple[dict[str, Tensor | None], Tensor | None, dict[str, object]]] = []
+    for prefix, blend in masks.blends.items():
+        module = model.get_submodule(prefix)
+        table, attributes = module._buffers, module.__dict__
+        before.append((table, table["frozen_channels"], attributes))
+        table["frozen_channels"] = blend[0]
+        attributes["frozen_blend"] = blend
     try:
         yield
     finally:
-        for table, previous in before:
+        for table, previous, attributes in before:
             table["frozen_channels"] = previous
+            attributes.pop("frozen_blend", None)
 
 
 def _dtype(state: EideticState) -> torch.dtype | None:

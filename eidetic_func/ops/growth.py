@@ -53,7 +53,7 @@ from eidetic_func.nn.grown_layers import (
 )
 from eidetic_func.ops.bridge import bridge
 from eidetic_func.ops.lifecycle import fresh_keep, initial_value
-from eidetic_func.ops.workspace import load_workspace
+from eidetic_func.ops.workspace import Workspace, load_workspace
 
 GROW_POLICIES = ("when-full", "refill")
 
@@ -327,7 +327,7 @@ def _insert(t: Tensor, dim: int, at: int, count: int, value: float | bool) -> Te
 
 def _load(model: nn.Module, state: EideticState) -> None:
     """Give the (freshly copied) model the state's values."""
-    load_workspace(model, dict(model.named_parameters()), state.params)
+    load_workspace(Workspace(), dict(model.named_parameters()), state.params)
     with torch.no_grad():
         for key, b in model.named_buffers():
             if key in state.buffers:

@@ -2,9 +2,16 @@
 
 A step copies the state into the model's parameters, lets the optimizer update them in
 place, and projects them back onto the state's frozen entries. Copying in is skipped for a
-parameter that still holds the state tensor the last step returned, unwritten since: per
-model, a small record says which state tensor each parameter holds, as of which version
+parameter that still holds the state tensor the last step returned, unwritten since.
+
+What the parameters hold is an explicit value, a :class:`Workspace`, that the caller keeps
+beside the model and passes to every step on it (``train_step(..., workspace=...)``), as
+it keeps the optimizer: per parameter, which state tensor it holds, as of which version
 counters (bumped by every in-place write, and by ``train_step`` for fused optimizers).
+There is no module-level record: a step given no workspace starts from an empty one and
+copies every parameter in (correct, a little slower). A workspace is mutable on purpose —
+it describes the model's parameters, the shell's scratch tensors, which steps update in
+place — and it is only ever trusted for the very parameter and state tensors it names.
 
 The record also keeps each parameter's *anchor* — the bit pattern of its frozen entries,
 ``old & ~bits`` — which stays valid along a run of steps (every step restores those
@@ -17,10 +24,10 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from eidetic_func.core.state import EideticState
-from eidetic_func.ops.freeze import _INT_VIEW, _coverage, _trainable_bits
+from eidetic_func.ops.step_masks import INT_VIEW, StepMasks
 
 
 @dataclass
@@ -43,30 +50,38 @@ class _Held:
         )
 
 
-# per model, per parameter name: what that parameter holds
-_HELD: weakref.WeakKeyDictionary[nn.Module, dict[str, _Held]] = weakref.WeakKeyDictionary()
+class Workspace:
+    """What one model's parameters hold between training steps (see the module docstring).
+
+    Create one per model (``Workspace()``) and pass it to each of its steps; a fresh one
+    knows nothing, so the next step copies the state in.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[str, _Held] = {}  # per parameter name
 
 
 def load_workspace(
-    model: nn.Module, workspace: dict[str, Tensor], params: dict[str, Tensor]
+    held: Workspace, workspace: dict[str, Tensor], params: dict[str, Tensor]
 ) -> None:
-    """Copy ``params`` into ``workspace``, the model's parameters by name (in place).
+    """Copy ``params`` into ``workspace``, the model's parameters by name (in place), and
+    record it in ``held``.
 
     A parameter that already holds exactly its value (the one :func:`project_workspace`
-    left there, unwritten since) is not copied again.
+    left there, unwritten since, as ``held`` records) is not copied again.
     """
-    held = _HELD.setdefault(model, {})
+    records = held.records
     with torch.no_grad():
         for k, p in workspace.items():
             source = params[k]
-            record = held.get(k)
+            record = records.get(k)
             if record is None or not record.holds(p, source):
                 p.copy_(source)
-                held[k] = _Held(p, p._version, weakref.ref(source), source._version)
+                records[k] = _Held(p, p._version, weakref.ref(source), source._version)
 
 
 def project_workspace(
-    model: nn.Module, workspace: dict[str, Tensor], old: EideticState
+    held: Workspace, workspace: dict[str, Tensor], old: EideticState, masks: StepMasks
 ) -> dict[str, Tensor]:
     """:func:`eidetic_func.ops.freeze` for a training step: the new parameters, with the
     workspace projected too.
@@ -75,16 +90,15 @@ def project_workspace(
     :func:`load_workspace`) is restored from ``old`` in place, and the returned parameters
     are copies of the projected workspace (an unwritten parameter, and one no entry of
     which may change, is ``old``'s own tensor). The workspace then holds the returned
-    values, so the next step's :func:`load_workspace` has nothing to copy.
+    values (as ``held`` records), so the next step's :func:`load_workspace` has nothing to
+    copy. ``masks`` are ``old``'s (checked by the caller).
     """
-    bits = _trainable_bits(old)
-    coverage = _coverage(bits)
-    held = _HELD[model]
+    bits, coverage, records = masks.bits, masks.coverage, held.records
     params = {}
     with torch.no_grad():
         for k, p in workspace.items():
             before = old.params[k]
-            record = held[k]
+            record = records[k]
             if record.version == p._version:  # not written since it was loaded
                 params[k] = before
                 continue
@@ -105,7 +119,7 @@ def project_workspace(
 
 
 def _anchor(bits: Tensor, old: Tensor) -> Tensor | None:
-    int_dtype = _INT_VIEW.get(old.dtype)
+    int_dtype = INT_VIEW.get(old.dtype)
     if int_dtype is None or bits.dtype != int_dtype:
         return None
     return old.view(int_dtype) & ~bits

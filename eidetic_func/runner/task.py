@@ -25,6 +25,8 @@ from eidetic_func.core.types import Batch, LossFn, Record
 from eidetic_func.methods.decisions import Done, Recover, ScaleLearningRate
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.protocol import Method, TaskContext, advance, method_step, traits
+from eidetic_func.ops.step_masks import StepMasks, step_masks
+from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.distributed import SINGLE, Parallel, Single
 from eidetic_func.training.loop import (
@@ -262,10 +264,17 @@ def _stepper(
     compiled: bool,
     parallel: Parallel | Single,
 ) -> Callable[[TaskCarry, Batch], tuple[TaskCarry, StepMetrics]]:
-    """One training step of ``method`` on a ``(state, mstate)`` carry."""
+    """One training step of ``method`` on a ``(state, mstate)`` carry.
+
+    The step masks are prepared on the first step and again whenever the state's masks
+    are other tensors (after a pruning step); the workspace lives as long as the task."""
+    prepared: list[StepMasks] = []
+    workspace = Workspace()
 
     def step(carry: TaskCarry, batch: Batch) -> tuple[TaskCarry, StepMetrics]:
         state, mstate = carry
+        if not prepared or not prepared[0].matches(state):
+            prepared[:] = [step_masks(state)]
         new, mstate, metrics = method_step(
             method,
             model,
@@ -277,6 +286,8 @@ def _stepper(
             loss_fn=loss_fn,
             grad_transform=parallel.grad_transform,
             compiled=compiled,
+            masks=prepared[0],
+            workspace=workspace,
         )
         return (parallel.sync_buffers(new, state), mstate), metrics
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from eidetic_func.core.errors import DistributedError, EideticError, StateMismatchError
 from eidetic_func.core.state import EideticState
-from eidetic_func.ops.freeze import freeze
+from eidetic_func.ops.freeze import freeze_buffers
 from eidetic_func.training.step import Apply
 
 T = TypeVar("T")
@@ -136,8 +136,9 @@ class Parallel:
             return new
         summed = _all_reduce_sum([new.buffers[k] for k in names])
         buffers = {**new.buffers, **{k: t / self.world_size for k, t in zip(names, summed)}}
-        # the average of equal values is not always bit-equal: restore owned entries
-        return freeze(new.replace(buffers=buffers), old)
+        # the average of equal values is not always bit-equal: restore owned entries (the
+        # parameters came from a step on old, frozen already)
+        return new.replace(buffers=freeze_buffers(buffers, old))
 
     @_collective
     def reduce(self, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:

@@ -7,6 +7,12 @@ left them equal to the state it returned), the model runs on them directly, the 
 updates them in place, and the result is projected back onto the state's frozen and pruned
 entries (:func:`eidetic_func.ops.freeze`), in the workspace too. The returned state never
 aliases the workspace, so states stay immutable; the model's own tensors are scratch.
+
+The step in named parts, in order: check the call, load the workspace, loss and gradients,
+the optimizer step, projection onto the frozen entries, metrics. What it derives from the
+state's ownership and pruning mask comes in as a value (``masks``,
+:mod:`eidetic_func.ops.step_masks`), and what the model's parameters hold as another
+(``workspace``, :mod:`eidetic_func.ops.workspace`); neither is cached in a module.
 """
 
 from __future__ import annotations
@@ -30,10 +36,8 @@ from eidetic_func.core.compiling import (
     optimizer_device,
 )
 from eidetic_func.core.errors import (
-    ConfigError,
     NonFiniteError,
     ShapeError,
-    TaskError,
     TopologyError,
 )
 from eidetic_func.core.state import EideticState, _check_same, bn_prefixes
@@ -45,9 +49,16 @@ from eidetic_func.ops.forward import (
     standard_layout,
     train_mode,
 )
-from eidetic_func.ops.freeze import _mask, _trainable_bits, freeze_buffers
+from eidetic_func.ops.freeze import freeze_buffers, mask_
 from eidetic_func.ops.mask import needs_task_mask, task_entries
-from eidetic_func.ops.workspace import load_workspace, project_workspace
+from eidetic_func.ops.step_masks import StepMasks, step_masks
+from eidetic_func.ops.workspace import Workspace, load_workspace, project_workspace
+from eidetic_func.training.step_checks import (
+    check_finite_step,
+    check_labels,
+    check_optimizer,
+    check_trainable,
+)
 
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
 Apply = Callable[[Tensor, int], Tensor]
@@ -66,20 +77,6 @@ class StepMetrics:
     count: int
 
 
-def check_trainable(state: EideticState, task: int) -> None:
-    """Raise unless ``task`` is the task the state is training (and not a finished one)."""
-    if task in state.finished:
-        raise TaskError(
-            f"task {task} is finished; revisit it explicitly (eidetic_func.revisit) to train it "
-            f"again (the state is training task {state.task})"
-        )
-    if task != state.task:
-        raise TaskError(
-            f"task {task} is not the task being trained (state.task={state.task}); tasks are "
-            "trained in order, each closed by finish_task"
-        )
-
-
 def train_step(
     model: nn.Module,
     state: EideticState,
@@ -92,6 +89,8 @@ def train_step(
     grad_transform: GradTransform | None = None,
     zero_frozen_grads: bool = False,
     compiled: bool = False,
+    masks: StepMasks | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[EideticState, StepMetrics]:
     """Train ``task`` (default: the state's) on one batch; owned and pruned entries come back
     bit-identical.
@@ -107,11 +106,17 @@ def train_step(
     zeroes gradients of frozen entries before the step, so momentum and moment estimates
     ignore them; freezing itself never depends on it.
 
+    ``masks`` are the state's :func:`eidetic_func.ops.step_masks.step_masks`, prepared
+    once per task and again whenever its ownership or pruning mask changes (a state whose
+    masks are other tensors is refused with :class:`StateMismatchError`); None derives
+    them for this step alone (the same result, slower).
+
     The model's parameters are the step's workspace: the state is copied into them unless
-    they still hold the last step's result, unwritten since (by version counter). Any
-    optimizer works, fused ones included. Write them between steps under
-    ``torch.no_grad()``, not through ``.data`` (which no version counter sees), or better,
-    change the state.
+    ``workspace`` (a :class:`eidetic_func.ops.workspace.Workspace` kept beside the model,
+    like its optimizer) records that they still hold the last step's result, unwritten
+    since (by version counter); without one, every step copies. Any optimizer works, fused
+    ones included. Write the parameters between steps under ``torch.no_grad()``, not
+    through ``.data`` (which no version counter sees), or better, change the state.
 
     ``compiled`` runs the model's forward and backward and the optimizer's step under
     ``torch.compile`` (built on the first call for each model and optimizer, kept for
@@ -119,32 +124,83 @@ def train_step(
     Freezing is unchanged: the projection runs after the compiled optimizer step.
     """
     task = state.task if task is None else task
+    x, y, live, own_buffers = _checked_call(model, state, batch, optimizer, task)
+    if masks is None:
+        masks = step_masks(state)
+    else:
+        masks.check(state)
+    workspace = Workspace() if workspace is None else workspace
+    fixed = _load(workspace, live, own_buffers, state)
+    optimizer.zero_grad(set_to_none=True)
+    loss_value, correct_value = _loss_and_grads(
+        model,
+        state,
+        masks,
+        live,
+        (x, y),
+        task=task,
+        loss_fn=loss_fn,
+        objective=objective,
+        grad_transform=grad_transform,
+        compiled=compiled,
+    )
+    _check_unwritten(model, fixed)
+    _optimizer_step(optimizer, live, masks, zero_frozen_grads=zero_frozen_grads, compiled=compiled)
+    params = project_workspace(workspace, live, state, masks)
+    check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
+    buffers = freeze_buffers(own_buffers, state, copy=True, masks=masks)
+    new = state.replace(params=params, buffers=buffers)
+    return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
+
+
+def _checked_call(
+    model: nn.Module,
+    state: EideticState,
+    batch: tuple[Tensor, Tensor],
+    optimizer: torch.optim.Optimizer,
+    task: int,
+) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """The step's arguments, checked: ``(x in the standard layout, y, the model's
+    parameters, its buffers other than frozen_channels)``."""
     check_trainable(state, task)
     check_task(model, task)
     if not isinstance(batch, tuple | list) or len(batch) != 2:
         raise ShapeError("batch must be an (inputs, targets) pair of tensors")
     x, y = batch
-    workspace: dict[str, Tensor] = dict(model.named_parameters())
+    live: dict[str, Tensor] = dict(model.named_parameters())
     own_buffers = {k: b for k, b in model.named_buffers() if not k.endswith("frozen_channels")}
-    _check_same(workspace, state.params, "params")
+    _check_same(live, state.params, "params")
     _check_same(own_buffers, state.buffers, "buffers")
     check_input(model, x, next(iter(state.params.values())).dtype if state.params else None)
     x = standard_layout(x)
     if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")
-    _check_optimizer(optimizer, workspace)
+    check_optimizer(optimizer, live)
+    return x, y, live, own_buffers
 
-    load_workspace(model, workspace, state.params)
+
+def _load(
+    workspace: Workspace,
+    live: dict[str, Tensor],
+    own_buffers: dict[str, Tensor],
+    state: EideticState,
+) -> dict[str, tuple[Tensor, int]]:
+    """Load the state into the model's parameters and buffers; returns the buffers outside
+    BatchNorm with their version counters (no state of any task: the step may not write
+    them)."""
+    load_workspace(workspace, live, state.params)
     with torch.no_grad():
         for k, b in own_buffers.items():
             b.copy_(state.buffers[k])
-    # buffers outside BatchNorm are no state of any task: the step may not write them
     norms = set(bn_prefixes(state))
-    fixed = {
-        k: (b, b._version) for k, b in own_buffers.items() if k.rpartition(".")[0] not in norms
-    }
-    optimizer.zero_grad(set_to_none=True)
+    return {k: (b, b._version) for k, b in own_buffers.items() if k.rpartition(".")[0] not in norms}
+
+
+def _applier(
+    model: nn.Module, state: EideticState, live: dict[str, Tensor], compiled: bool
+) -> Apply:
+    """``apply(x, head)`` on the model's parameters (``live``), in this step."""
     masked: dict[int, dict[str, Tensor]] = {}
 
     def apply(inputs: Tensor, head: int) -> Tensor:
@@ -153,26 +209,32 @@ def train_step(
         # a finished head or a revisit: entries of later tasks read as zero
         if head not in masked:
             used = task_entries(state, head)
-            masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in workspace.items()}
+            masked[head] = {k: torch.where(used[k], p, 0.0) for k, p in live.items()}
         return functional_call(model, masked[head], (inputs,), {"task": head}, strict=False)
 
+    return apply
+
+
+def _loss_and_grads(
+    model: nn.Module,
+    state: EideticState,
+    masks: StepMasks,
+    live: dict[str, Tensor],
+    batch: tuple[Tensor, Tensor],
+    *,
+    task: int,
+    loss_fn: LossFn,
+    objective: Objective | None,
+    grad_transform: GradTransform | None,
+    compiled: bool,
+) -> tuple[float, float]:
+    """Forward, backward and the gradient transform, gradients left in ``live``:
+    ``(loss, correct predictions)``. Raises before the backward on a non-finite loss."""
+    apply = _applier(model, state, live, compiled)
     # forward, backward and any gradient transform (which may run the network again, e.g.
     # on a replay memory) all see training mode and the state's frozen BN channels
-    with train_mode(model, True), frozen_channels_set(model, state):
-        try:
-            if objective is None:
-                logits = apply(x, task)
-                y = _check_labels(logits, y, loss_fn)
-                loss = loss_fn(logits, y)
-            else:
-                loss, logits = objective(apply, workspace)
-        except ValueError as e:
-            if "more than 1 value per channel" not in str(e):
-                raise
-            raise ShapeError(
-                f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; "
-                "use batches of at least 2 (the library's loaders drop such a last batch)"
-            ) from None
+    with train_mode(model, True), frozen_channels_set(model, masks):
+        loss, logits, y = _loss(apply, live, batch, task, loss_fn, objective)
         if loss.dim() != 0:
             raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
         if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
@@ -187,9 +249,40 @@ def train_step(
             )
         loss.backward()
         if grad_transform is not None:
-            grads = {k: p.grad for k, p in workspace.items() if p.grad is not None}
-            for k, g in grad_transform(grads, apply, workspace).items():
-                workspace[k].grad = g
+            grads = {k: p.grad for k, p in live.items() if p.grad is not None}
+            for k, g in grad_transform(grads, apply, live).items():
+                live[k].grad = g
+    return loss_value, correct_value
+
+
+def _loss(
+    apply: Apply,
+    live: dict[str, Tensor],
+    batch: tuple[Tensor, Tensor],
+    task: int,
+    loss_fn: LossFn,
+    objective: Objective | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, logits, targets as the loss took them)`` of the batch."""
+    x, y = batch
+    try:
+        if objective is None:
+            logits = apply(x, task)
+            y = check_labels(logits, y, loss_fn)
+            return loss_fn(logits, y), logits, y
+        loss, logits = objective(apply, live)
+        return loss, logits, y
+    except ValueError as e:
+        if "more than 1 value per channel" not in str(e):
+            raise
+        raise ShapeError(
+            f"a batch of {x.shape[0]} sample cannot be batch-normalized in training mode; "
+            "use batches of at least 2 (the library's loaders drop such a last batch)"
+        ) from None
+
+
+def _check_unwritten(model: nn.Module, fixed: dict[str, tuple[Tensor, int]]) -> None:
+    """Raise if the forward wrote a buffer outside BatchNorm (``fixed``, with versions)."""
     written = [k for k, (b, version) in fixed.items() if b._version != version]
     if written:
         raise TopologyError(
@@ -198,21 +291,27 @@ def train_step(
             "under later tasks (the state is returned unchanged; ef.check_network finds such "
             "networks before training)"
         )
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    live: dict[str, Tensor],
+    masks: StepMasks,
+    *,
+    zero_frozen_grads: bool,
+    compiled: bool,
+) -> None:
+    """The optimizer's step on the model's parameters (frozen entries' gradients zeroed
+    first with ``zero_frozen_grads``), every tensor it may have written counted so."""
     if zero_frozen_grads:
-        bits = _trainable_bits(state)
-        for k, p in workspace.items():
+        for k, p in live.items():
             if p.grad is not None:
-                _mask(bits[k], p.grad)
+                mask_(masks.bits[k], p.grad)
     if compiled:
         _compiled_optimizer_step(optimizer)()
     else:
         optimizer.step()
     _count_as_written(optimizer)
-    params = project_workspace(model, workspace, state)
-    _check_finite_step({k: p for k, p in params.items() if p is not state.params[k]}, task)
-    buffers = freeze_buffers(own_buffers, state, copy=True)
-    new = state.replace(params=params, buffers=buffers)
-    return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
 
 # Compiled callables per model and optimizer. torch.compile keeps a strong reference to
@@ -274,81 +373,3 @@ def _count_as_written(optimizer: torch.optim.Optimizer) -> None:
         for p in group["params"]:
             if not grad_only or p.grad is not None:
                 increment_version(p)
-
-
-def _check_finite_step(changed: dict[str, Tensor], task: int) -> None:
-    """Raise if the step's new parameters hold a non-finite value.
-
-    One pass and one host sync per step: a sum is finite unless some entry is not (or
-    the sum overflows, which the exact count then rules out). Only values entering the
-    state count (frozen entries were restored), so a NaN is never frozen into a task.
-    """
-    if not changed:
-        return
-    sums = [p.sum() for p in changed.values()]
-    if len({s.dtype for s in sums}) > 1:
-        sums = [s.double() for s in sums]
-    if math.isfinite(float(torch.stack(sums).sum())):
-        return
-    stepped = list(changed.items())
-    counts = torch.stack([(~torch.isfinite(p)).sum() for _, p in stepped]).tolist()
-    bad = {k: int(n) for (k, _), n in zip(stepped, counts) if n}
-    if bad:
-        shown = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
-        raise NonFiniteError(
-            f"the optimizer step of task {task} produced {sum(bad.values())} non-finite "
-            f"parameters: {shown}{' ...' if len(bad) > 3 else ''}. The state you passed is "
-            "unchanged; the optimizer's statistics were updated by this step (rebuild the "
-            "optimizer or reload a checkpoint), and consider a lower learning rate or float32"
-        )
-
-
-def _check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    """Targets for the loss: class indices within the head (int64), checked here rather
-    than failing as a raw torch error or a CUDA device assert.
-
-    With the default cross-entropy, targets are integer class indices of shape ``[B]``
-    (any integer dtype, converted to int64) or class probabilities shaped like the logits;
-    a custom ``loss_fn`` gets its targets as given.
-    """
-    default_loss = loss_fn is F.cross_entropy
-    if default_loss and (y.dtype == torch.bool or y.is_complex()):
-        raise ShapeError(f"targets must be integer class indices, got {y.dtype}")
-    if y.is_floating_point():
-        if default_loss and y.shape != logits.shape:
-            raise ShapeError(
-                f"targets must be integer class indices of shape [B], or class probabilities "
-                f"of the logits' shape {tuple(logits.shape)}; got {y.dtype} "
-                f"{tuple(y.shape)}"
-            )
-        return y
-    if logits.dim() != 2 or y.dtype == torch.bool:
-        return y
-    if y.dim() != 1:
-        raise ShapeError(f"class targets must be 1-D, got shape {tuple(y.shape)}")
-    low, high = (int(v) for v in torch.aminmax(y))
-    if low < 0 or high >= logits.shape[1]:
-        raise ShapeError(
-            f"targets must be class indices in 0..{logits.shape[1] - 1} for this head, got "
-            f"{low}..{high} (are labels remapped per task?)"
-        )
-    return y.long() if default_loss else y
-
-
-def _check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tensor]) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-    if isinstance(optimizer, torch.optim.LBFGS):
-        raise ConfigError(
-            "LBFGS needs a closure that re-evaluates the loss several times per step; "
-            "train_step takes one optimizer step per batch without a closure: use SGD, Adam, "
-            "AdamW, RMSprop or another optimizer that steps without one"
-        )
-    known = {id(p) for p in workspace.values()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in known:
-                raise ConfigError(
-                    "the optimizer holds a tensor that is not a parameter of the model; build it "
-                    "with optimizer_cls(model.parameters(), ...)"
-                )

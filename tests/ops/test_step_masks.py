@@ -1,0 +1,137 @@
+"""Step masks: derived from the state's ownership and pruning mask once, as a value, and
+refused with any state whose masks are other tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from eidetic_func.models import MLP
+from strategies import prune_rows
+
+import eidetic_func as ef
+from eidetic_func.core.errors import StateMismatchError
+from eidetic_func.nn.batchnorm import blend_masks
+
+
+def _finished_state() -> tuple[MLP, ef.EideticState, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = MLP(8, [3, 3], num_layers=2, width=6)
+    state = ef.init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(16, 8), torch.randint(0, 3, (16,)))
+    for _ in range(2):
+        state, _ = ef.train_step(model, state, batch, optimizer=opt, task=0)
+    state = prune_rows(state, model.topology(), "blocks.0.linear.weight", [0, 1])
+    state = ef.finish_task(state, task=0)
+    return model, ef.recycle(state, generator=torch.Generator().manual_seed(0)), batch
+
+
+def _assert_same_masks(a: ef.StepMasks, b: ef.StepMasks) -> None:
+    assert a.coverage == b.coverage
+    for field in ("bits", "owned", "frozen_channels"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), (field, k)
+    assert a.blends.keys() == b.blends.keys()
+    for k in a.blends:
+        for s, t in zip(a.blends[k], b.blends[k]):
+            assert s.dtype == t.dtype and torch.equal(s, t), k
+
+
+def test_masks_prepared_once_equal_masks_derived_fresh_after_many_steps() -> None:
+    model, state, batch = _finished_state()
+    masks = ef.step_masks(state)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        state, _ = ef.train_step(model, state, batch, optimizer=opt, masks=masks)
+        assert masks.matches(state)
+    _assert_same_masks(masks, ef.step_masks(state))
+
+
+def test_masks_hold_what_freezing_and_the_frozen_bn_channels_derive() -> None:
+    _, state, _ = _finished_state()
+    masks = ef.step_masks(state)
+    for k, mask in ef.trainable(state).items():
+        assert torch.equal(masks.bits[k].bool(), mask)
+        expected = True if bool(mask.all()) else False if not bool(mask.any()) else None
+        assert masks.coverage[k] is expected
+    owned = state.owner["blocks.0.norm.running_mean"] >= 0
+    assert bool(owned.any()) and not bool(owned.all()), "the test needs a mixed layer"
+    assert torch.equal(masks.owned["blocks.0.norm.running_var"], owned)
+    indices = masks.frozen_channels["blocks.0.norm.frozen_channels"]
+    assert torch.equal(indices, owned.nonzero().squeeze(1))
+    blend = masks.blends["blocks.0.norm"]
+    assert blend[0] is indices
+    for s, t in zip(blend[1:], blend_masks(indices, state.buffers["blocks.0.norm.running_mean"])):
+        assert torch.equal(s, t)
+
+
+def test_a_step_with_prepared_masks_is_bit_identical_to_one_deriving_them() -> None:
+    _, state, batch = _finished_state()
+    masks = ef.step_masks(state)
+    results = []
+    for given in (masks, None):
+        torch.manual_seed(1)
+        net = MLP(8, [3, 3], num_layers=2, width=6)
+        opt = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.5)
+        s = state
+        for _ in range(2):
+            s, _ = ef.train_step(net, s, batch, optimizer=opt, masks=given)
+        results.append(s)
+    for k in state.params:
+        assert torch.equal(
+            results[0].params[k].view(-1).view(torch.int32),
+            results[1].params[k].view(-1).view(torch.int32),
+        )
+    for k in state.buffers:
+        assert torch.equal(results[0].buffers[k], results[1].buffers[k])
+
+
+@pytest.mark.parametrize("change", ["finish", "prune", "written owner"])
+def test_masks_of_another_state_are_refused_and_nothing_changes(change: str) -> None:
+    model, state, batch = _finished_state()
+    masks = ef.step_masks(state)
+    if change == "finish":
+        other = ef.finish_task(state, task=1)
+        other = other.replace(task=1, finished=state.finished)  # trainable task, new owner
+    elif change == "prune":
+        other = prune_rows(state, model.topology(), "blocks.0.linear.weight", [0])
+    else:
+        other = state.replace(owner={k: v.clone() for k, v in state.owner.items()})
+        with torch.no_grad():
+            other.owner["blocks.0.linear.weight"][0, 0] = 0
+        masks = ef.step_masks(other)
+        other.owner["blocks.0.linear.weight"][0, 0] = 1  # an in-place write after preparing
+    assert not masks.matches(other)
+    before = {k: (p.clone(), p._version) for k, p in other.params.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(StateMismatchError, match="step_masks"):
+        ef.train_step(model, other, batch, optimizer=opt, task=1, masks=masks)
+    with pytest.raises(StateMismatchError):
+        ef.freeze(other, other, masks=masks)
+    for k, (value, version) in before.items():
+        assert other.params[k]._version == version and torch.equal(other.params[k], value)
+
+
+def test_preparing_masks_leaves_the_state_untouched() -> None:
+    _, state, _ = _finished_state()
+    tensors = [*state.owner.values(), *state.keep.values(), *state.params.values()]
+    before = [(t.clone(), t._version) for t in tensors]
+    masks = ef.step_masks(state)
+    assert masks.matches(state)
+    for t, (value, version) in zip(tensors, before):
+        assert t._version == version and torch.equal(t, value)
+
+
+def test_the_prepared_bn_blend_is_lent_to_the_modules_for_the_step_only() -> None:
+    model, state, batch = _finished_state()
+    masks = ef.step_masks(state)
+    bn = model.get_submodule("blocks.0.norm")
+    seen = []
+    hook = bn.register_forward_pre_hook(lambda m, _: seen.append(m.frozen_blend))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ef.train_step(model, state, batch, optimizer=opt, masks=masks)
+    hook.remove()
+    assert seen == [masks.blends["blocks.0.norm"]]
+    assert bn.frozen_blend is None and bn.frozen_channels.numel() == 0
