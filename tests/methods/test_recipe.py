@@ -38,10 +38,10 @@ class L2Anchor:
     def __post_init__(self) -> None:
         ef.validate_fields(self)
 
-    def plan(self, model, state, mstate, batch, *, task):  # type: ignore[no-untyped-def]
+    def plan(self, model, state, mstate, batch, *, task):
         return ef.penalty_plan(partial(l2_penalty, self.strength, mstate))
 
-    def end_task(self, model, state, mstate, ctx):  # type: ignore[no-untyped-def]
+    def end_task(self, model, state, mstate, ctx):
         return state, dict(state.params), ef.Done()
 
 
