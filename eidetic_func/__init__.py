@@ -40,15 +40,17 @@ from eidetic_func.data import task_split
 from eidetic_func.importance.score import SCORING_METHODS, prunable, score
 from eidetic_func.io.checkpoint import Checkpoint, load, save
 from eidetic_func.methods.chain import Chain, ChainState, chain
-from eidetic_func.methods.decisions import Continue, Done, Recover, ScaleLearningRate
+from eidetic_func.methods.decisions import Continue, Done, Recover, ScaleLearningRate, TrainWith
 from eidetic_func.methods.eidetic import EideticNet
+from eidetic_func.methods.fields import validate_fields
 from eidetic_func.methods.protocol import (
-    BaseMethod,
     Method,
     StepPlan,
     TaskContext,
     Traits,
     method_step,
+    objective_plan,
+    penalty_plan,
 )
 from eidetic_func.nn.acceptance import check_network
 from eidetic_func.nn.batchnorm import TaskBatchNorm1d, TaskBatchNorm2d, convert_batchnorm
@@ -98,7 +100,6 @@ __all__ = [
     "FREE",
     "NAMESPACE",
     "SCORING_METHODS",
-    "BaseMethod",
     "Capacity",
     "Chain",
     "ChainState",
@@ -137,6 +138,7 @@ __all__ = [
     "Topology",
     "TopologyError",
     "TrainConfig",
+    "TrainWith",
     "Traits",
     "Unit",
     "UnitCapacity",
@@ -164,6 +166,8 @@ __all__ = [
     "methods",
     "metrics",
     "multihead",
+    "objective_plan",
+    "penalty_plan",
     "presets",
     "prunable",
     "prune",
@@ -187,5 +191,6 @@ __all__ = [
     "tree_flatten",
     "tree_leaves",
     "tree_map",
+    "validate_fields",
     "with_topology",
 ]

@@ -10,6 +10,7 @@ from eidetic_func.models import MLP
 
 import eidetic_func as ef
 from eidetic_func.data import load_sequence, loaders
+from eidetic_func.methods.protocol import init_state
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.metrics import evaluate
@@ -48,7 +49,7 @@ def run_sequence(
     torch.manual_seed(seed)
     model = model_factory(seq.num_classes)
     state = ef.init(model)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
     task_loaders = [loaders(task, 32, seed=seed + i) for i, task in enumerate(seq)]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import eidetic_func as ef
+from eidetic_func.methods.protocol import end_task, init_state
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def run_sequence(
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
     state = ef.init(model)
-    mstate = None if method is None else method.init(model, state)
+    mstate = None if method is None else init_state(method, model, state)
     for task in range(spec.num_tasks):
         for phase in range(2):
             for _ in range(steps):
@@ -228,7 +229,7 @@ def run_sequence(
                 yield Event("prune", task, state)
         if method is not None:
             ctx = ef.TaskContext([batch(spec, generator)], task=task, generator=generator)
-            state, mstate, _ = method.end_task(model, state, mstate, ctx)
+            state, mstate, _ = end_task(method, model, state, mstate, ctx)
         yield Event("finishing", task, state)
         state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)
         yield Event("finish", task, state)

@@ -18,7 +18,12 @@ from eidetic_func.methods.protocol import (
     StepPlan,
     TaskContext,
     Traits,
+    begin_task,
     compose_transforms,
+    end_task,
+    init_state,
+    lowered,
+    plan_step,
     traits,
 )
 from eidetic_func.training.step import Apply
@@ -86,12 +91,15 @@ class Chain:
         )
 
     def init(self, model: nn.Module, state: EideticState) -> ChainState:
-        return ChainState({m.name: m.init(model, state) for m in self.methods})
+        return ChainState({m.name: init_state(m, model, state) for m in self.methods})
 
     def plan(
         self, model: nn.Module, state: EideticState, mstate: ChainState, batch: Batch, *, task: int
     ) -> StepPlan:
-        plans = [m.plan(model, state, mstate[m.name], batch, task=task) for m in self.methods]
+        plans = [
+            lowered(plan_step(m, model, state, mstate[m.name], batch, task=task))
+            for m in self.methods
+        ]
         objectives = [p.objective for p in plans if p.objective is not None]
         if len(objectives) > 1:
             own = [m.name for m, p in zip(self.methods, plans) if p.objective is not None]
@@ -117,7 +125,7 @@ class Chain:
         self, state: EideticState, mstate: ChainState, *, task: int, ctx: TaskContext
     ) -> tuple[EideticState, ChainState]:
         for m in self.methods:
-            state, own = m.begin_task(state, mstate[m.name], task=task, ctx=ctx)
+            state, own = begin_task(m, state, mstate[m.name], task=task, ctx=ctx)
             mstate = mstate.with_member(m.name, own)
         return state, mstate
 
@@ -129,7 +137,7 @@ class Chain:
         done: Records = ()
         for i in range(mstate.ending, len(self.methods)):
             m = self.methods[i]
-            state, own, decision = m.end_task(model, state, mstate[m.name], ctx)
+            state, own, decision = end_task(m, model, state, mstate[m.name], ctx)
             mstate = dataclasses.replace(mstate.with_member(m.name, own), ending=i)
             if not isinstance(decision, Done):
                 return state, mstate, with_records(decision, done)

@@ -9,7 +9,11 @@ then executes it and, unless it is :class:`Done`, calls ``end_task`` again:
 - :class:`Continue`: call again at once (a resumable one is a checkpoint);
 - :class:`ScaleLearningRate`: multiply every learning rate by ``factor``, once per task;
 - :class:`Recover`: train ``epochs`` more epochs with the whole method's step, then call
-  again with the last epoch's metric in ``TaskContext.metric``.
+  again with the last epoch's metric in ``TaskContext.metric``;
+- :class:`TrainWith`: the same with a fresh optimizer of the decision's own (PackNet's
+  retraining), the run's optimizer untouched.
+
+A method never trains the network itself: the loop owns every training step.
 """
 
 from __future__ import annotations
@@ -66,7 +70,32 @@ class Recover:
             raise ValueError(f"Recover trains at least one epoch, got {self.epochs}")
 
 
-Decision = Done | Continue | ScaleLearningRate | Recover
+@dataclasses.dataclass(frozen=True)
+class TrainWith:
+    """Train ``epochs`` epochs with the method's step and a fresh optimizer
+    ``optimizer = (name, options)`` over the model's parameters (``("adam", {"lr": 1e-3})``;
+    names: :data:`OPTIMIZERS`), each recorded as ``phase`` like :class:`Recover`; then call
+    ``end_task`` again with the last epoch's metric in ``TaskContext.metric``. The steps
+    run eagerly (a fresh optimizer would only recompile)."""
+
+    optimizer: tuple[str, Mapping[str, Any]]
+    label: str
+    epochs: int = 1
+    phase: str = "retrain"
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    records: Records = ()
+    resumable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"TrainWith trains at least one epoch, got {self.epochs}")
+        if self.optimizer[0] not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer[0]!r}")
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")  # what TrainWith may name (torch.optim's)
+
+Decision = Done | Continue | ScaleLearningRate | Recover | TrainWith
 
 DONE = Done()
 

@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eidetic_func.core import validate
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import call_logits
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks, Traits
-from eidetic_func.methods.replay import generator_from
+from eidetic_func.methods.fields import integer, number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits, objective_plan
+from eidetic_func.methods.reservoir import generator_from
 from eidetic_func.ops.forward import train_mode
 from eidetic_func.training.step import Apply
 
@@ -122,25 +122,26 @@ class DGRState:
 
 
 @dataclasses.dataclass(frozen=True)
-class DGR(TaskHooks):
-    """Deep generative replay with the tutorial's VAE and ``replay_ratio`` (default 0.5)."""
+class DGR:
+    """Deep generative replay with the tutorial's VAE and ``replay_ratio`` (default 0.5).
+
+    Each step also takes one Adam step of the VAE (in the step's ``update``): the
+    generator is part of the method state, computed from the task's data like a Fisher,
+    not the network the loop trains — so it may train inside the method's functions.
+    The classifier is trained only by the loop's steps."""
 
     # every update of the network is an averaged gradient: data-parallel processes agree
     traits: ClassVar[Traits] = Traits(data_parallel=True)
 
-    hidden: int = 256
-    latent: int = 32
-    generator_lr: float = 1e-3
-    replay_ratio: float = 0.5
-    seed: int = 0
+    hidden: int = integer(256, minimum=1)
+    latent: int = integer(32, minimum=1)
+    generator_lr: float = number(1e-3, low=0.0, low_open=True)
+    replay_ratio: float = number(0.5, low=0.0, low_open=True)
+    seed: int = integer(0, minimum=0)
     name: str = "dgr"
 
     def __post_init__(self) -> None:
-        validate.integer(self.hidden, "hidden", minimum=1)
-        validate.integer(self.latent, "latent", minimum=1)
-        validate.number(self.generator_lr, "generator_lr", low=0.0, low_open=True)
-        validate.number(self.replay_ratio, "replay_ratio", low=0.0, low_open=True)
-        validate.integer(self.seed, "seed", minimum=0)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> DGRState:
         dim = _input_dim(model)
@@ -195,7 +196,7 @@ class DGR(TaskHooks):
             vae, vae_opt = adam_update(mstate.vae, grads, mstate.vae_opt, self.generator_lr)
             return dataclasses.replace(mstate, vae=vae, vae_opt=vae_opt, rng=g.get_state())
 
-        return StepPlan(objective=objective, update=update)
+        return objective_plan(objective, update)
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: DGRState, ctx: TaskContext

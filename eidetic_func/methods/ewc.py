@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any, Literal
+from functools import partial
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +41,9 @@ from eidetic_func.importance.per_sample import (
     take_samples,
 )
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import TaskContext
-from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty, state_batches
+from eidetic_func.methods.fields import choice, integer, number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits, penalty_plan
+from eidetic_func.methods.regularizer import quadratic_penalty, state_batches
 from eidetic_func.ops.forward import train_mode
 
 FisherKind = Literal["true", "exact", "empirical"]
@@ -136,46 +138,46 @@ class OnlineEWCState:
     tasks: int = static_field(default=0)
 
 
+def task_fisher(
+    method: EWC | OnlineEWC,
+    model: nn.Module,
+    state: EideticState,
+    ctx: TaskContext,
+) -> dict[str, Tensor]:
+    """The Fisher of the task that ``ctx`` ends, with ``method``'s settings."""
+    return fisher_diagonal(
+        model,
+        state.params,
+        state.buffers,
+        state_batches(ctx.loader, state),
+        task=ctx.task,
+        fisher=method.fisher,
+        generator=ctx.generator,
+        max_samples=method.fisher_samples,
+        implementation=method.implementation,
+        chunk_size=method.chunk_size,
+    )
+
+
+def ewc_penalty(lambda_ewc: float, mstate: EWCState, params: dict[str, Tensor]) -> Tensor | None:
+    """``λ/2 Σ_t Σ F_t (θ − θ*_t)²`` (None before the first task ends)."""
+    if not mstate.fishers:
+        return None
+    terms = [quadratic_penalty(f, a, params) for f, a in zip(mstate.fishers, mstate.anchors)]
+    return 0.5 * lambda_ewc * torch.stack(terms).sum()
+
+
+def online_ewc_penalty(
+    lambda_ewc: float, mstate: OnlineEWCState, params: dict[str, Tensor]
+) -> Tensor | None:
+    """``λ/2 Σ F (θ − θ*)²`` (None before the first task ends)."""
+    if mstate.tasks == 0:
+        return None
+    return 0.5 * lambda_ewc * quadratic_penalty(mstate.fisher, mstate.anchor, params)
+
+
 @dataclasses.dataclass(frozen=True)
-class _FisherMethod(RegularizedMethod):
-    lambda_ewc: float = 100.0
-    fisher: FisherKind = "true"
-    fisher_samples: int | None = None
-    implementation: Implementation = "fast"
-    chunk_size: int | None = None
-
-    def __post_init__(self) -> None:
-        validate.number(self.lambda_ewc, "lambda_ewc", low=0.0)
-        validate.choice(self.fisher, "fisher", FISHER_KINDS)
-        validate.choice(self.implementation, "implementation", IMPLEMENTATIONS)
-        for name in ("fisher_samples", "chunk_size"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
-
-    def task_fisher(
-        self,
-        model: nn.Module,
-        state: EideticState,
-        loader: Iterable[Batch],
-        task: int,
-        generator: torch.Generator,
-    ) -> dict[str, Tensor]:
-        return fisher_diagonal(
-            model,
-            state.params,
-            state.buffers,
-            state_batches(loader, state),
-            task=task,
-            fisher=self.fisher,
-            generator=generator,
-            max_samples=self.fisher_samples,
-            implementation=self.implementation,
-            chunk_size=self.chunk_size,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class EWC(_FisherMethod):
+class EWC:
     """EWC: ``λ/2 Σ_t Σ F_t (θ − θ*_t)²``, one Fisher and anchor per finished task.
 
     - ``lambda_ewc``: λ. The papers tune it per benchmark over orders of magnitude; the
@@ -191,60 +193,76 @@ class EWC(_FisherMethod):
     Memory grows by two parameter copies per task; :class:`OnlineEWC` keeps one.
     """
 
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
+
+    lambda_ewc: float = number(100.0, low=0.0)
+    fisher: FisherKind = choice("true", FISHER_KINDS)
+    fisher_samples: int | None = integer(None, minimum=1)
+    implementation: Implementation = choice("fast", IMPLEMENTATIONS)
+    chunk_size: int | None = integer(None, minimum=1)
     name: str = "ewc"
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> EWCState:
         return EWCState()
 
-    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
-        if not mstate.fishers:
-            return None
-        terms = [quadratic_penalty(f, a, params) for f, a in zip(mstate.fishers, mstate.anchors)]
-        return 0.5 * self.lambda_ewc * torch.stack(terms).sum()
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: EWCState, batch: Batch, *, task: int
+    ) -> StepPlan:
+        return penalty_plan(partial(ewc_penalty, self.lambda_ewc, mstate))
 
     def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+        self, model: nn.Module, state: EideticState, mstate: EWCState, ctx: TaskContext
     ) -> tuple[EideticState, EWCState, Decision]:
-        loader, task, generator = ctx.loader, ctx.task, ctx.generator
-        fisher = self.task_fisher(model, state, loader, task, generator)
-        return (
-            state,
-            EWCState(
-                fishers=(*mstate.fishers, fisher), anchors=(*mstate.anchors, dict(state.params))
-            ),
-            DONE,
-        )
+        fisher = task_fisher(self, model, state, ctx)
+        anchors = (*mstate.anchors, dict(state.params))
+        return state, EWCState(fishers=(*mstate.fishers, fisher), anchors=anchors), DONE
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineEWC(_FisherMethod):
+class OnlineEWC:
     """Online EWC: ``λ/2 Σ F (θ − θ*)²`` with ``F ← γ F + F_t`` and ``θ*`` the last task's.
 
     ``gamma`` (γ ∈ [0, 1]) discounts older Fishers; default 1.0 (no decay: every task's
     Fisher counts fully). Other fields as in :class:`EWC`.
     """
 
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
+
+    lambda_ewc: float = number(100.0, low=0.0)
+    fisher: FisherKind = choice("true", FISHER_KINDS)
+    fisher_samples: int | None = integer(None, minimum=1)
+    implementation: Implementation = choice("fast", IMPLEMENTATIONS)
+    chunk_size: int | None = integer(None, minimum=1)
+    gamma: float = number(1.0, low=0.0, high=1.0)
     name: str = "online-ewc"
-    gamma: float = 1.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        validate.number(self.gamma, "gamma", low=0.0, high=1.0)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> OnlineEWCState:
         zeros = {k: torch.zeros_like(v) for k, v in state.params.items()}
         return OnlineEWCState(fisher=zeros, anchor=dict(state.params))
 
-    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
-        if mstate.tasks == 0:
-            return None
-        return 0.5 * self.lambda_ewc * quadratic_penalty(mstate.fisher, mstate.anchor, params)
+    def plan(
+        self,
+        model: nn.Module,
+        state: EideticState,
+        mstate: OnlineEWCState,
+        batch: Batch,
+        *,
+        task: int,
+    ) -> StepPlan:
+        return penalty_plan(partial(online_ewc_penalty, self.lambda_ewc, mstate))
 
     def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+        self, model: nn.Module, state: EideticState, mstate: OnlineEWCState, ctx: TaskContext
     ) -> tuple[EideticState, OnlineEWCState, Decision]:
-        loader, task, generator = ctx.loader, ctx.task, ctx.generator
-        fisher = self.task_fisher(model, state, loader, task, generator)
+        fisher = task_fisher(self, model, state, ctx)
         return state, online_update(mstate, fisher, state.params, self.gamma), DONE
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from eidetic_func.methods.protocol import BaseMethod, Traits
+from eidetic_func.methods.protocol import Traits
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTune(BaseMethod):
-    """Plain cross-entropy on the current task's head; no method state, nothing at task end."""
+class FineTune:
+    """Plain cross-entropy on the current task's head; no method state, nothing at task end
+    (no hooks: the protocol's defaults)."""
 
     # every update of the network is an averaged gradient: data-parallel processes agree
     traits: ClassVar[Traits] = Traits(data_parallel=True)

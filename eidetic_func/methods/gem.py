@@ -26,7 +26,6 @@ constraints either. Memory samples run through their own task's head, in trainin
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import torch
@@ -38,14 +37,15 @@ from eidetic_func.core.pytree import pytree_dataclass
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks
-from eidetic_func.methods.replay import (
+from eidetic_func.methods.fields import integer, number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext
+from eidetic_func.methods.reservoir import (
     Samples,
-    _sample,
     concat_samples,
     generator_from,
     grouped_by_task,
     rng_init,
+    sample,
     sample_loader,
     samples_take,
 )
@@ -226,58 +226,47 @@ class EpisodicState:
     rng: Tensor
 
 
-@dataclasses.dataclass(frozen=True)
-class _Episodic(TaskHooks):
-    # not data-parallel (the default traits): each process projects against its own memory
-    memory_per_task: int = 256
-    seed: int = 0
+def episodic_init(seed: int) -> EpisodicState:
+    """An empty episodic memory."""
+    return EpisodicState(memory=Samples.empty(), rng=rng_init(seed))
 
-    def __post_init__(self) -> None:
-        if (
-            not isinstance(self.memory_per_task, int)
-            or isinstance(self.memory_per_task, bool)
-            or self.memory_per_task < 1
-        ):
-            raise ConfigError(
-                f"memory_per_task must be an integer >= 1, got {self.memory_per_task!r}"
-            )
 
-    def init(self, model: nn.Module, state: EideticState) -> EpisodicState:
-        return EpisodicState(memory=Samples.empty(), rng=rng_init(self.seed))
-
-    def end_task(
-        self, model: nn.Module, state: EideticState, mstate: EpisodicState, ctx: TaskContext
-    ) -> tuple[EideticState, EpisodicState, Decision]:
-        """Store ``memory_per_task`` examples of ``task`` drawn uniformly from ``loader``."""
-        loader, task, generator = ctx.loader, ctx.task, ctx.generator
-        device = next(iter(state.params.values())).device
-        new = sample_loader(
-            loader, self.memory_per_task, task=task, generator=generator, device=device
-        )
-        return state, dataclasses.replace(mstate, memory=concat_samples(mstate.memory, new)), DONE
+def remember_task(
+    memory_per_task: int, state: EideticState, mstate: EpisodicState, ctx: TaskContext
+) -> EpisodicState:
+    """``mstate`` with ``memory_per_task`` examples of the ended task, drawn uniformly from
+    its loader."""
+    device = next(iter(state.params.values())).device
+    new = sample_loader(
+        ctx.loader, memory_per_task, task=ctx.task, generator=ctx.generator, device=device
+    )
+    return dataclasses.replace(mstate, memory=concat_samples(mstate.memory, new))
 
 
 @dataclasses.dataclass(frozen=True)
-class AGEM(_Episodic):
+class AGEM:
     """Averaged GEM: project only against the gradient on a random memory batch.
 
     ``memory_per_task`` examples are stored per finished task; each step draws
     ``buffer_sample_size`` of all of them (without replacement) for ``g_ref``.
     """
 
-    buffer_sample_size: int = 256
+    # not data-parallel (the default traits): each process projects against its own memory
+    memory_per_task: int = integer(256, minimum=1)
+    seed: int = 0
+    buffer_sample_size: int = integer(256, minimum=1)
     name: str = "agem"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if (
-            not isinstance(self.buffer_sample_size, int)
-            or isinstance(self.buffer_sample_size, bool)
-            or self.buffer_sample_size < 1
-        ):
-            raise ConfigError(
-                f"buffer_sample_size must be an integer >= 1, got {self.buffer_sample_size!r}"
-            )
+        validate_fields(self)
+
+    def init(self, model: nn.Module, state: EideticState) -> EpisodicState:
+        return episodic_init(self.seed)
+
+    def end_task(
+        self, model: nn.Module, state: EideticState, mstate: EpisodicState, ctx: TaskContext
+    ) -> tuple[EideticState, EpisodicState, Decision]:
+        return state, remember_task(self.memory_per_task, state, mstate, ctx), DONE
 
     def plan(
         self,
@@ -289,7 +278,7 @@ class AGEM(_Episodic):
         task: int,
     ) -> StepPlan:
         generator = generator_from(mstate.rng)
-        reference = _sample(mstate.memory, self.buffer_sample_size, generator)
+        reference = sample(mstate.memory, self.buffer_sample_size, generator)
         transform: GradTransform | None = None
         if len(reference) > 0:
             mask = trainable(state)
@@ -311,7 +300,7 @@ class AGEM(_Episodic):
 
 
 @dataclasses.dataclass(frozen=True)
-class GEM(_Episodic):
+class GEM:
     """Gradient episodic memory: one constraint ``⟨g̃, g_k⟩ ≥ 0`` per finished task.
 
     ``g_k`` is the gradient on all of task ``k``'s ``memory_per_task`` examples. When a
@@ -321,17 +310,22 @@ class GEM(_Episodic):
     experiments) as the dual bound ``v ≥ margin``; ``margin=0`` is the plain projection.
     """
 
-    margin: float = 0.5
+    # not data-parallel (the default traits): each process projects against its own memory
+    memory_per_task: int = integer(256, minimum=1)
+    seed: int = 0
+    margin: float = number(0.5, low=0.0)
     name: str = "gem"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if (
-            not isinstance(self.margin, int | float)
-            or isinstance(self.margin, bool)
-            or not (math.isfinite(self.margin) and self.margin >= 0)
-        ):
-            raise ConfigError(f"margin must be a finite number >= 0, got {self.margin!r}")
+        validate_fields(self)
+
+    def init(self, model: nn.Module, state: EideticState) -> EpisodicState:
+        return episodic_init(self.seed)
+
+    def end_task(
+        self, model: nn.Module, state: EideticState, mstate: EpisodicState, ctx: TaskContext
+    ) -> tuple[EideticState, EpisodicState, Decision]:
+        return state, remember_task(self.memory_per_task, state, mstate, ctx), DONE
 
     def plan(
         self,

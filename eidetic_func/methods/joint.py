@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eidetic_func.core import validate
 from eidetic_func.core.errors import DataError
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import BaseMethod, StepPlan, TaskContext, Traits
+from eidetic_func.methods.fields import integer, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits, objective_plan
 from eidetic_func.methods.regularizer import state_batches
 from eidetic_func.training.step import Apply
 
@@ -55,21 +55,19 @@ def replay_batches(mstate: JointState, size: int, seed: int) -> list[tuple[int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class Joint(BaseMethod):
+class Joint:
     """Joint training (offline upper bound); ``seed`` drives the draws from stored tasks,
     ``max_samples_per_task`` caps what is stored per task (None: everything)."""
 
     # every update of the network is an averaged gradient: data-parallel processes agree
     traits: ClassVar[Traits] = Traits(data_parallel=True)
 
+    seed: int = integer(0, minimum=0)
+    max_samples_per_task: int | None = integer(None, minimum=1)
     name: str = "joint"
-    seed: int = 0
-    max_samples_per_task: int | None = None
 
     def __post_init__(self) -> None:
-        validate.integer(self.seed, "seed", minimum=0)
-        if self.max_samples_per_task is not None:
-            validate.integer(self.max_samples_per_task, "max_samples_per_task", minimum=1)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> JointState:
         return JointState()
@@ -90,7 +88,7 @@ class Joint(BaseMethod):
         def update(before: EideticState, after: EideticState) -> JointState:
             return dataclasses.replace(mstate, steps=mstate.steps + 1)
 
-        return StepPlan(objective=objective, update=update)
+        return objective_plan(objective, update)
 
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext

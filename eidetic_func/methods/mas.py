@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from eidetic_func.core import validate
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
@@ -36,8 +36,9 @@ from eidetic_func.importance.per_sample import (
     take_samples,
 )
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import TaskContext
-from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty, state_batches
+from eidetic_func.methods.fields import choice, integer, number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits, penalty_plan
+from eidetic_func.methods.regularizer import quadratic_penalty, state_batches
 
 
 def mas_importance(
@@ -92,8 +93,15 @@ def mas_update(
     return MASState(importance=total, anchor=dict(params), tasks=mstate.tasks + 1)
 
 
+def mas_penalty(reg_lambda: float, mstate: MASState, params: dict[str, Tensor]) -> Tensor | None:
+    """``reg_lambda · Σ Ω (θ − θ*)²`` (None before the first task ends)."""
+    if mstate.tasks == 0:
+        return None
+    return reg_lambda * quadratic_penalty(mstate.importance, mstate.anchor, params)
+
+
 @dataclasses.dataclass(frozen=True)
-class MAS(RegularizedMethod):
+class MAS:
     """MAS: ``reg_lambda · Σ Ω (θ − θ*)²`` with per-sample importance summed over tasks.
 
     - ``reg_lambda``: default 0.01, the MAS seed's (tuned there for AlexNet on
@@ -103,38 +111,36 @@ class MAS(RegularizedMethod):
     - ``implementation`` / ``chunk_size``: as in :class:`eidetic_func.methods.EWC`.
     """
 
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
+
+    reg_lambda: float = number(0.01, low=0.0)
+    samples: int | None = integer(None, minimum=1)
+    implementation: Implementation = choice("fast", IMPLEMENTATIONS)
+    chunk_size: int | None = integer(None, minimum=1)
     name: str = "mas"
-    reg_lambda: float = 0.01
-    samples: int | None = None
-    implementation: Implementation = "fast"
-    chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        validate.number(self.reg_lambda, "reg_lambda", low=0.0)
-        validate.choice(self.implementation, "implementation", IMPLEMENTATIONS)
-        for name in ("samples", "chunk_size"):
-            if getattr(self, name) is not None:
-                validate.integer(getattr(self, name), name, minimum=1)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> MASState:
         zeros = {k: torch.zeros_like(v) for k, v in state.params.items()}
         return MASState(importance=zeros, anchor=dict(state.params))
 
-    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
-        if mstate.tasks == 0:
-            return None
-        return self.reg_lambda * quadratic_penalty(mstate.importance, mstate.anchor, params)
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: MASState, batch: Batch, *, task: int
+    ) -> StepPlan:
+        return penalty_plan(partial(mas_penalty, self.reg_lambda, mstate))
 
     def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+        self, model: nn.Module, state: EideticState, mstate: MASState, ctx: TaskContext
     ) -> tuple[EideticState, MASState, Decision]:
-        loader, task = ctx.loader, ctx.task
         importance = mas_importance(
             model,
             state.params,
             state.buffers,
-            state_batches(loader, state),
-            task=task,
+            state_batches(ctx.loader, state),
+            task=ctx.task,
             max_samples=self.samples,
             implementation=self.implementation,
             chunk_size=self.chunk_size,

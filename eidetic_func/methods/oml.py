@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eidetic_func.core import validate
 from eidetic_func.core.pytree import pytree_dataclass
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import call_logits
-from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import StepPlan, TaskContext, TaskHooks, Traits
-from eidetic_func.methods.replay import (
+from eidetic_func.methods.fields import integer, number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, Traits, objective_plan
+from eidetic_func.methods.reservoir import (
     ReservoirBuffer,
     buffer_sample,
     generator_from,
@@ -82,23 +81,24 @@ def adapt(
 
 
 @dataclasses.dataclass(frozen=True)
-class OML(TaskHooks):
-    """Online meta-learning with the tutorial's ``inner_lr``, ``inner_steps`` and memory."""
+class OML:
+    """Online meta-learning with the tutorial's ``inner_lr``, ``inner_steps`` and memory.
+
+    The inner loop (:func:`adapt`) is part of one step's loss, not a training loop: its
+    adapted copy is discarded, and the network changes only by the loop's optimizer step.
+    Nothing happens at a task's end (no ``end_task``)."""
 
     # every update of the network is an averaged gradient: data-parallel processes agree
     traits: ClassVar[Traits] = Traits(data_parallel=True)
 
-    inner_lr: float = 0.01
-    inner_steps: int = 5
-    buffer_size: int = 1000
-    seed: int = 0
+    inner_lr: float = number(0.01, low=0.0, low_open=True)
+    inner_steps: int = integer(5, minimum=0)
+    buffer_size: int = integer(1000, minimum=1)
+    seed: int = integer(0, minimum=0)
     name: str = "oml"
 
     def __post_init__(self) -> None:
-        validate.number(self.inner_lr, "inner_lr", low=0.0, low_open=True)
-        validate.integer(self.inner_steps, "inner_steps", minimum=0)
-        validate.integer(self.buffer_size, "buffer_size", minimum=1)
-        validate.integer(self.seed, "seed", minimum=0)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> OMLState:
         return OMLState(buffer=reservoir_init(self.buffer_size), rng=rng_init(self.seed))
@@ -134,9 +134,4 @@ class OML(TaskHooks):
             buffer = reservoir_add(mstate.buffer, x, y, task, generator=g)
             return OMLState(buffer=buffer, rng=g.get_state())
 
-        return StepPlan(objective=objective, update=update)
-
-    def end_task(
-        self, model: nn.Module, state: EideticState, mstate: OMLState, ctx: TaskContext
-    ) -> tuple[EideticState, OMLState, Decision]:
-        return state, mstate, DONE
+        return objective_plan(objective, update)

@@ -2,7 +2,8 @@
 
 After a task is trained, a fraction ``prune_ratio`` of the free weights of every layer —
 the lowest in magnitude, unstructured — is pruned (``keep = False``, zero); the rest are
-retrained for ``retrain_epochs`` epochs (``train_step`` keeps pruned entries at zero);
+retrained for ``retrain_epochs`` epochs by the task loop (a :class:`TrainWith` decision;
+``train_step`` keeps pruned entries at zero);
 then the surviving free weights become **owned** by the task (:func:`own_entries`), so the
 core's freezing keeps them bit-identical for every later task, and the task is marked
 finished, so ``eidetic_func.ops.forward(..., task=t)`` evaluates it through
@@ -25,7 +26,6 @@ as is: ``owner`` is per entry, ``freeze`` and ``apply_task_mask`` work entry-wis
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
@@ -34,12 +34,9 @@ from torch import Tensor, nn
 
 from eidetic_func.core.errors import ConfigError, TaskError
 from eidetic_func.core.state import FREE, EideticState
-from eidetic_func.core.types import Batch
-from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import BaseMethod, TaskContext, Traits
-from eidetic_func.ops.step_masks import step_masks
-from eidetic_func.ops.workspace import Workspace
-from eidetic_func.training.step import train_step
+from eidetic_func.methods.decisions import DONE, Decision, TrainWith
+from eidetic_func.methods.fields import integer, number, validate_fields
+from eidetic_func.methods.protocol import TaskContext, Traits
 
 __all__ = ["PackNet", "magnitude_prune", "own_entries", "packnet_prunable"]
 
@@ -113,32 +110,25 @@ def own_entries(state: EideticState, *, task: int, entries: Mapping[str, Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
-class PackNet(BaseMethod):
+class PackNet:
     """PackNet: prune ``prune_ratio`` of each layer's free weights, retrain, own the rest.
 
     ``retrain_epochs`` epochs of retraining after pruning, with a fresh Adam optimizer of
-    learning rate ``retrain_lr`` (``end_task`` receives no optimizer; the paper also
-    retrains with its own schedule). Steps are plain cross-entropy (``BaseMethod``).
+    learning rate ``retrain_lr`` (a :class:`TrainWith` decision: the task loop trains;
+    the paper also retrains with its own schedule). Steps are plain cross-entropy (no
+    ``plan``).
     """
 
     # not data-parallel: retraining steps a fresh optimizer on this process's data alone
     traits: ClassVar[Traits] = Traits(task_incremental=True, owns=True)
 
-    prune_ratio: float = 0.75
-    retrain_epochs: int = 1
-    retrain_lr: float = 1e-3
+    prune_ratio: float = number(0.75, low=0.0, high=1.0, high_open=True)
+    retrain_epochs: int = integer(1, minimum=0)
+    retrain_lr: float = number(1e-3, low=0.0, low_open=True)
     name: str = "packnet"
 
     def __post_init__(self) -> None:
-        r = self.prune_ratio
-        if not isinstance(r, int | float) or isinstance(r, bool) or not 0.0 <= float(r) < 1.0:
-            raise ConfigError(f"prune_ratio must be in [0, 1), got {r!r}")
-        e = self.retrain_epochs
-        if not isinstance(e, int) or isinstance(e, bool) or e < 0:
-            raise ConfigError(f"retrain_epochs must be an integer >= 0, got {e!r}")
-        lr = self.retrain_lr
-        if not isinstance(lr, int | float) or not (math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"retrain_lr must be a finite number > 0, got {lr!r}")
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> None:
         if not any(k.startswith("heads.") for k in state.params):
@@ -150,33 +140,14 @@ class PackNet(BaseMethod):
     def end_task(
         self, model: nn.Module, state: EideticState, mstate: None, ctx: TaskContext
     ) -> tuple[EideticState, None, Decision]:
-        """Prune, retrain, then own what survived (and the shared entries, at task 0)."""
-        loader, task = ctx.loader, ctx.task
-        state = magnitude_prune(state, self.prune_ratio, packnet_prunable(state))
-        state = self.retrain(model, state, loader, task=task)
-        return own_entries(state, task=task, entries=self.claims(state, task)), mstate, DONE
-
-    def retrain(
-        self, model: nn.Module, state: EideticState, loader: Iterable[Batch], *, task: int
-    ) -> EideticState:
-        """``retrain_epochs`` epochs of cross-entropy on ``loader``; pruned entries stay zero."""
-        if self.retrain_epochs == 0:
-            return state
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.retrain_lr)
-        device = next(iter(state.params.values())).device
-        masks, workspace = step_masks(state), Workspace()  # no step changes the masks
-        for _ in range(self.retrain_epochs):
-            for x, y in loader:
-                state, _ = train_step(
-                    model,
-                    state,
-                    (x.to(device), y.to(device)),
-                    optimizer=optimizer,
-                    task=task,
-                    masks=masks,
-                    workspace=workspace,
-                )
-        return state
+        """Prune and have the loop retrain (the first call; a retrained call has the
+        retraining's metric), then own what survived (and the shared entries, at task 0)."""
+        if ctx.metric is None:
+            state = magnitude_prune(state, self.prune_ratio, packnet_prunable(state))
+            if self.retrain_epochs > 0:
+                optimizer = ("adam", {"lr": self.retrain_lr})
+                return state, mstate, TrainWith(optimizer, "retrain", epochs=self.retrain_epochs)
+        return own_entries(state, task=ctx.task, entries=self.claims(state, ctx.task)), mstate, DONE
 
     def claims(self, state: EideticState, task: int) -> dict[str, Tensor]:
         """What ``task`` owns: its kept weights, its head, and every free shared entry.

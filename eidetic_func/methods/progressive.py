@@ -23,7 +23,7 @@ from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.methods.decisions import DONE, Decision
 from eidetic_func.methods.packnet import own_entries
-from eidetic_func.methods.protocol import BaseMethod, TaskContext, Traits
+from eidetic_func.methods.protocol import TaskContext, Traits
 from eidetic_func.ops.lifecycle import recycle
 
 __all__ = ["ColumnModel", "Progressive", "column_entries", "own_column"]
@@ -53,13 +53,15 @@ def own_column(state: EideticState, model: ColumnModel, *, task: int) -> Eidetic
 
 
 @dataclasses.dataclass(frozen=True)
-class Progressive(BaseMethod):
-    """Progressive networks on a :class:`ColumnModel` (``models.progressive.ProgressiveMLP``)."""
+class Progressive:
+    """Progressive networks on a :class:`ColumnModel` (``models.progressive.ProgressiveMLP``);
+    steps are plain cross-entropy (no ``plan``)."""
 
-    name: str = "progressive"
     traits: ClassVar[Traits] = Traits(
         data_parallel=True, task_incremental=True, network="progressive", owns=True
     )
+
+    name: str = "progressive"
 
     def init(self, model: nn.Module, state: EideticState) -> None:
         if not isinstance(model, ColumnModel):

@@ -1,20 +1,27 @@
 """The method protocol: what a continual-learning method adds to training, and composition.
 
-A method (EideticNet, EWC, ER, …) is a small frozen dataclass of hyperparameters whose
-pure functions thread an immutable method state ``mstate`` next to the
-:class:`EideticState` (like optax's ``(init, update)`` pairs):
+A method (EideticNet, EWC, ER, …) is a small frozen dataclass of hyperparameters (checked
+by :func:`~eidetic_func.methods.fields.validate_fields`) plus pure functions that thread an
+immutable method state ``mstate`` next to the :class:`EideticState` (like optax's
+``(init, update)`` pairs). Every hook is optional; no base class supplies them — the
+shell and chains call them through this module's functions, which supply the defaults:
 
-- ``init(model, state)`` → the method's initial state;
+- ``init(model, state)`` → the method's initial state (:func:`init_state`; default None);
 - ``plan(model, state, mstate, batch, *, task)`` → a :class:`StepPlan`: what the method
   adds to one training step (a loss of its own, a penalty, a gradient transform, and its
-  state after the step). :func:`method_step` runs the plan as one :func:`train_step`;
+  state after the step), built with :func:`penalty_plan` / :func:`objective_plan`
+  (:func:`plan_step`; default: the plain task loss). :func:`method_step` runs the plan
+  as one :func:`train_step`;
 - ``begin_task(state, mstate, *, task, ctx)`` → ``(state, mstate)`` before a task is
-  trained;
+  trained (:func:`begin_task`; default: unchanged);
 - ``end_task(model, state, mstate, ctx)`` → ``(state, mstate, decision)`` once the task is
-  learned (:class:`TaskContext` is plain data: the task's data, settings, progress):
-  importance, anchors, memories, or a step of EideticNet's prune → recover → finish →
-  recycle. The decision (:mod:`eidetic_func.methods.decisions`) is what the task loop does
-  next: train more epochs, lower the learning rate, save a checkpoint, or nothing (Done).
+  learned (:func:`end_task`; default: unchanged, Done). :class:`TaskContext` is plain
+  data (the task's data, settings, progress): importance, anchors, memories, or a step of
+  EideticNet's prune → recover → finish → recycle. The decision
+  (:mod:`eidetic_func.methods.decisions`) is what the task loop does next: train more
+  epochs (with the run's optimizer or another), lower the learning rate, save a
+  checkpoint, or nothing (Done). A method never runs a training loop itself.
+- ``traits``: a :class:`Traits` (default: ``Traits()``).
 
 Methods compose with :func:`~eidetic_func.methods.chain.chain` (``chain(EWC(), ER())``):
 penalties add, gradient transforms apply in order, task ends run in order, each member
@@ -26,12 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn
 from eidetic_func.importance.taylor import Reduce
@@ -46,6 +54,8 @@ from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetr
 Penalty = Callable[[Apply, dict[str, Tensor]], Tensor | None]
 # update(state before the step, state after it) -> the method state after the step
 Update = Callable[[EideticState, EideticState], Any]
+# observe(task-loss gradients, params before the step, params after it) -> the method state
+Observe = Callable[[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +97,17 @@ class StepPlan:
     method of a chain may); ``penalty(apply, params)`` is added to the loss;
     ``grad_transform(grads, apply, params)`` rewrites the gradients before the optimizer
     step; ``update(before, after)`` returns the method state after the step (None: the
-    state is unchanged).
+    state is unchanged). ``observe(grads, before, after)`` (parameter dicts) returns the
+    method state after a step whose task-loss gradient was ``grads`` (SI's path integral):
+    the penalty's gradient is then added to the task loss's rather than differentiated
+    with it (:func:`lowered`), and the plan has no ``update`` or ``grad_transform``.
     """
 
     objective: Objective | None = None
     penalty: Penalty | None = None
     grad_transform: GradTransform | None = None
     update: Update | None = None
+    observe: Observe | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,75 +139,83 @@ class TaskContext:
 
 @runtime_checkable
 class Method(Protocol):
-    """A continual-learning method (see the module docstring)."""
+    """A continual-learning method (see the module docstring): a name, and any of the hooks
+    ``traits``, ``init``, ``plan``, ``begin_task`` and ``end_task``; a missing hook takes
+    its default (:func:`init_state`, :func:`plan_step`, :func:`begin_task`,
+    :func:`end_task`)."""
 
     @property
     def name(self) -> str: ...  # read-only, so frozen dataclasses satisfy the protocol
 
-    def init(self, model: nn.Module, state: EideticState) -> Any: ...
 
-    def plan(
-        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
-    ) -> StepPlan: ...
-
-    def begin_task(
-        self, state: EideticState, mstate: Any, *, task: int, ctx: TaskContext
-    ) -> tuple[EideticState, Any]: ...
-
-    def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, Any, Decision]: ...
+def init_state(method: Method, model: nn.Module, state: EideticState) -> Any:
+    """``method.init(model, state)``; no state (None) for a method without ``init``."""
+    init = getattr(method, "init", None)
+    return None if init is None else init(model, state)
 
 
-class TaskHooks:
-    """Default task hooks: nothing happens when a task begins or ends."""
-
-    traits: ClassVar[Traits] = Traits()
-
-    def begin_task(
-        self, state: EideticState, mstate: Any, *, task: int, ctx: TaskContext
-    ) -> tuple[EideticState, Any]:
-        return state, mstate
-
-    def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
-    ) -> tuple[EideticState, Any, Decision]:
-        return state, mstate, DONE
+def plan_step(
+    method: Method, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
+) -> StepPlan:
+    """``method.plan(...)``: what it adds to a step on ``batch``; nothing (plain task loss)
+    for a method without ``plan``."""
+    plan = getattr(method, "plan", None)
+    return StepPlan() if plan is None else plan(model, state, mstate, batch, task=task)
 
 
-@dataclasses.dataclass(frozen=True)
-class BaseMethod(TaskHooks):
-    """Defaults: cross-entropy steps plus :meth:`regularizer` (by default :meth:`penalty`);
-    nothing happens when a task begins or ends."""
+def begin_task(
+    method: Method, state: EideticState, mstate: Any, *, task: int, ctx: TaskContext
+) -> tuple[EideticState, Any]:
+    """``method.begin_task(...)`` before task ``task`` trains; unchanged without the hook."""
+    begin = getattr(method, "begin_task", None)
+    return (state, mstate) if begin is None else begin(state, mstate, task=task, ctx=ctx)
 
-    name: str = "finetune"
 
-    def init(self, model: nn.Module, state: EideticState) -> Any:
-        return None
+def end_task(
+    method: Method, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+) -> tuple[EideticState, Any, Decision]:
+    """``method.end_task(...)`` once the task is learned: ``(state, mstate, decision)``;
+    unchanged and :class:`Done` without the hook."""
+    end = getattr(method, "end_task", None)
+    return (state, mstate, DONE) if end is None else end(model, state, mstate, ctx)
 
-    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
-        """A regularizer on the parameters (differentiable), or None."""
-        return None
 
-    def regularizer(
-        self,
-        model: nn.Module,
-        mstate: Any,
-        apply: Apply,
-        params: dict[str, Tensor],
-        batch: Batch,
-        task: int,
-    ) -> Tensor | None:
-        """The extra loss term (differentiable in ``params``), or None. Default: ``penalty``."""
-        return self.penalty(mstate, params, task)
+def penalty_plan(
+    penalty: Callable[[dict[str, Tensor]], Tensor | None], *, observe: Observe | None = None
+) -> StepPlan:
+    """A step of the task loss plus ``penalty(params)`` (a differentiable scalar, or None),
+    e.g. ``penalty_plan(partial(my_penalty, strength, mstate))``; with ``observe`` see
+    :class:`StepPlan`."""
+    return StepPlan(penalty=lambda apply, params: penalty(params), observe=observe)
 
-    def plan(
-        self, model: nn.Module, state: EideticState, mstate: Any, batch: Batch, *, task: int
-    ) -> StepPlan:
-        def penalty(apply: Apply, params: dict[str, Tensor]) -> Tensor | None:
-            return self.regularizer(model, mstate, apply, params, batch, task)
 
-        return StepPlan(penalty=penalty)
+def objective_plan(objective: Objective, update: Update | None = None) -> StepPlan:
+    """A step whose whole loss is ``objective(apply, params) -> (loss, logits)``, and whose
+    method state afterwards is ``update(before, after)`` (None: unchanged)."""
+    return StepPlan(objective=objective, update=update)
+
+
+def lowered(plan: StepPlan) -> StepPlan:
+    """``plan`` without ``observe``: its penalty's gradient is added after the task loss's
+    gradient is recorded, and the update hands that gradient to ``observe``."""
+    observe, penalty = plan.observe, plan.penalty
+    if observe is None:
+        return plan
+    if plan.update is not None or plan.grad_transform is not None:
+        raise ConfigError("a plan that observes gradients has no update or grad_transform")
+    recorded: dict[str, Tensor] = {}  # this step's task-loss gradient, before the penalty's
+
+    def add_penalty(
+        grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        recorded.update(grads)
+        extra = None if penalty is None else penalty(apply, params)
+        return grads if extra is None else add_gradient(grads, extra, params)
+
+    def update(before: EideticState, after: EideticState) -> Any:
+        return observe(recorded, before.params, after.params)
+
+    return StepPlan(objective=plan.objective, grad_transform=add_penalty, update=update)
 
 
 def method_step(
@@ -220,7 +242,7 @@ def method_step(
     ``masks`` and ``workspace`` as given).
     """
     task = state.task if task is None else task
-    plan = method.plan(model, state, mstate, batch, task=task)
+    plan = lowered(plan_step(method, model, state, mstate, batch, task=task))
     objective = plan.objective
     if plan.penalty is not None:
         objective = _with_penalty(objective, plan.penalty, batch, task, loss_fn)
@@ -255,6 +277,19 @@ def _with_penalty(
         return (loss if extra is None else loss + extra), logits
 
     return total
+
+
+def add_gradient(
+    grads: dict[str, Tensor], loss: Tensor, params: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """``grads`` plus the gradient of ``loss`` with respect to ``params`` (missing = zero)."""
+    names = list(params)
+    extra = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    out = dict(grads)
+    for k, e in zip(names, extra):
+        if e is not None:
+            out[k] = e if k not in out else out[k] + e
+    return out
 
 
 def compose_transforms(transforms: list[GradTransform | None]) -> GradTransform | None:

@@ -16,17 +16,19 @@ plain-SGD special case).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from eidetic_func.core import validate
 from eidetic_func.core.pytree import pytree_dataclass, static_field
 from eidetic_func.core.state import EideticState
+from eidetic_func.core.types import Batch
 from eidetic_func.methods.decisions import DONE, Decision
-from eidetic_func.methods.protocol import TaskContext
-from eidetic_func.methods.regularizer import RegularizedMethod, quadratic_penalty
+from eidetic_func.methods.fields import number, validate_fields
+from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits, penalty_plan
+from eidetic_func.methods.regularizer import quadratic_penalty
 
 
 @pytree_dataclass
@@ -72,46 +74,47 @@ def si_consolidate(mstate: SIState, params: dict[str, Tensor], xi: float) -> SIS
     return SIState(omega=zeros, importance=importance, anchor=dict(params), tasks=mstate.tasks + 1)
 
 
+def si_penalty(c: float, mstate: SIState, params: dict[str, Tensor]) -> Tensor | None:
+    """``c · Σ Ω (θ − θ*)²`` (None before the first task ends)."""
+    if mstate.tasks == 0:
+        return None
+    return c * quadratic_penalty(mstate.importance, mstate.anchor, params)
+
+
 @dataclasses.dataclass(frozen=True)
-class SI(RegularizedMethod):
+class SI:
     """SI: ``c · Σ Ω (θ − θ*)²``; defaults as the Synapse seed's ``SI``.
 
     - ``c``: the penalty strength (Synapse's ``alpha``; default 0.5). On Split-MNIST
       (MLP 2×100) a larger value does better (5: 97.9% vs 95.8% on earlier tasks);
     - ``xi``: ξ, the damping of ``ω / (Δθ² + ξ)`` (default 0.01).
 
-    Its step differentiates the task loss only, records that gradient, then adds the
-    penalty's gradient; the reported loss is the task loss.
+    Its step differentiates the task loss only, hands that gradient to
+    :func:`si_observe`, then adds the penalty's gradient; the reported loss is the task
+    loss.
     """
 
-    name: str = "si"
-    c: float = 0.5
-    xi: float = 0.01
+    # every update of the network is an averaged gradient: data-parallel processes agree
+    traits: ClassVar[Traits] = Traits(data_parallel=True)
 
-    observes: ClassVar[bool] = True
+    c: float = number(0.5, low=0.0)
+    xi: float = number(0.01, low=0.0, low_open=True)
+    name: str = "si"
 
     def __post_init__(self) -> None:
-        validate.number(self.c, "c", low=0.0)
-        validate.number(self.xi, "xi", low=0.0, low_open=True)
+        validate_fields(self)
 
     def init(self, model: nn.Module, state: EideticState) -> SIState:
         return si_init(state.params)
 
-    def penalty(self, mstate: Any, params: dict[str, Tensor], task: int) -> Tensor | None:
-        if mstate.tasks == 0:
-            return None
-        return self.c * quadratic_penalty(mstate.importance, mstate.anchor, params)
-
-    def observe(
-        self,
-        mstate: Any,
-        grads: dict[str, Tensor],
-        before: dict[str, Tensor],
-        after: dict[str, Tensor],
-    ) -> SIState:
-        return si_observe(mstate, grads, before, after)
+    def plan(
+        self, model: nn.Module, state: EideticState, mstate: SIState, batch: Batch, *, task: int
+    ) -> StepPlan:
+        return penalty_plan(
+            partial(si_penalty, self.c, mstate), observe=partial(si_observe, mstate)
+        )
 
     def end_task(
-        self, model: nn.Module, state: EideticState, mstate: Any, ctx: TaskContext
+        self, model: nn.Module, state: EideticState, mstate: SIState, ctx: TaskContext
     ) -> tuple[EideticState, SIState, Decision]:
         return state, si_consolidate(mstate, state.params, self.xi), DONE

@@ -50,12 +50,23 @@ from eidetic_func.core.types import Batch
 from eidetic_func.importance.per_sample import takes_task
 from eidetic_func.methods.decisions import Done
 from eidetic_func.methods.joint import Joint
-from eidetic_func.methods.protocol import Method, TaskContext
+from eidetic_func.methods.protocol import (
+    Method,
+    Observe,
+    StepPlan,
+    TaskContext,
+    end_task,
+    init_state,
+    plan_step,
+)
 
 
 class Synapse:
     """Drive ``method`` (a regularization method) from an imperative training loop.
 
+    Each ``backward`` asks the method for its step's plan (:func:`plan_step`): a penalty,
+    and optionally an ``observe`` of the task loss's gradient; methods whose step needs
+    more (a loss of their own, a gradient transform) are refused there.
     ``generator`` seeds what the method draws at task ends (e.g. EWC's Fisher labels);
     default ``torch.Generator().manual_seed(0)``. ``mstate`` is the method's current
     (immutable) state; it is replaced, never modified.
@@ -69,17 +80,11 @@ class Synapse:
                 "joint training is offline (it keeps every task's data); train it with "
                 "eidetic_func.train_task, not in a backward()"
             )
-        if not hasattr(method, "regularizer") and not hasattr(method, "penalty"):
-            raise ConfigError(
-                f"method {getattr(method, 'name', method)!r} has neither regularizer() nor "
-                "penalty(); Synapse drives regularization methods (EWC, OnlineEWC, SI, MAS, "
-                "LwF, FineTune)"
-            )
         self.model = model
         self.method = method
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.mstate: Any = method.init(model, self.snapshot())
-        self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        self.mstate: Any = init_state(method, model, self.snapshot())
+        self._pending: tuple[Observe, dict[str, Tensor], dict[str, Tensor]] | None = None
 
     def snapshot(self, task: int = 0) -> EideticState:
         """The model's parameters and buffers now, copied into a state (nothing owned)."""
@@ -92,7 +97,7 @@ class Synapse:
         return EideticState(params=params, buffers=buffers, owner={}, keep={}, task=task)
 
     def backward(self, loss: Tensor, *, inputs: Tensor, targets: Tensor, task: int = 0) -> Tensor:
-        """``loss.backward()`` plus the method's regularizer; returns the regularizer's value.
+        """``loss.backward()`` plus the method's penalty; returns the penalty's value.
 
         ``inputs``/``targets`` are the batch ``loss`` was computed on (LwF distils on the
         inputs). Gradients accumulate into ``.grad`` as ``loss.backward()`` would.
@@ -100,25 +105,23 @@ class Synapse:
         self._settle()
         loss.backward()
         params = dict(self.model.named_parameters())
-        observes = bool(getattr(self.method, "observes", False))
-        if observes:
+        plan = self._plan(params, (inputs, targets), task)
+        if plan.observe is not None:
             grads = {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}
             before = {k: p.detach().clone() for k, p in params.items()}
-        extra = self._regularizer(params, (inputs, targets), task)
-        if extra is not None:
-            extra.backward()
-        if observes:
-            self._pending = (grads, before)
+            self._pending = (plan.observe, grads, before)
+        extra = None if plan.penalty is None else plan.penalty(self._apply, params)  # type: ignore[arg-type]
         if extra is None:
             return torch.zeros((), device=loss.device, dtype=loss.dtype)
+        extra.backward()
         return extra.detach()
 
     def end_task(self, loader: Any, *, task: int) -> None:
         """Close task ``task``: importance, anchors or old outputs from ``loader``'s batches."""
         self._settle()
         ctx = TaskContext(loader=loader, task=task, generator=self.generator)
-        _, self.mstate, decision = self.method.end_task(
-            self.model, self.snapshot(task), self.mstate, ctx
+        _, self.mstate, decision = end_task(
+            self.method, self.model, self.snapshot(task), self.mstate, ctx
         )
         if not isinstance(decision, Done):
             raise ConfigError(f"{self.method.name} ends a task by training more: use train_task")
@@ -126,23 +129,24 @@ class Synapse:
     def _apply(self, x: Tensor, head: int) -> Tensor:
         return self.model(x, task=head) if takes_task(self.model) else self.model(x)
 
-    def _regularizer(
-        self, params: dict[str, nn.Parameter], batch: Batch, task: int
-    ) -> Tensor | None:
-        regularizer = getattr(self.method, "regularizer", None)
-        if regularizer is not None:
-            out: Tensor | None = regularizer(
-                self.model, self.mstate, self._apply, params, batch, task
+    def _plan(self, params: dict[str, nn.Parameter], batch: Batch, task: int) -> StepPlan:
+        """The method's plan for this step (the state: the live parameters, not copied)."""
+        live = {k: p.detach() for k, p in params.items()}
+        state = EideticState(params=live, buffers={}, owner={}, keep={}, task=task)
+        plan = plan_step(self.method, self.model, state, self.mstate, batch, task=task)
+        if plan.objective is not None or plan.grad_transform is not None or plan.update is not None:
+            raise ConfigError(
+                f"{self.method.name}'s step is more than the task loss plus a penalty; "
+                "Synapse drives regularization methods (EWC, OnlineEWC, SI, MAS, LwF, "
+                "FineTune): train it with eidetic_func.train_task"
             )
-            return out
-        penalty: Tensor | None = self.method.penalty(self.mstate, params, task)  # type: ignore[attr-defined]
-        return penalty
+        return plan
 
     def _settle(self) -> None:
         """Report the step taken since the last ``backward`` to the method (SI's Δθ)."""
         if self._pending is None:
             return
-        grads, before = self._pending
+        observe, grads, before = self._pending
         after = {k: p.detach() for k, p in self.model.named_parameters()}
-        self.mstate = self.method.observe(self.mstate, grads, before, after)  # type: ignore[attr-defined]
+        self.mstate = observe(grads, before, after)
         self._pending = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Record
+from eidetic_func.methods.protocol import init_state
 from eidetic_func.nn.init import init
 from eidetic_func.ops.growth import grow, growth_plan
 from eidetic_func.runner import record as run_record
@@ -28,7 +29,7 @@ from eidetic_func.training.loop import TaskProgress
 def first_record(setup: RunSetup) -> RunRecord:
     """Where a fresh run starts: the network's initial state, the method's."""
     state = init(setup.model, topology=setup.topology)
-    return RunRecord(state=state, mstate=setup.method.init(setup.model, state))
+    return RunRecord(state=state, mstate=init_state(setup.method, setup.model, state))
 
 
 def fold(setup: RunSetup, record: RunRecord) -> tuple[RunSetup, RunRecord]:

@@ -12,19 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import Optimizer
 
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn, Record
-from eidetic_func.methods.decisions import Done, Recover, ScaleLearningRate
+from eidetic_func.methods.decisions import Done, Recover, ScaleLearningRate, TrainWith
 from eidetic_func.methods.eidetic import EideticNet
-from eidetic_func.methods.protocol import Method, TaskContext, advance, method_step, traits
+from eidetic_func.methods.protocol import (
+    Method,
+    TaskContext,
+    advance,
+    begin_task,
+    end_task,
+    method_step,
+    traits,
+)
 from eidetic_func.ops.step_masks import StepMasks, step_masks
 from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training.config import TrainConfig
@@ -116,7 +125,7 @@ def train_task(
         history=history,
     )
     if resume is None:
-        state, mstate = method.begin_task(state, mstate, task=task, ctx=ctx)
+        state, mstate = begin_task(method, state, mstate, task=task, ctx=ctx)
     check_trainable(state, task)
     carry = (state, mstate)
     if p.phase == "train":
@@ -144,10 +153,11 @@ def train_task(
 
 @dataclasses.dataclass(frozen=True)
 class _Shell:
-    """What the loop does for a task: train one epoch of the method's step (``label``),
-    add to the history, save a resumable point."""
+    """What the loop does for a task: train one epoch of the method's step (``label``; with
+    another optimizer than the run's where given), add to the history, save a resumable
+    point."""
 
-    epoch: Callable[[TaskCarry, str], tuple[TaskCarry, float, float]]
+    epoch: Callable[..., tuple[TaskCarry, float, float]]  # (carry, label, optimizer=None)
     record: Callable[..., None]
     save: Callable[[EideticState, Any, TaskProgress], None]
     optimizer: torch.optim.Optimizer
@@ -165,7 +175,7 @@ def _end_task(
     metric: float | None = None
     while True:
         ctx = ctx.replace(progress=p, metric=metric)
-        state, mstate, decision = method.end_task(model, *carry, ctx)
+        state, mstate, decision = end_task(method, model, *carry, ctx)
         carry = (state, mstate)
         for phase, fields in decision.records:
             shell.record(phase, **fields)
@@ -176,20 +186,32 @@ def _end_task(
         if isinstance(decision, ScaleLearningRate):
             scale_learning_rates(shell.optimizer, decision.factor)
             p = dataclasses.replace(p, lr_lowered=True)
-        elif isinstance(decision, Recover):
-            carry, metric = _recover(carry, decision, shell)
+        elif isinstance(decision, Recover | TrainWith):
+            carry, metric = _train_more(model, carry, decision, shell)
 
 
-def _recover(carry: TaskCarry, decision: Recover, shell: _Shell) -> tuple[TaskCarry, float]:
+def _train_more(
+    model: nn.Module, carry: TaskCarry, decision: Recover | TrainWith, shell: _Shell
+) -> tuple[TaskCarry, float]:
     """The decision's epochs, each recorded: the carry and the last epoch's metric."""
+    fresh = None if isinstance(decision, Recover) else _optimizer(model, *decision.optimizer)
+    lr = {} if fresh is None else {"lr": fresh.param_groups[0]["lr"]}
     metric = 0.0
     for k in range(decision.epochs):
         start = time.perf_counter()
         label = decision.label if decision.epochs == 1 else f"{decision.label} ({k + 1})"
-        carry, metric, loss = shell.epoch(carry, label)
+        carry, metric, loss = shell.epoch(carry, label, fresh)
         seconds = time.perf_counter() - start
-        shell.record(decision.phase, **decision.fields, metric=metric, loss=loss, seconds=seconds)
+        fields = {**decision.fields, **lr}
+        shell.record(decision.phase, **fields, metric=metric, loss=loss, seconds=seconds)
     return carry, metric
+
+
+def _optimizer(model: nn.Module, name: str, options: Mapping[str, Any]) -> Optimizer:
+    """A fresh ``torch.optim`` optimizer ``name`` over the model's parameters."""
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    optimizer: Optimizer = kinds[name](model.parameters(), **options)
+    return optimizer
 
 
 def _context(
@@ -216,7 +238,7 @@ def _context(
     latest: dict[str, float] = {}  # the last epoch's training accuracy, under stop_loader
 
     def record(phase: str, **fields: Any) -> None:
-        extra = latest if phase in ("train", "recover") else {}
+        extra = latest if phase in ("train", "recover", "retrain") else {}
         lr = optimizer.param_groups[0]["lr"]
         entry = {"task": task, "phase": phase, "method": method.name, "time": time.time()}
         history.append({**entry, "lr": lr, **extra, **fields})
@@ -224,9 +246,17 @@ def _context(
     step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
     device = device_of(state)
 
-    def epoch(carry: TaskCarry, label: str) -> tuple[TaskCarry, float, float]:
+    def epoch(
+        carry: TaskCarry, label: str, other: Optimizer | None = None
+    ) -> tuple[TaskCarry, float, float]:
+        # another optimizer's steps run eagerly: compiling them would only recompile
+        run = (
+            step
+            if other is None
+            else _stepper(method, model, other, task, loss_fn, False, parallel)
+        )
         carry, accuracy, loss = run_epoch(
-            step,
+            run,
             carry,
             loader,
             device=device,

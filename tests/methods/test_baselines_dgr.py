@@ -9,7 +9,7 @@ from small_runs import embedded_summaries
 
 import eidetic_func as ef
 from eidetic_func.methods.dgr import DGR, adam_init, adam_update, vae_init, vae_loss
-from eidetic_func.methods.protocol import TaskContext, method_step
+from eidetic_func.methods.protocol import TaskContext, end_task, init_state, method_step
 
 
 def test_the_functional_adam_step_equals_torch_adam() -> None:
@@ -49,7 +49,7 @@ def test_replay_starts_with_the_second_task_and_the_state_is_never_mutated() -> 
     model = MLP(12, [2, 2], num_layers=1, width=8, bn=False)
     method = DGR(hidden=8, latent=3)
     state = ef.init(model)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = (torch.randn(6, 12), torch.randint(0, 2, (6,)))
     before = {k: v.clone() for k, v in mstate.vae.items()}
@@ -57,8 +57,8 @@ def test_replay_starts_with_the_second_task_and_the_state_is_never_mutated() -> 
     for k, v in mstate.vae.items():
         assert torch.equal(v, before[k]), "the method state passed in was modified"
     assert any(not torch.equal(after.vae[k], before[k]) for k in before), "the VAE trained"
-    _, ended, _ = method.end_task(
-        model, state, after, TaskContext([batch], task=0, generator=torch.Generator())
+    _, ended, _ = end_task(
+        method, model, state, after, TaskContext([batch], task=0, generator=torch.Generator())
     )
     assert ended.heads == (0,)
     assert all(torch.equal(ended.old_vae[k], after.vae[k]) for k in before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from eidetic_func.models import MLP
@@ -19,7 +21,9 @@ from eidetic_func.methods import (
     own_entries,
     packnet_prunable,
 )
-from eidetic_func.methods.protocol import BaseMethod, TaskContext, method_step
+from eidetic_func.methods.finetune import FineTune
+from eidetic_func.methods.protocol import TaskContext, end_task, init_state, method_step
+from eidetic_func.training.config import TrainConfig
 
 
 def _data(
@@ -73,17 +77,80 @@ def _packnet_model(bn: bool) -> MLP:
     return MLP(6, [2, 2, 2], num_layers=2, width=6, bn=bn)
 
 
+def _packnet_retrain(
+    model: MLP, state: ef.EideticState, loader: Any, *, task: int, epochs: int, lr: float
+) -> ef.EideticState:
+    """PackNet's former in-method retraining: a fresh Adam, plain steps over the loader."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for batch in loader:
+            state, _ = ef.train_step(model, state, batch, optimizer=optimizer, task=task)
+    return state
+
+
+def _packnet_end(
+    method: PackNet, model: MLP, state: ef.EideticState, mstate: None, ctx: TaskContext
+) -> tuple[ef.EideticState, None]:
+    """PackNet's end of task, its TrainWith decision carried out as the task loop does."""
+    state, mstate, decision = end_task(method, model, state, mstate, ctx)
+    assert isinstance(decision, ef.TrainWith)
+    assert decision.optimizer == ("adam", {"lr": method.retrain_lr})
+    assert decision.epochs == method.retrain_epochs
+    state = _packnet_retrain(
+        model, state, ctx.loader, task=ctx.task, epochs=decision.epochs, lr=method.retrain_lr
+    )
+    state, mstate, decision = end_task(method, model, state, mstate, ctx.replace(metric=1.0))
+    assert isinstance(decision, ef.Done)
+    return state, mstate
+
+
+def test_packnet_retraining_by_the_task_loop_equals_a_fresh_adam_loop_bit_for_bit() -> None:
+    method = PackNet(prune_ratio=0.5, retrain_epochs=2, retrain_lr=1e-2)
+    config = TrainConfig(max_epochs=2, finish=False)
+    results = []
+    for by_loop in (True, False):
+        model = _packnet_model(bn=True)
+        state = ef.init(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(0)
+        state, _, history = ef.train_task(
+            model,
+            state,
+            _data(0),
+            task=0,
+            optimizer=optimizer,
+            generator=generator,
+            method=method if by_loop else FineTune(),
+            mstate=None,
+            config=config,
+            progress=False,
+        )
+        if not by_loop:  # the former PackNet.end_task: prune, retrain itself, own
+            state = magnitude_prune(state, 0.5, packnet_prunable(state))
+            state = _packnet_retrain(model, state, _data(0), task=0, epochs=2, lr=1e-2)
+            state = own_entries(state, task=0, entries=method.claims(state, 0))
+        else:
+            assert [h["lr"] for h in history if h["phase"] == "retrain"] == [1e-2, 1e-2]
+        results.append(state)
+    by_loop_state, by_hand = results
+    assert by_loop_state.task == by_hand.task == 1
+    for k in by_hand.params:
+        assert torch.equal(by_loop_state.params[k], by_hand.params[k]), k
+        assert torch.equal(by_loop_state.owner[k], by_hand.owner[k]), k
+
+
 def test_packnet_end_task_owns_kept_weights_its_head_and_the_shared_entries() -> None:
     model = _packnet_model(bn=False)
     state = ef.init(model)
     method = PackNet(prune_ratio=0.5, retrain_epochs=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     for batch in _data(0):
         state, mstate, _ = method_step(
             method, model, state, mstate, batch, optimizer=optimizer, task=0
         )
-    done, _, _ = method.end_task(
+    done, _ = _packnet_end(
+        method,
         model,
         state,
         mstate,
@@ -109,7 +176,7 @@ def test_packnet_tasks_are_bit_identical_after_later_tasks_with_one_adamw(bn: bo
     model = _packnet_model(bn)
     state = ef.init(model)
     method = PackNet(prune_ratio=0.75, retrain_epochs=1, retrain_lr=1e-2)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2, weight_decay=0.5)
     probe = torch.randn(10, 6, generator=torch.Generator().manual_seed(99))
     outputs: dict[int, Tensor] = {}
@@ -124,7 +191,8 @@ def test_packnet_tasks_are_bit_identical_after_later_tasks_with_one_adamw(bn: bo
                     method, model, state, mstate, batch, optimizer=optimizer, task=t
                 )
         assert any(not torch.equal(start[k], state.params[k]) for k in state.params)  # it trains
-        state, mstate, _ = method.end_task(
+        state, mstate = _packnet_end(
+            method,
             model,
             state,
             mstate,
@@ -235,7 +303,7 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
     model = ProgressiveMLP(6, [2, 2, 2], num_layers=2, width=5)
     state = ef.init(model)
     method = Progressive()
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2, weight_decay=0.5)
     probe = torch.randn(10, 6, generator=torch.Generator().manual_seed(99))
     columns: dict[int, dict[str, Tensor]] = {}
@@ -249,7 +317,8 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
                 )
         mine = [k for k in state.params if k.startswith(model.column_prefixes(t))]
         assert all(not torch.equal(start[k], state.params[k]) for k in mine)  # laterals train too
-        state, mstate, _ = method.end_task(
+        state, mstate, _ = end_task(
+            method,
             model,
             state,
             mstate,
@@ -273,7 +342,7 @@ def test_progressive_earlier_columns_are_bit_identical_after_later_tasks_with_on
 @pytest.mark.slow
 def test_isolation_methods_forget_less_than_fine_tuning_on_split_mnist() -> None:
     # Split MNIST (embedded subset), interfering pairs 1/7, 4/9, 3/5; one epoch per task.
-    finetune, _ = run_sequence(BaseMethod(), plain_mlp)
+    finetune, _ = run_sequence(FineTune(), plain_mlp)
     packnet, packnet_last = run_sequence(PackNet(), plain_mlp)
     progressive, progressive_last = run_sequence(
         Progressive(), lambda classes: ProgressiveMLP(784, list(classes), width=100)

@@ -10,7 +10,7 @@ from small_runs import embedded_summaries
 
 import eidetic_func as ef
 from eidetic_func.methods.oml import OML, adapt
-from eidetic_func.methods.protocol import method_step
+from eidetic_func.methods.protocol import init_state, method_step
 
 
 def _setup() -> tuple[MLP, ef.EideticState, tuple[torch.Tensor, torch.Tensor]]:
@@ -42,7 +42,7 @@ def test_the_outer_step_uses_the_gradient_at_the_adapted_parameters() -> None:
     method = OML(inner_lr=0.1, inner_steps=2, buffer_size=4)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     new, mstate, metrics = method_step(
-        method, model, state, method.init(model, state), (x, y), optimizer=opt, task=0
+        method, model, state, init_state(method, model, state), (x, y), optimizer=opt, task=0
     )
     adapted = adapt(model, state.params, state.buffers, (x, y), task=0, lr=0.1, steps=2)
     leaves = {k: v.clone().requires_grad_(True) for k, v in adapted.items()}

@@ -34,10 +34,11 @@ from eidetic_func.methods import (
     mas_importance,
     quadratic_penalty,
 )
-from eidetic_func.methods.ewc import FisherKind, online_update
+from eidetic_func.methods.ewc import FisherKind, ewc_penalty, online_ewc_penalty, online_update
 from eidetic_func.methods.joint import replay_batches
-from eidetic_func.methods.protocol import TaskContext, method_step
-from eidetic_func.methods.si import si_consolidate, si_init, si_observe
+from eidetic_func.methods.mas import mas_penalty
+from eidetic_func.methods.protocol import TaskContext, end_task, init_state, method_step, plan_step
+from eidetic_func.methods.si import si_consolidate, si_init, si_observe, si_penalty
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.metrics import accuracy_row
@@ -175,10 +176,10 @@ def test_ewc_penalty_sums_one_quadratic_per_task() -> None:
         fishers=({"w": torch.tensor([1.0, 0.5])}, {"w": torch.tensor([2.0, 0.0])}),
         anchors=({"w": torch.tensor([0.0, 0.0])}, {"w": torch.tensor([1.5, 9.0])}),
     )
-    penalty = EWC(lambda_ewc=3.0).penalty(mstate, params, task=2)
+    penalty = ewc_penalty(3.0, mstate, params)
     by_hand = 3.0 / 2 * ((1 * 1**2 + 0.5 * 2**2) + (2 * 0.5**2 + 0))
     assert penalty is not None and math.isclose(penalty.item(), by_hand)
-    assert EWC().penalty(EWCState(), params, task=0) is None
+    assert ewc_penalty(100.0, EWCState(), params) is None
 
 
 def test_online_ewc_accumulates_gamma_discounted_fishers_and_keeps_one_anchor() -> None:
@@ -190,17 +191,19 @@ def test_online_ewc_accumulates_gamma_discounted_fishers_and_keeps_one_anchor() 
     ]
     thetas = [{"w": torch.tensor([float(t), -float(t)])} for t in range(3)]
     method = OnlineEWC(lambda_ewc=2.0, gamma=gamma)
-    mstate = method.init(
-        nn.Module(), ef.EideticState(params={"w": torch.zeros(2)}, buffers={}, owner={}, keep={})
+    mstate = init_state(
+        method,
+        nn.Module(),
+        ef.EideticState(params={"w": torch.zeros(2)}, buffers={}, owner={}, keep={}),
     )
-    assert method.penalty(mstate, {"w": torch.ones(2)}, task=0) is None
+    assert online_ewc_penalty(2.0, mstate, {"w": torch.ones(2)}) is None
     for fisher, anchor in zip(f, thetas):
         mstate = online_update(mstate, fisher, anchor, gamma)
     expected = gamma**2 * f[0]["w"] + gamma * f[1]["w"] + f[2]["w"]
     assert torch.allclose(mstate.fisher["w"], expected)
     assert torch.equal(mstate.anchor["w"], thetas[2]["w"]) and mstate.tasks == 3
     theta = torch.tensor([1.0, 1.0])
-    penalty = method.penalty(mstate, {"w": theta}, task=3)
+    penalty = online_ewc_penalty(2.0, mstate, {"w": theta})
     assert penalty is not None
     assert math.isclose(
         penalty.item(),
@@ -262,7 +265,7 @@ def test_si_observe_and_consolidate_by_hand() -> None:
     assert torch.equal(s.omega["w"], torch.tensor([1.0, 0.5]))  # −g·Δθ
     s = si_consolidate(s, {"w": torch.tensor([-1.0, 3.0])}, xi=1.0)
     assert torch.allclose(s.importance["w"], torch.tensor([1.0 / 2.0, 0.5 / 5.0]))
-    penalty = SI(c=0.5).penalty(s, {"w": torch.tensor([0.0, 0.0])}, task=1)
+    penalty = si_penalty(0.5, s, {"w": torch.tensor([0.0, 0.0])})
     assert penalty is not None and math.isclose(
         penalty.item(), 0.5 * (0.5 * 1 + 0.1 * 9), rel_tol=1e-6
     )
@@ -298,17 +301,17 @@ def test_mas_sums_importance_over_tasks() -> None:
     model = Linear()
     state = ef.EideticState(params=perturbed(model, 0)[0], buffers={}, owner={}, keep={})
     method = MAS(reg_lambda=0.5)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     loader = [(torch.randn(4, 3, dtype=torch.float64), torch.zeros(4))]
-    _, once, _ = method.end_task(
-        model, state, mstate, TaskContext(loader, task=0, generator=torch.Generator())
+    _, once, _ = end_task(
+        method, model, state, mstate, TaskContext(loader, task=0, generator=torch.Generator())
     )
-    _, twice, _ = method.end_task(
-        model, state, once, TaskContext(loader, task=1, generator=torch.Generator())
+    _, twice, _ = end_task(
+        method, model, state, once, TaskContext(loader, task=1, generator=torch.Generator())
     )
     assert torch.allclose(twice.importance["linear.weight"], 2 * once.importance["linear.weight"])
     theta = {k: v + 1 for k, v in state.params.items()}
-    penalty = method.penalty(twice, theta, task=2)
+    penalty = mas_penalty(0.5, twice, theta)
     total = torch.stack([v.sum() for v in twice.importance.values()]).sum()
     assert penalty is not None and math.isclose(penalty.item(), 0.5 * total.item(), rel_tol=1e-12)
 
@@ -332,17 +335,17 @@ def test_lwf_loss_is_the_cross_entropy_of_softened_outputs_at_t2_by_hand() -> No
     )
 
 
-def test_lwf_regularizer_distils_every_earlier_head_with_the_old_parameters() -> None:
+def test_lwf_penalty_distils_every_earlier_head_with_the_old_parameters() -> None:
     torch.manual_seed(0)
     model = MLP(4, [2, 3, 2], num_layers=1, width=3, bn=False)
     state = ef.init(model)
     method = LwF(lambda_o=0.5)
-    mstate = method.init(model, state)
-    _, mstate, _ = method.end_task(
-        model, state, mstate, TaskContext([], task=0, generator=torch.Generator())
+    mstate = init_state(method, model, state)
+    _, mstate, _ = end_task(
+        method, model, state, mstate, TaskContext([], task=0, generator=torch.Generator())
     )
-    _, mstate, _ = method.end_task(
-        model, state, mstate, TaskContext([], task=1, generator=torch.Generator())
+    _, mstate, _ = end_task(
+        method, model, state, mstate, TaskContext([], task=1, generator=torch.Generator())
     )
     assert mstate.heads == (0, 1)
     moved = {k: v + 0.1 for k, v in state.params.items()}
@@ -351,13 +354,16 @@ def test_lwf_regularizer_distils_every_earlier_head_with_the_old_parameters() ->
     def apply(inputs: Tensor, head: int) -> Tensor:
         return torch.func.functional_call(model, moved, (inputs, head))
 
-    reg = method.regularizer(model, mstate, apply, moved, (x, torch.zeros(5)), task=2)
+    plan = plan_step(method, model, state, mstate, (x, torch.zeros(5)), task=2)
+    assert plan.penalty is not None and plan.objective is None
+    reg = plan.penalty(apply, moved)
     old = [torch.func.functional_call(model, state.params, (x, h)) for h in (0, 1)]
     expected = (
         0.5 * torch.stack([distillation_loss(apply(x, h), old[h], 2.0) for h in (0, 1)]).sum()
     )
     assert reg is not None and torch.allclose(reg, expected)
-    assert method.regularizer(model, LwF().init(model, state), apply, moved, (x, x), task=0) is None
+    first = LwF().plan(model, state, LwF().init(model, state), (x, x), task=0).penalty
+    assert first is not None and first(apply, moved) is None
 
 
 # --------------------------------------------------------------------------- purity, pytrees
@@ -385,7 +391,7 @@ def test_methods_never_mutate_their_inputs_and_states_are_pytrees(method: Any) -
     model = MLP(6, [2, 2], num_layers=1, width=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     state = ef.init(model)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     data = [(torch.randn(8, 6), torch.randint(0, 2, (8,))) for _ in range(2)]
     g = torch.Generator().manual_seed(0)
     for task in (0, 1):
@@ -398,8 +404,8 @@ def test_methods_never_mutate_their_inputs_and_states_are_pytrees(method: Any) -
             _assert_same(mstate, m_print)
             state, mstate = new, new_m
         s_print, m_print = _fingerprint(state), _fingerprint(mstate)
-        new, new_m, _ = method.end_task(
-            model, state, mstate, TaskContext(data, task=task, generator=g)
+        new, new_m, _ = end_task(
+            method, model, state, mstate, TaskContext(data, task=task, generator=g)
         )
         _assert_same(state, s_print)
         _assert_same(mstate, m_print)
@@ -442,10 +448,10 @@ def test_joint_mixes_an_equal_batch_of_every_stored_task_reproducibly() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     state = ef.init(model)
     method = Joint(seed=5)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     old = [(torch.randn(10, 4), torch.randint(0, 2, (10,))) for _ in range(2)]
-    state, mstate, _ = method.end_task(
-        model, state, mstate, TaskContext(old, task=0, generator=torch.Generator())
+    state, mstate, _ = end_task(
+        method, model, state, mstate, TaskContext(old, task=0, generator=torch.Generator())
     )
     state = state.replace(task=1)
     assert mstate.tasks == (0,) and mstate.inputs[0].shape == (20, 4)
@@ -530,7 +536,7 @@ def test_synapse_loop_reaches_the_same_parameters_as_train_task(method: Any) -> 
         return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     model, optimizer = build()
-    state, mstate = ef.init(model), method.init(model, ef.init(model))
+    state, mstate = ef.init(model), init_state(method, model, ef.init(model))
     generator = torch.Generator().manual_seed(7)
     for task in (0, 1):
         state, mstate, _ = train_task(
@@ -582,7 +588,7 @@ def test_synapse_drives_a_plain_module_and_adds_exactly_the_penalty_gradient() -
     plain = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
     reg = cl.backward(loss, inputs=x, targets=y, task=1)
     params: dict[str, Tensor] = dict(model.named_parameters())
-    penalty = method.penalty(cl.mstate, params, task=1)
+    penalty = ewc_penalty(method.lambda_ewc, cl.mstate, params)
     assert penalty is not None and reg.item() == penalty.item() > 0
     extra = torch.autograd.grad(penalty, list(params.values()))
     for p, g, e in zip(params.values(), plain, extra):
@@ -623,7 +629,7 @@ def _split_mnist_results() -> dict[str, list[float]]:
         model = MLP(784, sequence.num_classes, num_layers=2, width=100, bn=False)
         state = ef.init(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        mstate = method.init(model, state)
+        mstate = init_state(method, model, state)
         generator = torch.Generator().manual_seed(0)
         for i, task in enumerate(tasks):
             state, mstate, _ = train_task(

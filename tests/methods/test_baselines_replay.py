@@ -31,7 +31,8 @@ from eidetic_func.methods import (
     sample_loader,
     solve_gem_dual,
 )
-from eidetic_func.methods.protocol import BaseMethod, TaskContext, method_step
+from eidetic_func.methods.finetune import FineTune
+from eidetic_func.methods.protocol import TaskContext, end_task, init_state, method_step
 from eidetic_func.methods.replay import der_loss, er_loss
 
 # --------------------------------------------------------------------------- reservoir
@@ -253,7 +254,7 @@ def _tiny() -> tuple[MLP, ef.EideticState]:
 @pytest.mark.parametrize("method", [ER(buffer_size=16), DER(buffer_size=16), DERPP(buffer_size=16)])
 def test_replay_steps_are_pure_seeded_and_store_the_step_logits(method) -> None:
     model, state = _tiny()
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     torch.manual_seed(1)
     batches = [(torch.randn(4, 6), torch.randint(0, 2, (4,))) for _ in range(3)]
     for x, y in batches:
@@ -435,7 +436,7 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
     torch.manual_seed(3)
     model = MLP(6, [2, 2, 2], num_layers=2, width=8, bn=False)
     state = ef.init(model)
-    mstate = method.init(model, state)
+    mstate = init_state(method, model, state)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     memories = []
     for t in range(2):  # two finished tasks with memories; the network learned task t
@@ -444,7 +445,8 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
             state, mstate, _ = method_step(
                 method, model, state, mstate, (x, y), optimizer=optimizer, task=t
             )
-        state, mstate, _ = method.end_task(
+        state, mstate, _ = end_task(
+            method,
             model,
             state,
             mstate,
@@ -476,7 +478,7 @@ def test_gradient_memory_steps_do_not_increase_earlier_losses_to_first_order(met
 
 @pytest.fixture(scope="module")
 def finetune_accuracy() -> tuple[float, float]:
-    return run_sequence(BaseMethod(), plain_mlp)
+    return run_sequence(FineTune(), plain_mlp)
 
 
 @pytest.mark.slow

@@ -11,13 +11,13 @@ from eidetic_func.models import MLP
 import eidetic_func as ef
 from eidetic_func.methods.chain import ChainState, chain
 from eidetic_func.methods.decisions import DONE, Continue, Decision, Recover, ScaleLearningRate
-from eidetic_func.methods.protocol import BaseMethod, TaskContext
+from eidetic_func.methods.protocol import TaskContext, init_state
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class _Scripted(BaseMethod):
+class _Scripted:
     """Ends a task with a fixed list of decisions, noting the metric each call sees; its
     method state is the number of calls so far."""
 
@@ -51,7 +51,7 @@ def _run(method: Any) -> tuple[list[dict], list[Any], torch.optim.Optimizer]:
     saved: list[Any] = []
     _, _, history = train_task(
         model, state, data, task=0, optimizer=opt, generator=g, method=method,
-        mstate=method.init(model, state), config=TrainConfig(max_epochs=1),
+        mstate=init_state(method, model, state), config=TrainConfig(max_epochs=1),
         progress=False, checkpoint=lambda s, ms, p, h: saved.append((ms, p.phase)),
     )  # fmt: skip
     return history, saved, opt
