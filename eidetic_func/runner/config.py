@@ -280,11 +280,14 @@ class RunConfig:
         """The method exists, takes the options, and fits the scenario, model and cycles."""
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
-        settings = {k for k in self.method_options if k.rpartition(".")[2] in EIDETIC_SETTINGS}
+        settings = sorted(
+            k for k in self.method_options if k.rpartition(".")[2] in EIDETIC_SETTINGS
+        )
         if settings:
+            flags = ", ".join("--" + k.rpartition(".")[2].replace("_", "-") for k in settings)
             raise ConfigError(
-                f"{sorted(settings)}: EideticNet's settings are the run's eidetic field "
-                "(their own flags, e.g. --pruning-step), not method options"
+                f"method options {settings} are EideticNet's settings: the run's eidetic field "
+                f"holds them (RunConfig(eidetic=EideticNet(...)); flags {flags})"
             )
         kind = traits(self.build_method())
         if self.scenario != "task" and kind.task_incremental:
