@@ -103,12 +103,14 @@ def _create(name: str, *, seed: int, options: dict[str, Any], base: Any = None) 
         )
     if "seed" in fields:
         options = {"seed": seed, **options}
-    if base is not None and type(base) is not METHODS[name]:
-        raise ConfigError(f"the base of {name} must be a {METHODS[name].__name__}, got {base!r}")
+    cls: Any = METHODS[name]
+    if base is not None and type(base) is not cls:
+        raise ConfigError(f"the base of {name} must be a {cls.__name__}, got {base!r}")
     try:
-        method: Method = (
-            METHODS[name](**options) if base is None else dataclasses.replace(base, **options)
-        )
+        if base is None:
+            method: Method = cls(**options)
+        else:
+            method = dataclasses.replace(base, **options)
     except TypeError as err:
         raise ConfigError(f"bad options for {name}: {err}") from None
     return method

@@ -197,27 +197,8 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        from eidetic_func.data.sequences import SEQUENCE_NAMES
-
-        validate.integer(self.grow, "grow", minimum=0)
-        validate.choice(self.grow_policy, "grow_policy", GROW_POLICIES)
-        if self.grow and self.grow_policy == "refill":
-            raise ConfigError(
-                f"grow={self.grow} has no effect with grow_policy='refill' (refill adds what "
-                "each unit lacks); drop --grow, or use grow_policy='when-full'"
-            )
-        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
-            if not self.dataset.removeprefix(IMAGEFOLDER):
-                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
-            if self.limit_per_class is not None:
-                raise ConfigError("limit_per_class applies to the built-in datasets")
-        else:
-            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-            for name in ("classes_per_task", "image_size"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{name} applies to imagefolder: datasets")
-            if self.augment:
-                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
+        self._check_growth()
+        self._check_dataset()
         for name in ("classes_per_task", "image_size"):
             if getattr(self, name) is not None:
                 validate.integer(getattr(self, name), name, minimum=1)
@@ -265,6 +246,31 @@ class RunConfig:
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
         validate.device(self.device)
+
+    def _check_dataset(self) -> None:
+        from eidetic_func.data.sequences import SEQUENCE_NAMES
+
+        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
+            if not self.dataset.removeprefix(IMAGEFOLDER):
+                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
+            if self.limit_per_class is not None:
+                raise ConfigError("limit_per_class applies to the built-in datasets")
+        else:
+            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
+            for name in ("classes_per_task", "image_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to imagefolder: datasets")
+            if self.augment:
+                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
+
+    def _check_growth(self) -> None:
+        validate.integer(self.grow, "grow", minimum=0)
+        validate.choice(self.grow_policy, "grow_policy", GROW_POLICIES)
+        if self.grow and self.grow_policy == "refill":
+            raise ConfigError(
+                f"grow={self.grow} has no effect with grow_policy='refill' (refill adds what "
+                "each unit lacks); drop --grow, or use grow_policy='when-full'"
+            )
 
     @property
     def grows(self) -> bool:
