@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import eidetic_func as ef
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.protocol import traits
 from eidetic_func.methods.registry import create
 from eidetic_func.runner.config import RunConfig
@@ -122,15 +123,11 @@ def protocol(
         base.update(dataset="permuted-mnist", num_tasks=10, limit_per_class=1000)
     else:
         raise SystemExit(f"unknown protocol {name!r}")
-    train = TrainConfig(
-        max_epochs=4,
-        patience=4,
-        pruning_step=0.1,
-        pruning_type="taylor",
-        tolerance=0.005,
-        max_recovery_epochs=1,
+    train = TrainConfig(max_epochs=4, patience=4)
+    eidetic = EideticNet(
+        pruning_step=0.1, pruning_type="taylor", tolerance=0.005, max_recovery_epochs=1
     )
-    return RunConfig(**base, train=train)
+    return RunConfig(**base, train=train, eidetic=eidetic)
 
 
 def task_only(method: str) -> bool:

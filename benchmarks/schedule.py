@@ -36,7 +36,7 @@ def _config(method: str, schedule: str | None, data_root: str, seed: int) -> ef.
     if schedule is None:
         return config
     return dataclasses.replace(
-        config, train=dataclasses.replace(config.train, pruning_schedule=schedule)
+        config, eidetic=dataclasses.replace(config.eidetic, pruning_schedule=schedule)
     )
 
 

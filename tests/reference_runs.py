@@ -49,6 +49,7 @@ from pathlib import Path
 from statistics import stdev
 from typing import Any
 
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import METHODS
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.runner.presets import PRESETS
@@ -69,15 +70,13 @@ FREEZING = frozenset({"eidetic", "packnet", "progressive"})
 # nothing has accuracies that a last-bit difference moves at random.
 LIMIT_PER_CLASS = 100
 EPOCHS = 3
-_SMALL = TrainConfig(
-    max_epochs=EPOCHS, patience=1, pruning_step=0.3, max_recovery_epochs=1, tolerance=0.02
-)
 _BASE = RunConfig(
     dataset="embedded",
     limit_per_class=LIMIT_PER_CLASS,
     width=32,
     batch_size=32,
-    train=_SMALL,
+    train=TrainConfig(max_epochs=EPOCHS, patience=1),
+    eidetic=EideticNet(pruning_step=0.3, max_recovery_epochs=1, tolerance=0.02),
     router=False,
     progress=False,
     threads=THREADS,
@@ -85,8 +84,14 @@ _BASE = RunConfig(
 
 
 def _eidetic(**changes: Any) -> RunConfig:
-    train = {k: changes.pop(k) for k in list(changes) if k in TrainConfig.__dataclass_fields__}
-    return dataclasses.replace(_BASE, train=dataclasses.replace(_BASE.train, **train), **changes)
+    nested = {
+        name: dataclasses.replace(
+            getattr(_BASE, name),
+            **{k: changes.pop(k) for k in list(changes) if k in cls.__dataclass_fields__},
+        )
+        for name, cls in (("train", TrainConfig), ("eidetic", EideticNet))
+    }
+    return dataclasses.replace(_BASE, **nested, **changes)
 
 
 def _preset(name: str) -> RunConfig:
@@ -99,9 +104,8 @@ def _preset(name: str) -> RunConfig:
         width=min(config.width or 32, 32),
         progress=False,
         threads=THREADS,
-        train=dataclasses.replace(
-            config.train, max_epochs=EPOCHS, patience=1, max_recovery_epochs=1
-        ),
+        train=dataclasses.replace(config.train, max_epochs=EPOCHS, patience=1),
+        eidetic=dataclasses.replace(config.eidetic, max_recovery_epochs=1),
     )
 
 

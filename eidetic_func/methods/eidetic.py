@@ -7,8 +7,9 @@ lists that cycle), recover for up to ``max_recovery_epochs`` — until the accur
 below ``best × (1 − tolerance)`` or the pruned fraction of the task's neurons exceeds
 ``max_masking_ratio`` — then restore the last good snapshot, and finish the task (its
 neurons freeze) and recycle the free ones. The ``adaptive`` schedule halves the step
-after a failed one instead of stopping. The settings are the run's
-:class:`~eidetic_func.training.config.TrainConfig`; the last task is not pruned.
+after a failed one instead of stopping. The settings are the method's fields (the run's
+``RunConfig.eidetic``; the task loop's are :class:`~eidetic_func.training.config.TrainConfig`:
+``lr_factor``, ``finish``); the last task is not pruned.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from torch import nn
 
+from eidetic_func.core import validate
 from eidetic_func.core.errors import ConfigError, DataError, NothingToPrune
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch
-from eidetic_func.importance.score import DATA_METHODS, score
+from eidetic_func.importance.score import DATA_METHODS, SCORING_METHODS, score
 from eidetic_func.methods.decisions import (
     Continue,
     Decision,
@@ -35,6 +37,7 @@ from eidetic_func.methods.decisions import (
 )
 from eidetic_func.methods.protocol import StepPlan, TaskContext, Traits
 from eidetic_func.methods.schedule import (
+    SCHEDULES,
     Measured,
     NothingLeft,
     Observation,
@@ -44,7 +47,6 @@ from eidetic_func.methods.schedule import (
     Restore,
     Save,
     Schedule,
-    Settings,
     Stop,
     Train,
     start,
@@ -54,17 +56,78 @@ from eidetic_func.ops.bridge import bridge
 from eidetic_func.ops.capacity import capacity
 from eidetic_func.ops.lifecycle import finish_task, recycle, revisit
 from eidetic_func.ops.prune import prune
+from eidetic_func.training.config import as_list, option
 
 
 @dataclasses.dataclass(frozen=True)
 class EideticNet:
     """Iterative structured pruning and freezing (Miller et al., EideticNet).
 
-    Configured by the run's ``TrainConfig`` (pruning steps, types, tolerance, schedule,
-    ``forward_transfer``, ``finish``); the network's topology is the state's.
+    ``pruning_step`` and ``pruning_type`` may be sequences, used in turn and cycled.
+    ``tolerance`` is relative: pruning stops when accuracy < ``best × (1 − tolerance)``.
+    ``max_masking_ratio`` bounds the pruned share of the neurons this task may use.
+    ``score_batches`` caps the batches used for data-driven scores (None: all).
+    ``pruning_schedule``: ``"fixed"`` (the original) prunes ``pruning_step`` per step
+    until the accuracy leaves the tolerance; ``"adaptive"`` starts with
+    ``first_pruning_step``, keeps its size while steps succeed, and after a failed step
+    restores the snapshot and halves it, stopping when it falls below ``pruning_step``
+    (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
+    far fewer recovery epochs. ``forward_transfer``: later tasks read earlier tasks'
+    features. The task loop's settings (``lr_factor``, ``finish``) are the run's
+    ``TrainConfig``; the network's topology is the state's.
     """
 
     name: str = "eidetic"
+    pruning_step: float | Sequence[float] = option(
+        0.1,
+        "fraction of the remaining neurons pruned per step; a comma list cycles",
+        group="method",
+        metavar="STEP[,STEP...]",
+    )
+    pruning_type: str | Sequence[str] = option(
+        "taylor",
+        "how neurons are scored for pruning; a comma list cycles",
+        group="method",
+        choices=SCORING_METHODS,
+        metavar="TYPE[,TYPE...]",
+    )
+    max_recovery_epochs: int = option(
+        2, "epochs to recover after each pruning step", group="method"
+    )
+    tolerance: float = option(
+        0.01, "stop pruning when accuracy < best × (1 − tolerance)", group="method"
+    )
+    max_masking_ratio: float = option(
+        0.95, "stop once this share of a task's neurons is pruned", group="method"
+    )
+    constant_step: bool = option(
+        False,
+        "prune a fraction of all neurons per step, not of the remaining ones",
+        group="method",
+    )
+    pruning_schedule: str = option(
+        "fixed",
+        "fixed: the original's steps of --pruning-step until the accuracy drops; adaptive: "
+        "start with --first-pruning-step, halve it (restoring the snapshot) after a failed "
+        "step, stop below --pruning-step: similar kept capacity in far fewer recovery epochs",
+        group="method",
+        choices=SCHEDULES,
+    )
+    first_pruning_step: float = option(
+        0.5, "the adaptive schedule's first step, of the remaining neurons", group="method"
+    )
+    score_batches: int | None = option(
+        16,
+        "batches of training data used for data-driven pruning scores (Taylor)",
+        group="method",
+        metavar="N",
+    )
+    forward_transfer: bool = option(
+        True,
+        "later tasks read earlier tasks' features (--no-forward-transfer: every task gets "
+        "a disjoint subnetwork)",
+        group="method",
+    )
     traits: ClassVar[Traits] = Traits(
         data_parallel=True,
         task_incremental=True,
@@ -73,6 +136,25 @@ class EideticNet:
         grows=True,
         owns=True,
     )
+
+    def __post_init__(self) -> None:
+        validate.integer(self.max_recovery_epochs, "max_recovery_epochs", minimum=1)
+        if not as_list(self.pruning_step) or not as_list(self.pruning_type):
+            raise ConfigError("pruning_step and pruning_type must not be empty")
+        for step in as_list(self.pruning_step):
+            validate.fraction(step, "pruning_step")
+        for kind in as_list(self.pruning_type):
+            validate.choice(kind, "pruning_type", SCORING_METHODS)
+        validate.number(self.tolerance, "tolerance", low=0.0, high=1.0, high_open=True)
+        validate.number(
+            self.max_masking_ratio, "max_masking_ratio", low=0.0, high=1.0, low_open=True
+        )
+        validate.choice(self.pruning_schedule, "pruning_schedule", SCHEDULES)
+        validate.fraction(self.first_pruning_step, "first_pruning_step")
+        if self.score_batches is not None:
+            validate.integer(self.score_batches, "score_batches", minimum=1)
+        for name in ("constant_step", "forward_transfer"):
+            validate.boolean(getattr(self, name), name)
 
     def init(self, model: nn.Module, state: EideticState) -> None:
         return None
@@ -87,7 +169,7 @@ class EideticNet:
     ) -> tuple[EideticState, Any]:
         """A finished task is revisited (its head released, everything else frozen)."""
         if task in state.finished:
-            state = revisit(state, task=task, forward_transfer=ctx.config.forward_transfer)
+            state = revisit(state, task=task, forward_transfer=self.forward_transfer)
         return state, mstate
 
     def end_task(
@@ -95,20 +177,20 @@ class EideticNet:
     ) -> tuple[EideticState, Any, Decision]:
         """One call of the end of task: prune and recover (a decision for the loop) until
         the schedule stops, then finish and recycle (Done)."""
-        config = ctx.config
+        config = ctx.config  # the task loop's: its learning-rate factor, whether to finish
         records: Records = ()
-        if not (ctx.last or config.last_task):
+        if not ctx.last:
             if mstate is None and not ctx.progress.lr_lowered and config.lr_factor < 1.0:
                 # max_epochs ended training before a plateau: still prune at the lowered rate
                 return state, mstate, ScaleLearningRate(config.lr_factor)
             if not isinstance(mstate, Pruning):
-                mstate = Pruning(start(config, ctx.progress.best))
-            state, mstate, decision = _drive(model, state, mstate, ctx, config)
+                mstate = Pruning(start(self, ctx.progress.best))
+            state, mstate, decision = _drive(model, state, mstate, ctx, self)
             if not isinstance(decision, Done):
                 return state, mstate, decision
             records = decision.records
         if config.finish:
-            state = finish_task(state, task=ctx.task, forward_transfer=config.forward_transfer)
+            state = finish_task(state, task=ctx.task, forward_transfer=self.forward_transfer)
             state = recycle(state, generator=ctx.generator)
             records = (*records, ("finish", {"pruned_fraction": None}))
         return state, None, Done(records)
@@ -125,7 +207,7 @@ class Pruning:
 
 
 def _drive(
-    model: nn.Module, state: EideticState, pruning: Pruning, ctx: TaskContext, settings: Settings
+    model: nn.Module, state: EideticState, pruning: Pruning, ctx: TaskContext, settings: EideticNet
 ) -> tuple[EideticState, Pruning | None, Decision]:
     """Run the schedule's actions until one is the loop's (save, recover) or it stops."""
     records: list[tuple[str, dict[str, Any]]] = []
@@ -177,7 +259,7 @@ def _prune(
     state: EideticState,
     action: Prune,
     ctx: TaskContext,
-    settings: Any,
+    settings: EideticNet,
 ) -> tuple[EideticState, Observation]:
     """Score, prune and bridge one step: the new state and what was observed."""
     start_time = time.perf_counter()

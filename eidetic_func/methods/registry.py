@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from eidetic_func.core.errors import ConfigError
@@ -52,17 +53,20 @@ METHODS: dict[str, type] = {
 }
 
 
-def create(name: str, *, seed: int = 0, **options: Any) -> Method:
+def create(name: str, *, seed: int = 0, bases: Sequence[Any] = (), **options: Any) -> Method:
     """The method ``name`` with ``options`` as hyperparameters; ``seed`` reaches its sampling.
 
     ``name`` may chain methods, ``"ewc+er"`` (:func:`eidetic_func.methods.protocol.chain`); an option
-    then goes to the member that has it, or to one named ``"member.option"``.
+    then goes to the member that has it, or to one named ``"member.option"``. ``bases``:
+    instances to start from (a run's ``EideticNet`` settings); a member named as one of
+    them is that instance with its options replaced.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"method must be a name, got {name!r}")
+    by_name = {getattr(b, "name", None): b for b in bases}
     names = re.split(r"\+(?=[^+])", name)  # a + before a name joins; der++ keeps its own
     if len(names) == 1:
-        return _create(name, seed=seed, options=options)
+        return _create(name, seed=seed, options=options, base=by_name.get(name))
     per_member: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in options.items():
         member, dot, option = key.rpartition(".")
@@ -77,7 +81,9 @@ def create(name: str, *, seed: int = 0, **options: Any) -> Method:
         if len(owners) > 1:
             raise ConfigError(f"{owners} all have option {key!r}: write {owners[0]}.{key}")
         per_member[owners[0]][key] = value
-    return chain(*(_create(n, seed=seed, options=per_member[n]) for n in names))
+    return chain(
+        *(_create(n, seed=seed, options=per_member[n], base=by_name.get(n)) for n in names)
+    )
 
 
 def _options(name: str) -> set[str]:
@@ -88,7 +94,7 @@ def _options(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(METHODS[name])} - {"name"}
 
 
-def _create(name: str, *, seed: int, options: dict[str, Any]) -> Method:
+def _create(name: str, *, seed: int, options: dict[str, Any], base: Any = None) -> Method:
     fields = _options(name)
     unknown = set(options) - fields
     if unknown:
@@ -97,8 +103,14 @@ def _create(name: str, *, seed: int, options: dict[str, Any]) -> Method:
         )
     if "seed" in fields:
         options = {"seed": seed, **options}
+    cls: Any = METHODS[name]
+    if base is not None and type(base) is not cls:
+        raise ConfigError(f"the base of {name} must be a {cls.__name__}, got {base!r}")
     try:
-        method: Method = METHODS[name](**options)
+        if base is None:
+            method: Method = cls(**options)
+        else:
+            method = dataclasses.replace(base, **options)
     except TypeError as err:
         raise ConfigError(f"bad options for {name}: {err}") from None
     return method

@@ -24,6 +24,8 @@ from typing import Protocol
 
 from eidetic_func.training.config import as_list
 
+SCHEDULES = ("fixed", "adaptive")
+
 
 class Settings(Protocol):
     """What the schedule reads (EideticNet's fields)."""

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from eidetic_func.core.errors import EideticError
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import parse_option
-from eidetic_func.runner.config import RunConfig
+from eidetic_func.runner.config import NESTED, RunConfig
 from eidetic_func.runner.environment import output_held
 from eidetic_func.runner.report import write_outputs
 from eidetic_func.runner.result import RunResult
@@ -38,10 +39,12 @@ NOT_FLAGS = {
     "method": "--method is written out below (the method's name; see `eidetic-func methods`)",
     "method_options": "a dict: --method-option KEY=VALUE, repeatable",
     "train": "a TrainConfig: its fields are flags of their own",
-    "last_task": "for train_task's callers; a run tells its last task so itself (no pruning)",
+    "eidetic": "an EideticNet: its settings are flags of their own",
     "finish": "for train_task's callers that close a task themselves; a run finishes each",
+    "name": "EideticNet's name: --method names the method",
 }
-"""The fields of RunConfig and TrainConfig that are not derived flags, with the reason."""
+"""The fields of RunConfig, TrainConfig and EideticNet that are not derived flags, with the
+reason."""
 
 BENCH_FLAGS = (
     "data_root",
@@ -56,7 +59,9 @@ BENCH_FLAGS = (
 )
 """The RunConfig fields whose preset value ``bench`` lets a command line replace."""
 
-ConfigClass = type[RunConfig] | type[TrainConfig]
+ConfigClass = type[RunConfig] | type[TrainConfig] | type[EideticNet]
+FLAG_CLASSES: tuple[ConfigClass, ...] = (RunConfig, *NESTED.values())
+"""The classes whose fields are ``run``'s flags: the run's, and its nested configs'."""
 
 
 def flag_fields(cls: ConfigClass) -> list[dataclasses.Field[Any]]:
@@ -159,7 +164,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a baseline's hyperparameter, e.g. lambda_ewc=100 (repeatable)",
     )
-    for cls in (RunConfig, TrainConfig):
+    for cls in FLAG_CLASSES:
         for field in flag_fields(cls):
             add_field_flag(groups[field.metadata["group"]], cls, field)
     run_group = groups["run"]
@@ -194,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         **_field_values(args, RunConfig),
         method=args.method,
         method_options=dict(parse_option(o) for o in args.method_option),
-        train=TrainConfig(**_field_values(args, TrainConfig)),
+        **{name: cls(**_field_values(args, cls)) for name, cls in NESTED.items()},
     )
 
 
@@ -252,18 +257,20 @@ def _resume_changes(args: argparse.Namespace, defaults: argparse.Namespace) -> d
     changes to the saved run's config (``run`` refuses those that change what it computes);
     the device is always this command line's (the machine may be another)."""
     given, default = config_from_args(args), config_from_args(defaults)
-    changes: dict[str, Any] = {
-        f.name: getattr(given, f.name)
-        for f in dataclasses.fields(RunConfig)
-        if f.name != "train" and getattr(given, f.name) != getattr(default, f.name)
-    }
+    changes = _differences(given, default, skip=NESTED)
     changes["device"] = given.device
-    changes["train"] = {
-        f.name: getattr(given.train, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(given.train, f.name) != getattr(default.train, f.name)
-    }
+    for name in NESTED:
+        changes[name] = _differences(getattr(given, name), getattr(default, name))
     return changes
+
+
+def _differences(given: Any, default: Any, skip: Any = ()) -> dict[str, Any]:
+    """The fields of dataclass ``given`` (all but ``skip``) that differ from ``default``'s."""
+    return {
+        f.name: getattr(given, f.name)
+        for f in dataclasses.fields(given)
+        if f.name not in skip and getattr(given, f.name) != getattr(default, f.name)
+    }
 
 
 def _list_methods() -> None:

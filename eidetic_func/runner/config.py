@@ -15,9 +15,11 @@ from eidetic_func.core import validate
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.data.scenario import SCENARIOS
 from eidetic_func.data.sequences import SEQUENCE_NAMES
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.protocol import Method, traits
 from eidetic_func.methods.registry import create
-from eidetic_func.training.config import TrainConfig, grows, option
+from eidetic_func.ops.growth import GROW_POLICIES
+from eidetic_func.training.config import TrainConfig, option
 from eidetic_func.training.distributed import DEFAULT_TIMEOUT_S
 
 MODELS = ("mlp", "convnet", "resnet18", "resnet34", "resnet50", "resnet101")
@@ -26,6 +28,11 @@ IMAGEFOLDER = "imagefolder:"  # "imagefolder:DIR": class folders read from disk 
 TORCHVISION = "torchvision:"  # "torchvision:resnet18": any torchvision classifier, multi-head
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT_EVERY = ("pruning-step", "task", "never")
+NESTED = {"train": TrainConfig, "eidetic": EideticNet}
+"""The fields of RunConfig that are configs of their own (their fields are flags too)."""
+EIDETIC_SETTINGS = frozenset(f.name for f in dataclasses.fields(EideticNet)) - {"name"}
+"""EideticNet's settings (once ``train``'s fields; configs saved then still load)."""
+_GROWTH = frozenset({"grow", "grow_policy"})  # once ``train``'s fields, now the run's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +101,22 @@ class RunConfig:
     batch_size: int = option(64, "training batch size", group="training")
     eval_batch_size: int = option(512, "evaluation batch size", group="training")
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eidetic: EideticNet = dataclasses.field(default_factory=EideticNet)
+    grow: int = option(
+        0,
+        "when a task begins and a unit has no free neuron left, add this many neurons to it "
+        "(finished tasks stay bit-identical; 0: never grow)",
+        group="method",
+        metavar="N",
+    )
+    grow_policy: str = option(
+        "when-full",
+        "when-full: --grow N neurons for each unit with no free neuron; refill (the "
+        "original's policy, needs no --grow): before each task, every unit grows back to as "
+        "many free neurons as it started with",
+        group="method",
+        choices=GROW_POLICIES,
+    )
     holdout: float = option(
         0.0,
         "hold out this fraction of each task's training data and decide when to stop "
@@ -174,20 +197,8 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        from eidetic_func.data.sequences import SEQUENCE_NAMES
-
-        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
-            if not self.dataset.removeprefix(IMAGEFOLDER):
-                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
-            if self.limit_per_class is not None:
-                raise ConfigError("limit_per_class applies to the built-in datasets")
-        else:
-            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
-            for name in ("classes_per_task", "image_size"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{name} applies to imagefolder: datasets")
-            if self.augment:
-                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
+        self._check_growth()
+        self._check_dataset()
         for name in ("classes_per_task", "image_size"):
             if getattr(self, name) is not None:
                 validate.integer(getattr(self, name), name, minimum=1)
@@ -228,21 +239,62 @@ class RunConfig:
             validate.boolean(getattr(self, name), name)
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
+        for name, cls in NESTED.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         self._check_method()
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a path string, got {self.data_root!r}")
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
         validate.device(self.device)
 
+    def _check_dataset(self) -> None:
+        from eidetic_func.data.sequences import SEQUENCE_NAMES
+
+        if isinstance(self.dataset, str) and self.dataset.startswith(IMAGEFOLDER):
+            if not self.dataset.removeprefix(IMAGEFOLDER):
+                raise ConfigError("imagefolder: needs a directory, e.g. imagefolder:data/tiny")
+            if self.limit_per_class is not None:
+                raise ConfigError("limit_per_class applies to the built-in datasets")
+        else:
+            validate.choice(self.dataset, "dataset", SEQUENCE_NAMES)
+            for name in ("classes_per_task", "image_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to imagefolder: datasets")
+            if self.augment:
+                raise ConfigError("augment applies to imagefolder: datasets (read per item)")
+
+    def _check_growth(self) -> None:
+        validate.integer(self.grow, "grow", minimum=0)
+        validate.choice(self.grow_policy, "grow_policy", GROW_POLICIES)
+        if self.grow and self.grow_policy == "refill":
+            raise ConfigError(
+                f"grow={self.grow} has no effect with grow_policy='refill' (refill adds what "
+                "each unit lacks); drop --grow, or use grow_policy='when-full'"
+            )
+
+    @property
+    def grows(self) -> bool:
+        """Whether the run grows its network between tasks."""
+        return self.grow > 0 or self.grow_policy == "refill"
+
     def build_method(self) -> Method:
-        """The method ``method`` names (chains like ``"ewc+er"`` too), with its options."""
-        return create(self.method, seed=self.seed, **self.method_options)
+        """The method ``method`` names (chains like ``"ewc+er"`` too), with its options;
+        EideticNet (alone or a member) with the settings of ``eidetic``."""
+        return create(self.method, seed=self.seed, bases=(self.eidetic,), **self.method_options)
 
     def _check_method(self) -> None:
         """The method exists, takes the options, and fits the scenario, model and cycles."""
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options must be a dict, got {self.method_options!r}")
+        settings = sorted(
+            k for k in self.method_options if k.rpartition(".")[2] in EIDETIC_SETTINGS
+        )
+        if settings:
+            flags = ", ".join("--" + k.rpartition(".")[2].replace("_", "-") for k in settings)
+            raise ConfigError(
+                f"method options {settings} are EideticNet's settings: the run's eidetic field "
+                f"holds them (RunConfig(eidetic=EideticNet(...)); flags {flags})"
+            )
         kind = traits(self.build_method())
         if self.scenario != "task" and kind.task_incremental:
             raise ConfigError(
@@ -253,7 +305,7 @@ class RunConfig:
                     else f"Run {self.method} with scenario='task'"
                 )
             )
-        if isinstance(self.train, TrainConfig) and grows(self.train) and not kind.grows:
+        if self.grows and not kind.grows:
             method = self.build_method()
             members = getattr(method, "methods", (method,))
             refusing = [m.name for m in members if not traits(m).grows]
@@ -274,10 +326,29 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        fields: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in d.get("train", {}).items()
+        """The inverse of :meth:`to_dict`; also reads the layout saved before EideticNet's
+        settings left ``train`` (``train.pruning_step`` → ``eidetic.pruning_step``,
+        ``train.grow`` → ``grow``, ...)."""
+        d = _current_layout(d)
+        nested = {
+            name: kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()})
+            for name, kind in NESTED.items()
+            if name in d
         }
-        return cls(**{**d, "train": TrainConfig(**fields)})
+        return cls(**{**d, **nested})
+
+
+def _current_layout(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the fields an old layout kept in ``train`` at their place now (a run
+    saved with ``train.last_task`` set pruned no task: no place can hold that)."""
+    train = dict(d.get("train", {}))
+    if not set(train) & (EIDETIC_SETTINGS | _GROWTH | {"last_task"}):
+        return d
+    if train.pop("last_task", False):
+        raise ConfigError("this run was saved with train.last_task=True, which no longer exists")
+    eidetic = {k: train.pop(k) for k in list(train) if k in EIDETIC_SETTINGS}
+    run = {k: train.pop(k) for k in list(train) if k in _GROWTH}
+    return {**d, **run, "train": train, "eidetic": {**d.get("eidetic", {}), **eidetic}}
 
 
 def parse_task_order(text: str) -> str | int | list[int]:

@@ -22,7 +22,6 @@ from eidetic_func.runner.router import route_and_classify, router_loaders
 from eidetic_func.runner.setup import RunSetup
 from eidetic_func.runner.task import CheckpointCallback, train_task
 from eidetic_func.training import metrics
-from eidetic_func.training.config import grows
 from eidetic_func.training.loop import TaskProgress
 
 
@@ -49,10 +48,10 @@ def _grow(setup: RunSetup, record: RunRecord) -> tuple[RunSetup, RunRecord]:
     The network, its topology and the optimizer (built afresh for the new parameters) are
     replaced; a task resumed mid-way grew already (its state records it).
     """
-    train = setup.config.train
-    if not grows(train) or record.progress is not None or record.state.topology is None:
+    config = setup.config
+    if not config.grows or record.progress is not None or record.state.topology is None:
         return setup, record
-    plan = growth_plan(record.state, policy=train.grow_policy, neurons=train.grow)
+    plan = growth_plan(record.state, policy=config.grow_policy, neurons=config.grow)
     if not plan:
         return setup, record
     model, state = setup.model, record.state
@@ -63,10 +62,10 @@ def _grow(setup: RunSetup, record: RunRecord) -> tuple[RunSetup, RunRecord]:
             unit=name,
             neurons=neurons,
             generator=setup.core,
-            forward_transfer=train.forward_transfer,
+            forward_transfer=config.eidetic.forward_transfer,  # only EideticNet grows
         )
     added = ", ".join(f"{name} +{n}" for name, n in plan.items())
-    setup.log(f"  grew ({train.grow_policy}): {added}")
+    setup.log(f"  grew ({config.grow_policy}): {added}")
     return setup.with_network(model, state.topology), record.replace(state=state)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from eidetic_func.core.errors import ConfigError
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.training.config import TrainConfig
 
@@ -31,6 +32,8 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(
                 max_epochs=10,
                 patience=2,
+            ),
+            eidetic=EideticNet(
                 pruning_step=0.1,
                 pruning_type="taylor",
                 max_recovery_epochs=2,
@@ -59,6 +62,8 @@ PRESETS: dict[str, Preset] = {
                 max_epochs=100,
                 patience=10,
                 lr_factor=0.5,
+            ),
+            eidetic=EideticNet(
                 pruning_step=0.05,
                 pruning_type="taylor",
                 max_recovery_epochs=5,
@@ -82,6 +87,8 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(
                 max_epochs=8,
                 patience=2,
+            ),
+            eidetic=EideticNet(
                 pruning_step=0.1,
                 pruning_type="taylor",
                 max_recovery_epochs=1,
@@ -101,6 +108,8 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(
                 max_epochs=10,
                 patience=2,
+            ),
+            eidetic=EideticNet(
                 pruning_step=0.1,
                 pruning_type="taylor",
                 max_recovery_epochs=2,

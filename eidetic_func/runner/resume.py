@@ -19,7 +19,7 @@ from eidetic_func.core.state import with_topology
 from eidetic_func.io.checkpoint import Checkpoint
 from eidetic_func.ops.growth import regrow
 from eidetic_func.runner import record as run_record
-from eidetic_func.runner.config import RunConfig
+from eidetic_func.runner.config import NESTED, RunConfig
 from eidetic_func.runner.record import CHECKPOINT_FILE, RunCheckpoint, RunRecord
 from eidetic_func.runner.setup import RunSetup
 
@@ -28,7 +28,8 @@ OPERATIONAL = ("progress", "device", "checkpoint_every", "dist_timeout", "thread
 
 Given = RunConfig | Mapping[str, Any] | None
 """What a caller asks of a run: a whole config; or, resuming, nothing (the saved config)
-or the settings it changes (``{"device": "cuda", "train": {"max_epochs": 3}}``)."""
+or the settings it changes (``{"device": "cuda", "train": {"max_epochs": 3}}``; ``eidetic``
+like ``train``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ def resumed_config(given: Given, saved: RunConfig, path: Path) -> RunConfig:
 
 
 def config_conflicts(given: RunConfig, saved: RunConfig) -> list[str]:
-    """``"field: given X, saved Y"`` for every setting (``train.*`` too) that differs,
+    """``"field: given X, saved Y"`` for every setting (``train.*``, ``eidetic.*`` too) that differs,
     except the operational ones a resumed run may change."""
     a, b = _flat(given.to_dict()), _flat(saved.to_dict())
     return [
@@ -153,15 +154,15 @@ def _merged(given: Given, saved: RunConfig) -> RunConfig:
         return given
     if given is None:
         return saved
-    changes = {k: v for k, v in given.items() if k != "train"}
-    train = dataclasses.replace(saved.train, **given.get("train", {}))
-    return dataclasses.replace(saved, **changes, train=train)
+    changes = {k: v for k, v in given.items() if k not in NESTED}
+    nested = {k: dataclasses.replace(getattr(saved, k), **given.get(k, {})) for k in NESTED}
+    return dataclasses.replace(saved, **changes, **nested)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k == "train":
+        if isinstance(v, dict) and k in NESTED:
             out.update(_flat(v, f"{k}."))
         else:
             out[prefix + k] = list(v) if isinstance(v, tuple) else v

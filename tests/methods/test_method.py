@@ -222,10 +222,9 @@ def test_progress_saved_mid_pruning_by_earlier_versions_resumes_at_the_end_of_th
 
 
 def test_a_chain_resumed_mid_pruning_ends_its_earlier_members_only_once() -> None:
-    config = TrainConfig(
-        max_epochs=20, patience=3, pruning_step=0.2, tolerance=0.2, max_recovery_epochs=1
-    )
-    method = chain(EWC(), ef.EideticNet())  # EWC's Fisher first, then EideticNet prunes
+    config = TrainConfig(max_epochs=20, patience=3)
+    eidetic = ef.EideticNet(pruning_step=0.2, tolerance=0.2, max_recovery_epochs=1)
+    method = chain(EWC(), eidetic)  # EWC's Fisher first, then EideticNet prunes
     data = _data(5)
 
     def fresh() -> tuple[Any, ef.EideticState, torch.optim.Optimizer, torch.Generator]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor
 
 import eidetic_func as ef
 from eidetic_func.io.state_checks import state_problems
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.nn.grown_layers import GrownLinear
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.runner.sequence import run
@@ -280,9 +282,15 @@ def test_taylor_scores_of_a_grown_network_equal_the_vmap_definition(kind: str) -
 
 
 def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> None:
-    train = TrainConfig(max_epochs=2, patience=1, pruning_step=0.25, score_batches=2, grow=4)
     config = RunConfig(
-        dataset="embedded", limit_per_class=30, width=6, batch_size=32, train=train, progress=False
+        dataset="embedded",
+        limit_per_class=30,
+        width=6,
+        batch_size=32,
+        train=TrainConfig(max_epochs=2, patience=1),
+        eidetic=EideticNet(pruning_step=0.25, score_batches=2),
+        grow=4,
+        progress=False,
     )
     logged: list[str] = []
     result = run(config, log=logged.append)
@@ -296,12 +304,12 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
     assert all(sizes[u] > 6 for u in grown)
 
 
-@pytest.mark.parametrize("train", [TrainConfig(grow=2), TrainConfig(grow_policy="refill")])
+@pytest.mark.parametrize("growth", [{"grow": 2}, {"grow_policy": "refill"}])
 def test_growing_is_refused_for_methods_whose_state_follows_the_parameters(
-    train: TrainConfig,
+    growth: dict[str, Any],
 ) -> None:
     with pytest.raises(ef.ConfigError, match=r"cannot grow.*ewc does not support it"):
-        RunConfig(dataset="embedded", limit_per_class=30, method="ewc", train=train)
+        RunConfig(dataset="embedded", limit_per_class=30, method="ewc", **growth)
 
 
 @pytest.mark.parametrize("method", ["eidetic+er", "eidetic+lwf", "ewc+er"])
@@ -311,7 +319,7 @@ def test_growing_a_chain_is_refused_at_construction_naming_the_members_without_i
     members = [m for m in method.split("+") if m != "eidetic"]
     refusing = " and ".join(members) + (" does" if len(members) == 1 else " do")
     with pytest.raises(ef.ConfigError, match=re.escape(method) + f" cannot grow.*{refusing} not"):
-        RunConfig(method=method, train=TrainConfig(grow=4))
+        RunConfig(method=method, grow=4)
 
 
 class _DenseMLP(torch.nn.Module):
@@ -389,15 +397,14 @@ def test_the_growth_plans_name_the_full_units_or_refill_to_the_first_tasks_capac
     with pytest.raises(ef.ConfigError, match="policy"):
         ef.growth_plan(state, policy="always")
     with pytest.raises(ef.ConfigError, match="no effect"):
-        TrainConfig(grow=4, grow_policy="refill")
+        RunConfig(grow=4, grow_policy="refill")
 
 
 def test_a_run_with_the_refill_policy_starts_every_task_with_the_first_tasks_capacity() -> None:
-    train = TrainConfig(
-        max_epochs=1, patience=1, pruning_step=0.5, score_batches=1, grow_policy="refill"
-    )
     config = RunConfig(
-        dataset="embedded", limit_per_class=20, width=10, batch_size=32, train=train,
+        dataset="embedded", limit_per_class=20, width=10, batch_size=32,
+        train=TrainConfig(max_epochs=1, patience=1),
+        eidetic=EideticNet(pruning_step=0.5, score_batches=1), grow_policy="refill",
         router=False, progress=False,
     )  # fmt: skip
     result = run(config, log=lambda _: None)

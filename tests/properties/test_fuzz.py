@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from strategies import prune_rows
 
 import eidetic_func as ef
-from eidetic_func.runner.config import RunConfig
+from eidetic_func.runner.config import EIDETIC_SETTINGS, RunConfig
 from eidetic_func.training.config import TrainConfig
 
 MODEL = MLP(6, [2, 3], num_layers=2, width=5)
@@ -135,6 +135,12 @@ def test_score_with_bad_inputs(method: Any, task: Any, batches: Any) -> None:
 def test_train_config_with_bad_values(field: str, value: Any) -> None:
     with contextlib.suppress(ef.EideticError):
         TrainConfig(**{field: value})
+
+
+@given(field=st.sampled_from(list(EIDETIC_SETTINGS)), value=weird_numbers)
+def test_eidetic_settings_with_bad_values(field: str, value: Any) -> None:
+    with contextlib.suppress(ef.EideticError):
+        ef.EideticNet(**{field: value})
 
 
 @given(

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from eidetic_func import RunConfig, TrainConfig
+from eidetic_func import EideticNet, RunConfig, TrainConfig
+from eidetic_func.core.errors import ConfigError
 from eidetic_func.runner import cli
 from eidetic_func.runner.cli import (
     BENCH_FLAGS,
@@ -27,7 +28,7 @@ from eidetic_func.runner.cli import (
 )
 from eidetic_func.runner.presets import PRESETS, Preset
 
-CONFIGS = (RunConfig, TrainConfig)
+CONFIGS = (RunConfig, TrainConfig, EideticNet)
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -167,12 +168,11 @@ def test_a_command_line_gives_the_expected_config() -> None:
         method_options={"lambda_ewc": 50},
         optimizer="sgd",
         lr=0.05,
-        train=TrainConfig(
-            max_epochs=4,
+        train=TrainConfig(max_epochs=4, compiled=True),
+        eidetic=EideticNet(
             pruning_step=(0.2, 0.1),
             pruning_type="l2",
             pruning_schedule="adaptive",
-            compiled=True,
             forward_transfer=False,
             score_batches=8,
         ),
@@ -281,3 +281,70 @@ def test_methods_are_listed_with_their_first_sentence() -> None:
     assert cli._first_sentence("Joint training (offline); ``seed`` drives\n    draws. More.") == (
         "Joint training (offline); ``seed`` drives draws."
     )
+
+
+@pytest.mark.parametrize("method", ["eidetic", "eidetic+er", "ewc+eidetic"])
+def test_eidetic_flags_set_the_fields_of_the_built_method_alone_or_in_a_chain(
+    method: str,
+) -> None:
+    flags = ["--pruning-step", "0.2", "--pruning-type", "taylor,l2", "--no-forward-transfer"]
+    flags += ["--pruning-schedule", "adaptive", "--tolerance", "0.05"]
+    args = build_parser().parse_args(["run", "--method", method, *flags])
+    built = config_from_args(args).build_method()
+    members = getattr(built, "methods", (built,))
+    (eidetic,) = [m for m in members if isinstance(m, EideticNet)]
+    assert eidetic == EideticNet(
+        pruning_step=0.2,
+        pruning_type=("taylor", "l2"),
+        forward_transfer=False,
+        pruning_schedule="adaptive",
+        tolerance=0.05,
+    )
+
+
+def test_eidetic_settings_given_as_method_options_are_refused_naming_their_flags() -> None:
+    with pytest.raises(ConfigError, match=r"\['pruning_step'\].*flags --pruning-step\)"):
+        RunConfig(method_options={"pruning_step": 0.2})
+    with pytest.raises(ConfigError, match=r"eidetic.tolerance.*flags --tolerance\)"):
+        RunConfig(method="eidetic+er", method_options={"eidetic.tolerance": 0.2})
+
+
+def test_a_config_saved_before_eidetics_settings_left_train_still_loads() -> None:
+    old = RunConfig().to_dict()
+    del old["eidetic"], old["grow"], old["grow_policy"]
+    old["train"] = {
+        "max_epochs": 4,
+        "patience": 3,
+        "pruning_step": [0.2, 0.1],
+        "pruning_type": "l2",
+        "max_recovery_epochs": 1,
+        "tolerance": 0.05,
+        "max_masking_ratio": 0.9,
+        "constant_step": False,
+        "pruning_schedule": "adaptive",
+        "first_pruning_step": 0.5,
+        "lr_factor": 0.5,
+        "score_batches": 8,
+        "last_task": False,
+        "forward_transfer": False,
+        "finish": True,
+        "compiled": False,
+        "grow": 3,
+        "grow_policy": "when-full",
+    }
+    loaded = RunConfig.from_dict(old)
+    assert loaded.train == TrainConfig(max_epochs=4, lr_factor=0.5)
+    assert loaded.eidetic == EideticNet(
+        pruning_step=(0.2, 0.1),
+        pruning_type="l2",
+        max_recovery_epochs=1,
+        tolerance=0.05,
+        max_masking_ratio=0.9,
+        pruning_schedule="adaptive",
+        score_batches=8,
+        forward_transfer=False,
+    )
+    assert (loaded.grow, loaded.grow_policy) == (3, "when-full")
+    assert RunConfig.from_dict(json.loads(json.dumps(loaded.to_dict()))) == loaded
+    with pytest.raises(ConfigError, match="last_task"):
+        RunConfig.from_dict({**old, "train": {**old["train"], "last_task": True}})

@@ -21,6 +21,7 @@ from eidetic_func.models import MLP
 from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.runner import build, cli, rundir
 from eidetic_func.runner import record as run_record
 from eidetic_func.runner.cli import main
@@ -35,7 +36,8 @@ TINY = RunConfig(
     width=16,
     batch_size=16,
     router=False,
-    train=TrainConfig(max_epochs=1, patience=0, pruning_step=0.5, max_recovery_epochs=1),
+    train=TrainConfig(max_epochs=1, patience=0),
+    eidetic=EideticNet(pruning_step=0.5, max_recovery_epochs=1),
     progress=False,
 )
 TINY_ARGS = [*SMALL_ARGS, "--num-tasks", "2", "--no-router", "--limit-per-class", "20"]

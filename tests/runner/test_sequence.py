@@ -18,6 +18,7 @@ from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
 from benchmarks import run_snapshot
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.runner import loop, sequence
 from eidetic_func.runner.cli import main
 from eidetic_func.runner.config import RunConfig
@@ -32,14 +33,8 @@ SMALL = RunConfig(
     model="mlp",
     width=48,
     batch_size=32,
-    train=TrainConfig(
-        max_epochs=3,
-        patience=1,
-        pruning_step=0.25,
-        tolerance=0.02,
-        max_recovery_epochs=1,
-        score_batches=4,
-    ),
+    train=TrainConfig(max_epochs=3, patience=1),
+    eidetic=EideticNet(pruning_step=0.25, tolerance=0.02, max_recovery_epochs=1, score_batches=4),
     progress=False,
 )
 
@@ -140,7 +135,7 @@ def test_the_cli_prunes_with_the_adaptive_schedule_when_asked(tmp_path: Path) ->
     args = ["run", *SMALL_ARGS, "--pruning-schedule", "adaptive", "--first-pruning-step", "0.6"]
     assert main([*args, "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["train"]["pruning_schedule"] == "adaptive"
+    assert results["config"]["eidetic"]["pruning_schedule"] == "adaptive"
     with (out / "history.csv").open() as f:
         steps = [float(r["step"]) for r in csv.DictReader(f) if r["phase"] == "prune"]
     assert steps and steps[0] == 0.6 and max(steps) == 0.6
@@ -405,7 +400,7 @@ def test_a_run_stopped_while_training_the_router_resumes_there_to_the_uninterrup
     run regrows it from the checkpoint and does not grow it again."""
     config = SMALL
     if grows:
-        config = dataclasses.replace(SMALL, width=6, train=dataclasses.replace(SMALL.train, grow=4))
+        config = dataclasses.replace(SMALL, width=6, grow=4)
     reference = run(config, output_dir=tmp_path / "reference", log=_quiet)
     assert bool(reference.state.growth) == grows
     written = loop.save

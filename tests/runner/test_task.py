@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from eidetic_func.models import MLP
 
 import eidetic_func as ef
-from eidetic_func.methods.eidetic import Pruning
+from eidetic_func.methods.eidetic import EideticNet, Pruning
 from eidetic_func.runner.task import train_task
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.loop import TaskProgress
@@ -35,14 +33,14 @@ def _setup(width: int = 16) -> tuple[MLP, ef.EideticState, torch.optim.Optimizer
 def test_train_task_learns_prunes_and_finishes_the_task() -> None:
     model, state, opt = _setup()
     data = _data(0)
-    config = TrainConfig(max_epochs=15, patience=2, pruning_step=0.3, tolerance=0.05)
     state, _, history = train_task(
         model,
         state,
         data,
         task=0,
         optimizer=opt,
-        config=config,
+        config=TrainConfig(max_epochs=15, patience=2),
+        method=EideticNet(pruning_step=0.3, tolerance=0.05),
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
@@ -60,14 +58,6 @@ def test_train_task_learns_prunes_and_finishes_the_task() -> None:
 def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> None:
     model, state, opt = _setup(width=8)
     data = _data(1, noise=0.2)
-    config = TrainConfig(
-        max_epochs=6,
-        patience=1,
-        pruning_step=0.5,
-        tolerance=0.0,
-        max_recovery_epochs=1,
-        finish=False,
-    )
     checkpoints: list[tuple[ef.EideticState, TaskProgress]] = []
     final, _, history = train_task(
         model,
@@ -75,7 +65,8 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
         data,
         task=0,
         optimizer=opt,
-        config=config,
+        config=TrainConfig(max_epochs=6, patience=1, finish=False),
+        method=EideticNet(pruning_step=0.5, tolerance=0.0, max_recovery_epochs=1),
         generator=torch.Generator().manual_seed(0),
         progress=False,
         checkpoint=lambda s, ms, p, h: checkpoints.append((s, p)),
@@ -89,21 +80,14 @@ def test_pruning_stops_below_tolerance_and_restores_the_last_good_snapshot() -> 
 
 def test_masking_ratio_bounds_the_pruned_share() -> None:
     model, state, opt = _setup()
-    config = TrainConfig(
-        max_epochs=3,
-        patience=1,
-        pruning_step=0.3,
-        tolerance=0.5,
-        max_masking_ratio=0.5,
-        finish=False,
-    )
     final, _, history = train_task(
         model,
         state,
         _data(2),
         task=0,
         optimizer=opt,
-        config=config,
+        config=TrainConfig(max_epochs=3, patience=1, finish=False),
+        method=EideticNet(pruning_step=0.3, tolerance=0.5, max_masking_ratio=0.5),
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
@@ -114,12 +98,9 @@ def test_masking_ratio_bounds_the_pruned_share() -> None:
 def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, list]:
     model, state, opt = _setup(width=32)
     checkpoints: list[ef.EideticState] = []
-    config = TrainConfig(
-        max_epochs=3,
-        patience=1,
+    method = EideticNet(
         pruning_step=0.1,
         max_recovery_epochs=1,
-        finish=False,
         pruning_schedule=schedule,
         **fields,  # type: ignore[arg-type]
     )
@@ -129,7 +110,8 @@ def _pruned(schedule: str, **fields: object) -> tuple[ef.EideticState, list, lis
         _data(4, n=160),
         task=0,
         optimizer=opt,
-        config=config,
+        config=TrainConfig(max_epochs=3, patience=1, finish=False),
+        method=method,
         generator=torch.Generator().manual_seed(0),
         progress=False,
         checkpoint=lambda s, ms, p, h: checkpoints.append(s),
@@ -167,16 +149,14 @@ def test_adaptive_schedule_restores_the_snapshot_and_halves_the_step_after_a_fai
     )
 
 
-def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
+def test_pruning_settings_cycle_and_the_last_task_is_not_pruned() -> None:
     model, state, opt = _setup()
-    config = TrainConfig(
-        max_epochs=3,
-        patience=1,
+    config = TrainConfig(max_epochs=3, patience=1, finish=False)
+    method = EideticNet(
         pruning_step=(0.2, 0.1),
         pruning_type=("l2", "random"),
         tolerance=0.5,
         max_masking_ratio=0.9,
-        finish=False,
     )
     _, _, history = train_task(
         model,
@@ -185,6 +165,7 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
         task=0,
         optimizer=opt,
         config=config,
+        method=method,
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
@@ -198,16 +179,18 @@ def test_pruning_settings_cycle_and_last_task_skips_pruning() -> None:
         _data(3),
         task=0,
         optimizer=opt,
-        config=dataclasses.replace(config, last_task=True),
+        config=config,
+        method=method,
         generator=torch.Generator().manual_seed(0),
         progress=False,
+        last=True,
     )
     assert not any(h["phase"] == "prune" for h in history)
 
 
 def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> None:
     model, state, opt = _setup()
-    config = TrainConfig(max_epochs=50, patience=10, lr_factor=0.5, last_task=True)
+    config = TrainConfig(max_epochs=50, patience=10, lr_factor=0.5)
     _, _, history = train_task(
         model,
         state,
@@ -217,6 +200,7 @@ def test_training_stops_at_perfect_accuracy_and_lowers_the_learning_rate() -> No
         config=config,
         generator=torch.Generator().manual_seed(0),
         progress=False,
+        last=True,
     )
     epochs = [h for h in history if h["phase"] == "train"]
     assert len(epochs) < 50
@@ -231,9 +215,7 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
 ) -> None:
     # max_epochs=1 ends training before any plateau: pruning still runs at the lowered rate
     model, state, opt = _setup()
-    config = TrainConfig(
-        max_epochs=max_epochs, patience=1, pruning_step=0.3, tolerance=0.05, lr_factor=0.5
-    )
+    config = TrainConfig(max_epochs=max_epochs, patience=1, lr_factor=0.5)
     for task in range(2):
         state, _, history = train_task(
             model,
@@ -242,6 +224,7 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
             task=task,
             optimizer=opt,
             config=config,
+            method=EideticNet(pruning_step=0.3, tolerance=0.05),
             generator=torch.Generator().manual_seed(0),
             progress=False,
         )
@@ -255,13 +238,9 @@ def test_learning_rate_is_lowered_once_per_pruning_phase_and_every_task_starts_a
 
 @pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: str) -> None:
-    config = TrainConfig(
-        max_epochs=4,
-        patience=1,
-        pruning_step=0.25,
-        tolerance=0.05,
-        max_recovery_epochs=1,
-        pruning_schedule=schedule,
+    config = TrainConfig(max_epochs=4, patience=1)
+    method = EideticNet(
+        pruning_step=0.25, tolerance=0.05, max_recovery_epochs=1, pruning_schedule=schedule
     )
     data = _data(5)
 
@@ -282,6 +261,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
         task=0,
         optimizer=opt,
         config=config,
+        method=method,
         generator=g,
         progress=False,
         checkpoint=keep,
@@ -293,7 +273,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
     assert mid_pruning, "expected a checkpoint after a pruning step"
     assert all(e[4].schedule.iteration > 0 and e[4].snapshot is None for e in mid_pruning)
     if schedule == "adaptive":  # a checkpoint after a halved step must resume at that step
-        halved = [e[4].schedule.adaptive_step < config.first_pruning_step for e in mid_pruning]
+        halved = [e[4].schedule.adaptive_step < method.first_pruning_step for e in mid_pruning]
         assert any(halved)
     for s, p, opt_state, g_state, ms in (mid_training[0], mid_pruning[0], mid_pruning[-1]):
         model, _, opt, g = fresh()
@@ -306,6 +286,7 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(schedule: s
             task=0,
             optimizer=opt,
             config=config,
+            method=method,
             generator=g,
             progress=False,
             resume=p,
@@ -326,22 +307,9 @@ def _opt_copy(opt: torch.optim.Optimizer) -> dict:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        ("pruning_step", 0.0),
-        ("pruning_step", (0.1, 1.5)),
-        ("pruning_type", "l3"),
-        ("tolerance", 1.0),
-        ("max_masking_ratio", 0.0),
-        ("max_epochs", 0),
-        ("lr_factor", 2.0),
-        ("pruning_type", ()),
-        ("max_recovery_epochs", -1),
-        ("score_batches", 0),
-        ("pruning_schedule", "bisect"),
-        ("first_pruning_step", 0.0),
-    ],
+    [("max_epochs", 0), ("patience", -1), ("lr_factor", 2.0), ("finish", 1), ("compiled", "no")],
 )
-def test_invalid_pruning_settings_are_refused_before_training(field: str, value: object) -> None:
+def test_invalid_loop_settings_are_refused_before_training(field: str, value: object) -> None:
     with pytest.raises(ef.ConfigError, match=field.split("_")[0]):
         TrainConfig(**{field: value})
 
@@ -370,7 +338,8 @@ def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None
         data,
         task=0,
         optimizer=opt,
-        config=TrainConfig(max_epochs=6, patience=1, pruning_step=0.3, tolerance=0.05),
+        config=TrainConfig(max_epochs=6, patience=1),
+        method=EideticNet(pruning_step=0.3, tolerance=0.05),
         generator=torch.Generator().manual_seed(0),
         progress=False,
         stop_loader=flipped,
