@@ -1,6 +1,6 @@
 """The package's shape: every module lives in a layer folder, imports run one way between
-the folders, and no module imports itself back through others (lazily or for types alike:
-a cycle is a cycle of concepts)."""
+the folders, no module imports itself back through others (lazily or for types alike: a
+cycle is a cycle of concepts), and modules and functions stay small enough to read."""
 
 from __future__ import annotations
 
@@ -231,3 +231,52 @@ def test_the_branch_finder_finds_a_branch(tmp_path: Path) -> None:
         'if config.method == "eidetic":\n    pass\nif method.name in ("ewc",):\n    pass\n'
     )
     assert _method_name_branches(source) == ["shell.py:1", "shell.py:3"]
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_BODY_LINES = 60
+
+
+def _function_bodies(path: Path) -> dict[str, int]:
+    """``{qualified name: lines of body}`` of every function in ``path`` (docstring excluded)."""
+    out = {}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            documented = isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant
+            )
+            first = body[1] if documented and len(body) > 1 else body[0]
+            assert node.end_lineno is not None
+            out[f"{path.name}:{node.name}"] = node.end_lineno - first.lineno + 1
+    return out
+
+
+def _library_files() -> list[Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *MODELS.rglob("*.py")])
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        p.name: n
+        for p in _library_files()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_no_function_has_over_60_lines_of_body() -> None:
+    long = {
+        name: n
+        for p in _library_files()
+        for name, n in _function_bodies(p).items()
+        if n > MAX_FUNCTION_BODY_LINES
+    }
+    assert long == {}
+
+
+def test_the_function_measure_skips_the_docstring_and_counts_the_body(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text('def f():\n    """doc\n    more"""\n    a = 1\n    return a\n')
+    assert _function_bodies(source) == {"m.py:f": 2}
