@@ -22,6 +22,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from eidetic_func.core.errors import ConfigError
+
 # (phase, fields): entries for the task's history, in order
 Records = tuple[tuple[str, Mapping[str, Any]], ...]
 
@@ -67,7 +69,7 @@ class Recover:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"Recover trains at least one epoch, got {self.epochs}")
+            raise ConfigError(f"Recover trains at least one epoch, got {self.epochs}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +90,9 @@ class TrainWith:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"TrainWith trains at least one epoch, got {self.epochs}")
+            raise ConfigError(f"TrainWith trains at least one epoch, got {self.epochs}")
         if self.optimizer[0] not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer[0]!r}")
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer[0]!r}")
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # what TrainWith may name (torch.optim's)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 import torch
 from eidetic_func.models import MLP
 
@@ -87,3 +88,12 @@ def test_a_chain_ends_its_members_in_order_and_saves_which_member_is_ending() ->
     assert [p.ending for p in points] == [0, 0, 1]  # after training, then each member's save
     assert points[1]["first"] == 1 and points[2]["second"] == 2
     assert [h["phase"] for h in history].count("recover") == 1
+
+
+def test_a_decision_that_cannot_be_carried_out_is_refused_naming_why() -> None:
+    with pytest.raises(ef.ConfigError, match="at least one epoch"):
+        ef.Recover("recover", epochs=0)
+    with pytest.raises(ef.ConfigError, match="at least one epoch"):
+        ef.TrainWith(("adam", {"lr": 1e-3}), "retrain", epochs=0)
+    with pytest.raises(ef.ConfigError, match="optimizer must be one of"):
+        ef.TrainWith(("lbfgs", {}), "retrain")
