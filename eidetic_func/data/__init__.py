@@ -3,6 +3,7 @@ task splits, scenarios and loaders. Beside the layers: imports only the core."""
 
 from eidetic_func.data.image_dataset import ImageDataset
 from eidetic_func.data.loaders import TaskLoaders, loaders, split_validation
+from eidetic_func.data.placement import on_device
 from eidetic_func.data.sequences import (
     SEQUENCE_NAMES,
     Task,
@@ -22,6 +23,7 @@ __all__ = [
     "TaskSequence",
     "load_sequence",
     "loaders",
+    "on_device",
     "pixel_permutations",
     "split_classes",
     "split_validation",

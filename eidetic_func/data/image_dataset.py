@@ -19,7 +19,9 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
       channel) when one is given: ``x.flatten(1) == standardized.flatten(1)[:, permutation]``.
     - ``y``: int64 scalar, ``labels[i]`` (already remapped to the task's head).
 
-    ``images`` is shared, never copied or written to: do not modify it in place.
+    ``images`` is shared, never copied or written to: do not modify it in place. Every
+    other tensor (labels, index, permutation, mean, std) lives on ``images``' device, so
+    items come out there: :meth:`to` moves a dataset, e.g. onto the GPU it trains on.
     Batched fetches (``__getitems__``, used by ``DataLoader``) index and standardize a
     whole batch at once.
     """
@@ -38,7 +40,9 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
             raise ShapeError(
                 f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
-        index = torch.arange(len(images)) if index is None else index.to(torch.int64)
+        device = images.device
+        index = torch.arange(len(images)) if index is None else index
+        index = index.to(device, torch.int64)
         if labels.dim() != 1 or labels.shape != index.shape:
             raise ShapeError(
                 f"labels must be 1-D with one label per item ({len(index)}), "
@@ -50,17 +54,17 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
                 f"mean/std need 1 or {channels} entries and std > 0, got {mean}, {std}"
             )
         if permutation is not None and not torch.equal(
-            permutation.sort().values, torch.arange(height * width)
+            permutation.sort().values.cpu(), torch.arange(height * width)
         ):
             raise ShapeError(f"permutation must be a permutation of range({height * width})")
         self.images = images
-        self.labels = labels.to(torch.int64)
+        self.labels = labels.to(device, torch.int64)
         self.index = index
-        self.permutation = permutation
+        self.permutation = None if permutation is None else permutation.to(device)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self._mean = torch.tensor(self.mean).view(-1, 1, 1)
-        self._std = torch.tensor(self.std).view(-1, 1, 1)
+        self._mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, device=device).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,7 +74,7 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         """Items ``indices``, fetched as one batch (``DataLoader`` collates them back)."""
-        x, y = self.batch(torch.as_tensor(indices, dtype=torch.int64))
+        x, y = self.batch(torch.as_tensor(indices, dtype=torch.int64, device=self.images.device))
         return list(zip(x.unbind(0), y.unbind(0)))
 
     def batch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,6 +84,25 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
     def tensors(self) -> tuple[Tensor, Tensor]:
         """Every item stacked (a fresh copy): ``x`` (N, C, H, W) float32, ``y`` (N,) int64."""
         return self.batch(torch.arange(len(self)))
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """This dataset on ``device``: ``self`` if it is there already (nothing is copied),
+        else the same view of a copy of its images there."""
+        if self.images.device == torch.empty(0, device=device).device:  # "cuda" → "cuda:0"
+            return self
+        return self.viewing(self.images.to(device))
+
+    def viewing(self, images: Tensor) -> ImageDataset:
+        """The same view (items, labels, standardization, permutation) of ``images``, a copy
+        of this dataset's images (e.g. on another device), and on their device."""
+        return ImageDataset(
+            images,
+            self.labels,
+            index=self.index,
+            mean=self.mean,
+            std=self.std,
+            permutation=self.permutation,
+        )
 
     def subset(self, positions: Tensor) -> ImageDataset:
         """The items at ``positions`` (of this dataset), sharing its images."""

@@ -27,9 +27,10 @@ def split_validation(
     if not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"validation fraction must be in (0, 1), got {fraction!r}")
     g = torch.Generator().manual_seed(seed)
+    labels = dataset.labels.cpu()  # the split is drawn on the CPU, wherever the data are
     val_parts = []
-    for c in torch.unique(dataset.labels).tolist():  # sorted: fixes the generator's use
-        positions = torch.nonzero(dataset.labels == c).view(-1)
+    for c in torch.unique(labels).tolist():  # sorted: fixes the generator's use
+        positions = torch.nonzero(labels == c).view(-1)
         n = min(round(float(fraction) * len(positions)), len(positions) - 1)
         val_parts.append(positions[torch.randperm(len(positions), generator=g)[:n]])
     val = torch.cat(val_parts).sort().values if val_parts else torch.empty(0, dtype=torch.int64)

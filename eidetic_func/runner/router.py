@@ -94,7 +94,7 @@ def route_and_classify(
         for t, test in enumerate(tests):
             truth = torch.tensor(sequence[t].classes)
             for x, y in test:
-                x = x.to(device)
+                x, y = x.to(device), y.cpu()  # predictions are compared on the CPU
                 chosen = forward(model, state, x, task=router, train=False)[0].argmax(1).cpu()
                 heads = {
                     k: forward(model, state, x, task=k, train=False)[0].argmax(1).cpu()

@@ -2,7 +2,8 @@
 
 :func:`prepare` seeds the global RNG with ``config.seed`` and builds, in this order (the
 order of random draws depends on it), the task sequence, the network, its topology, the
-optimizer, the generators and the loaders. The method is built once, here.
+optimizer, the generators and the loaders. The method is built once, here. In-memory data
+are moved once onto the run's device.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def prepare(config: RunConfig, process: Process, path: Path | None, started: flo
     if process.parallel.world_size > 1 and not traits(method).data_parallel:
         raise ConfigError(f"{method.name} does not support data parallelism; run one process")
     torch.manual_seed(config.seed)
-    sequence = build.load_run_sequence(config)
+    sequence = _placed(build.load_run_sequence(config), config, process.device)
     model = _model(config, sequence, method, process.device)
     # every network but progressive columns has a prune topology (checked once, by init)
     topology = None if traits(method).network else build.model_topology(model, sequence)
@@ -113,6 +114,15 @@ def prepare(config: RunConfig, process: Process, path: Path | None, started: flo
         log=process.log,
         started=started,
     )
+
+
+def _placed(
+    sequence: data_module.TaskSequence, config: RunConfig, device: torch.device
+) -> data_module.TaskSequence:
+    """``sequence`` with its in-memory data on ``device`` (copied there once, not batch by
+    batch); where loader worker processes read them, they stay in host memory (CUDA tensors
+    cannot be shared with forked workers)."""
+    return sequence if config.num_workers else data_module.on_device(sequence, device)
 
 
 def _model(
