@@ -16,7 +16,8 @@ per-sample gradients of ``‖f(x)‖²``) it times
   weight gradient is formed).
 
 Medians of interleaved repeats after warm-up, in one process; each result is checked
-against the loop. Run: ``python -m benchmarks.fisher [--threads N] [--no-compile]``.
+against the loop. Run: ``python -m benchmarks.fisher [--device cuda] [--threads N]
+[--no-compile]``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def run_statistic(
         kernel = torch.compile(
             per_sample_fn(model, params, state.buffers, task=0, loss=loss, reduction=reduction)  # type: ignore[arg-type]
         )
-        weights = torch.ones(BATCH)
+        weights = torch.ones(BATCH, device=x.device)
         fns["vmap (torch.compile)"] = lambda: kernel(x, targets, weights)
     print(
         f"{label}: warming up (compiling)…" if compile_vmap else f"{label}: warming up…", flush=True
@@ -162,19 +163,20 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = timing_parser(__doc__, repeats=7, threads=None)
+    parser = timing_parser(__doc__, repeats=7, device=True, threads=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd vmap")
     args = parser.parse_args()
     prepare_timing(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = MLP(784, [10], num_layers=2, width=1000)
+    model = MLP(784, [10], num_layers=2, width=1000).to(device)
     state = ef.init(model)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 784, generator=g)
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU: the same batch on every device
+    x = torch.randn(BATCH, 784, generator=g).to(device)
     with torch.no_grad(), train_mode(model, False):
-        probs = F.softmax(model(x, 0), -1)
-    sampled = torch.multinomial(probs, 1, generator=g).squeeze(1)  # the true Fisher's labels
+        probs = F.softmax(model(x, 0), -1).cpu()
+    # the true Fisher's labels
+    sampled = torch.multinomial(probs, 1, generator=g).squeeze(1).to(device)
     rows = [
         run_statistic(
             "Fisher (sampled labels)", model, state, x, sampled, cross_entropy_loss, "square",

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 from eidetic_func.models import MLP, ConvNet, ResNet, TaskModel
 from hypothesis import strategies as st
@@ -97,10 +98,22 @@ def optimizer_names() -> st.SearchStrategy[str]:
     return st.sampled_from(sorted(OPTIMIZERS))
 
 
-def batch(spec: ModelSpec, generator: torch.Generator, size: int = 6) -> tuple[Tensor, Tensor]:
+def batch(
+    spec: ModelSpec, generator: torch.Generator, size: int = 6, device: str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """A batch drawn on the CPU (the same values on every device), then put on ``device``."""
     x = torch.randn(size, *spec.input_shape, generator=generator)
     y = torch.randint(0, spec.classes, (size,), generator=generator)
-    return x, y
+    return x.to(device), y.to(device)
+
+
+# The devices the bit-identity properties run on: CUDA where there is one.
+DEVICES = (
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+)
 
 
 def prune_free_neurons(
@@ -159,10 +172,11 @@ def prune_by_plan(
         if choice == KEEP_ALL or int(free.sum()) < 2:
             continue
         if choice == PRUNE_SOME:
-            chosen[unit.name] = free & (torch.rand(free.shape, generator=generator) < 0.4)
+            drawn = torch.rand(free.shape, generator=generator).to(free.device)
+            chosen[unit.name] = free & (drawn < 0.4)
         else:  # KEEP_ONE: every free neuron but the first
             first = int(free.nonzero()[0])
-            chosen[unit.name] = free & (torch.arange(free.numel()) != first)
+            chosen[unit.name] = free & (torch.arange(free.numel(), device=free.device) != first)
     if not chosen:  # a task that prunes nothing (as an unpruned last task): no bridge either
         return state
     return ef.bridge(ef.prune_neurons(state, chosen))
@@ -190,6 +204,7 @@ def run_sequence(
     plan: tuple[int, ...] | None = None,
     compiled: bool = False,
     method: ef.Method | None = None,
+    device: str = "cpu",
     on_step: Callable[[ef.EideticState, tuple[Tensor, Tensor], int, ef.EideticState], None]
     | None = None,
 ) -> Iterator[Event]:
@@ -199,7 +214,8 @@ def run_sequence(
     one, each unit is pruned as :func:`prune_by_plan` says. With ``method`` its steps
     (penalties, replayed losses, gradient transforms) train, and its end of task runs
     before each task is finished (EideticNet's freezing chained with the method).
-    ``on_step(before, batch, task, after)`` sees every training step.
+    ``on_step(before, batch, task, after)`` sees every training step. Batches are drawn on
+    the CPU and put on ``device`` (the model's).
     """
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
@@ -208,7 +224,7 @@ def run_sequence(
     for task in range(spec.num_tasks):
         for phase in range(2):
             for _ in range(steps):
-                data = batch(spec, generator)
+                data = batch(spec, generator, device=device)
                 before = state
                 if method is None:
                     state, _ = ef.train_step(
@@ -228,7 +244,9 @@ def run_sequence(
                     state = prune_by_plan(state, topology, plan, generator)
                 yield Event("prune", task, state)
         if method is not None:
-            ctx = ef.TaskContext([batch(spec, generator)], task=task, generator=generator)
+            ctx = ef.TaskContext(
+                [batch(spec, generator, device=device)], task=task, generator=generator
+            )
             state, mstate, _ = end_task(method, model, state, mstate, ctx)
         yield Event("finishing", task, state)
         state = ef.finish_task(state, task=task, forward_transfer=forward_transfer)

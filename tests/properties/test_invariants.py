@@ -17,6 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import (
     ALL_KINDS,
+    DEVICES,
     KEEP_ALL,
     KEEP_ONE,
     OPTIMIZERS,
@@ -45,8 +46,10 @@ def chained_method() -> ef.Method:
     return ef.chain(EWC(lambda_ewc=10.0), SI(c=0.5), ER(buffer_size=16, buffer_sample_size=4))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(**SEQUENCE, chained=st.booleans())
 def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimizer(
+    device: str,
     spec: ModelSpec,
     optimizer: str,
     forward_transfer: bool,
@@ -55,7 +58,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
     plan: tuple[int, ...] | None,
     chained: bool,
 ) -> None:
-    model = spec.build(seed)
+    model = spec.build(seed).to(device)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     snapshot = None
     for event in run_sequence(
@@ -67,6 +70,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
         forward_transfer=forward_transfer,
         plan=plan,
         method=chained_method() if chained else None,
+        device=device,
     ):
         if snapshot is not None:
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
@@ -106,6 +110,7 @@ def test_owned_entries_stay_bit_identical_under_compiled_steps(
                 snapshot = owned_snapshot(event.state)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @given(**SEQUENCE)
 @example(
     spec=ModelSpec("resnet", True, width=4, num_layers=2, num_tasks=2),
@@ -116,6 +121,7 @@ def test_owned_entries_stay_bit_identical_under_compiled_steps(
     plan=(KEEP_ONE, KEEP_ALL),
 )
 def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
+    device: str,
     spec: ModelSpec,
     optimizer: str,
     forward_transfer: bool,
@@ -123,12 +129,19 @@ def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
     steps: int,
     plan: tuple[int, ...] | None,
 ) -> None:
-    model = spec.build(seed)
+    model = spec.build(seed).to(device)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
-    probe = batch(spec, torch.Generator().manual_seed(seed + 1), size=5)[0]
+    probe = batch(spec, torch.Generator().manual_seed(seed + 1), size=5, device=device)[0]
     expected: dict[int, torch.Tensor] = {}
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
+        model,
+        spec,
+        opt,
+        seed=seed,
+        steps=steps,
+        forward_transfer=forward_transfer,
+        plan=plan,
+        device=device,
     ):
         for task, out in expected.items():
             now, _ = ef.forward(model, event.state, probe, task=task, train=False)
