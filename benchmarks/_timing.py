@@ -16,7 +16,11 @@ import torch
 
 from eidetic_func.training.allocator import freed_memory_kept, keep_freed_memory
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where the benchmarks write their JSON; EIDETIC_BENCH_RESULTS points elsewhere (the GPU
+# check: its own folder, so that a check never overwrites the committed results)
+RESULTS = Path(
+    os.environ.get("EIDETIC_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 
 
 def timing_parser(
