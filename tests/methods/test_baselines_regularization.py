@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils._pytree as torch_pytree
 from eidetic_func.models import MLP
+from shared_once import computed_once
 from strategies import perturbed
 from torch import Tensor, nn
 
@@ -599,8 +600,16 @@ def test_synapse_drives_a_plain_module_and_adds_exactly_the_penalty_gradient() -
 
 
 @pytest.fixture(scope="module")
-def split_mnist_results() -> dict[str, list[float]]:
-    """Accuracy on the first three Split-MNIST tasks after training all three, per method."""
+def split_mnist_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
+    """Accuracy on the first three Split-MNIST tasks after training all three, per method
+    (computed once for every xdist worker that runs one of the tests below)."""
+    result: dict[str, list[float]] = computed_once(
+        tmp_path_factory, "split_mnist_regularization", _one_thread_split_mnist_results
+    )
+    return result
+
+
+def _one_thread_split_mnist_results() -> dict[str, list[float]]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as _one_thread (module-scoped fixtures run outside it)
     try:
