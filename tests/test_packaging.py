@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -50,3 +51,37 @@ def test_the_top_level_reader_sees_a_stray_package() -> None:
         "eidetic_func",
         "models",
     }
+
+
+def test_every_console_script_names_a_callable_that_exists() -> None:
+    # (no tomllib: Python 3.10 is supported) the [project.scripts] table's "name = target"
+    table = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1]
+    lines = table.split("\n[", 1)[0].splitlines()
+    scripts = {
+        k.strip(): v.strip().strip('"')
+        for k, _, v in (ln.partition("=") for ln in lines if "=" in ln)
+    }
+    assert scripts  # the README's main job is the eidetic-func command
+    for command, target in scripts.items():
+        module, _, attribute = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), command
+
+
+def test_the_installed_command_runs(wheel: Path) -> None:
+    # the wheel's entry point is the one pip writes into the environment's bin/
+    entry = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry).decode()
+    target = text.split("eidetic-func", 1)[1].split("=", 1)[1].split()[0]
+    module, _, attribute = target.partition(":")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from {module} import {attribute}; sys.exit({attribute}(['--help']))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: eidetic-func" in done.stdout
