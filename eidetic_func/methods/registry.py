@@ -56,7 +56,7 @@ METHODS: dict[str, type] = {
 def create(name: str, *, seed: int = 0, bases: Sequence[Any] = (), **options: Any) -> Method:
     """The method ``name`` with ``options`` as hyperparameters; ``seed`` reaches its sampling.
 
-    ``name`` may chain methods, ``"ewc+er"`` (:func:`eidetic_func.methods.protocol.chain`); an option
+    ``name`` may chain methods, ``"ewc+er"`` (:func:`eidetic_func.methods.chain.chain`); an option
     then goes to the member that has it, or to one named ``"member.option"``. ``bases``:
     instances to start from (a run's ``EideticNet`` settings); a member named as one of
     them is that instance with its options replaced.

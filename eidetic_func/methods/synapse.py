@@ -32,7 +32,7 @@ task loss's gradient and, at the next call, the step your optimizer took). Your 
 Models whose ``forward`` takes a ``task`` argument are called as ``model(x, task=h)``
 (multi-head; LwF needs this); others as ``model(x)``. Any ``nn.Module`` works, plain
 BatchNorm included (the adapter never freezes anything). Joint training is offline and
-has no place in a ``backward``: use :func:`eidetic_func.methods.train_method_task`.
+has no place in a ``backward``: use :func:`eidetic_func.train_task`.
 With the same data order, optimizer and generator, a loop with ``cl.backward`` reaches
 the same parameters as ``train_method_task`` (a test checks this bit for bit).
 """

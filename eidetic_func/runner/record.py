@@ -69,7 +69,7 @@ class RunCheckpoint:
     sampling: Sampling
 
     def to_tree(self) -> dict[str, Any]:
-        """The ``state``, ``history``, ``meta`` and ``extra`` of :func:`eidetic_func.io.save`."""
+        """The ``state``, ``history``, ``meta`` and ``extra`` of :func:`eidetic_func.io.checkpoint.save`."""
         r = self.record
         return {
             "state": r.state,
