@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
+from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import decode_state, encode_state
 from eidetic_func.methods.schedule import (
     Action,
@@ -27,19 +27,14 @@ from eidetic_func.methods.schedule import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    pruning_step: float | Sequence[float] = 0.25
-    pruning_type: str | Sequence[str] = "taylor"
-    tolerance: float = 0.1
-    max_masking_ratio: float = 0.9
-    max_recovery_epochs: int = 2
-    pruning_schedule: str = "fixed"
-    first_pruning_step: float = 0.5
+def _Settings(**changes: Any) -> EideticNet:  # noqa: N802 (reads like the record it builds)
+    """EideticNet (the schedule's real settings) with this file's defaults and ``changes``."""
+    defaults = {"pruning_step": 0.25, "tolerance": 0.1, "max_masking_ratio": 0.9}
+    return EideticNet(**{**defaults, **changes})
 
 
 def _step(
-    settings: _Settings, s: Schedule, observation: Observation, expected: type
+    settings: EideticNet, s: Schedule, observation: Observation, expected: type
 ) -> tuple[Schedule, Action]:
     s, action = transition(settings, s, observation)
     assert isinstance(action, expected), action
@@ -109,7 +104,7 @@ def test_nothing_to_prune_stops_with_the_unpruned_state() -> None:
     assert action == Stop("no neuron left", restore=False)
 
 
-def _to_prune(settings: _Settings, s: Schedule, fraction: float) -> tuple[Schedule, Prune]:
+def _to_prune(settings: EideticNet, s: Schedule, fraction: float) -> tuple[Schedule, Prune]:
     """From the top to the next pruning step (past a resumable point, if one is offered)."""
     s, action = transition(settings, s, Measured(fraction))
     if isinstance(action, Save):
@@ -160,7 +155,7 @@ def _metric(iteration: int, epoch: int) -> float:
     return 0.8 - 0.015 * iteration * (iteration % 3) + 0.01 * epoch
 
 
-def _run(settings: _Settings, s: Schedule, pruned: float) -> list[tuple[Schedule, Action, float]]:
+def _run(settings: EideticNet, s: Schedule, pruned: float) -> list[tuple[Schedule, Action, float]]:
     """Drive the schedule to its stop: each transition's schedule, action and pruned share."""
     trace: list[tuple[Schedule, Action, float]] = []
     observation: Observation = Measured(pruned)
