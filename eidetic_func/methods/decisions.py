@@ -98,6 +98,7 @@ class TrainWith:
 OPTIMIZERS = ("adam", "adamw", "sgd")  # what TrainWith may name (torch.optim's)
 
 Decision = Done | Continue | ScaleLearningRate | Recover | TrainWith
+DECISIONS = (Done, Continue, ScaleLearningRate, Recover, TrainWith)
 
 DONE = Done()
 

@@ -43,7 +43,7 @@ from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn
 from eidetic_func.importance.taylor import Reduce
-from eidetic_func.methods.decisions import DONE, Decision
+from eidetic_func.methods.decisions import DECISIONS, DONE, Decision
 from eidetic_func.ops.step_masks import StepMasks
 from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training.config import TrainConfig
@@ -177,7 +177,25 @@ def end_task(
     """``method.end_task(...)`` once the task is learned: ``(state, mstate, decision)``;
     unchanged and :class:`Done` without the hook."""
     end = getattr(method, "end_task", None)
-    return (state, mstate, DONE) if end is None else end(model, state, mstate, ctx)
+    if end is None:
+        return state, mstate, DONE
+    returned = end(model, state, mstate, ctx)
+    # a method written for the old protocol returns (state, mstate); an unknown decision
+    # would leave the loop calling it again forever
+    if not (
+        isinstance(returned, tuple) and len(returned) == 3 and isinstance(returned[2], DECISIONS)
+    ):
+        raise ConfigError(
+            f"{method.name}.end_task must return (state, mstate, decision) with a decision "
+            f"of {[d.__name__ for d in DECISIONS]}, got {_shape(returned)}"
+        )
+    return returned
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"
 
 
 def penalty_plan(

@@ -97,3 +97,27 @@ def test_a_decision_that_cannot_be_carried_out_is_refused_naming_why() -> None:
         ef.TrainWith(("adam", {"lr": 1e-3}), "retrain", epochs=0)
     with pytest.raises(ef.ConfigError, match="optimizer must be one of"):
         ef.TrainWith(("lbfgs", {}), "retrain")
+
+
+@pytest.mark.parametrize(
+    "returned",
+    [
+        pytest.param(lambda s, m: (s, m), id="the old protocol's pair"),
+        pytest.param(lambda s, m: (s, m, None), id="no decision"),
+        pytest.param(lambda s, m: (s, m, "done"), id="a string for a decision"),
+    ],
+)
+def test_an_end_of_task_that_returns_no_decision_is_refused_naming_the_method(
+    returned: Any,
+) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Old:
+        name: str = "old-style"
+
+        def end_task(self, model: Any, state: Any, mstate: Any, ctx: Any) -> Any:
+            return returned(state, mstate)
+
+    with pytest.raises(
+        ef.ConfigError, match=r"old-style\.end_task must return \(state, mstate, decision\)"
+    ):
+        ef.methods.end_task(Old(), None, "state", None, None)
