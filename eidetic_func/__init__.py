@@ -42,6 +42,7 @@ from eidetic_func.io.checkpoint import Checkpoint, load, save
 from eidetic_func.methods.chain import Chain, ChainState, chain
 from eidetic_func.methods.decisions import Continue, Done, Recover, ScaleLearningRate, TrainWith
 from eidetic_func.methods.eidetic import EideticNet
+from eidetic_func.methods.epoch import method_epoch
 from eidetic_func.methods.fields import validate_fields
 from eidetic_func.methods.protocol import (
     Method,
@@ -69,6 +70,7 @@ from eidetic_func.ops.step_masks import StepMasks, step_masks, trainable
 from eidetic_func.ops.workspace import Workspace
 from eidetic_func.training import distributed, metrics
 from eidetic_func.training.config import TrainConfig
+from eidetic_func.training.epoch import Epoch, EpochMetrics, train_epoch
 from eidetic_func.training.loop import TaskProgress
 from eidetic_func.training.step import StepMetrics, train_step
 
@@ -113,6 +115,8 @@ __all__ = [
     "EideticError",
     "EideticNet",
     "EideticState",
+    "Epoch",
+    "EpochMetrics",
     "Growth",
     "Method",
     "MultiHead",
@@ -162,6 +166,7 @@ __all__ = [
     "growth_plan",
     "init",
     "load",
+    "method_epoch",
     "method_step",
     "methods",
     "metrics",
@@ -185,6 +190,7 @@ __all__ = [
     "task_split",
     "topology_of",
     "trace_topology",
+    "train_epoch",
     "train_step",
     "train_task",
     "trainable",

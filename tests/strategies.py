@@ -154,6 +154,7 @@ SEQUENCES: dict[str, st.SearchStrategy[Any]] = {
     "forward_transfer": st.booleans(),
     "seed": st.integers(0, 2**16),
     "plan": st.none() | pruning_plans(),
+    "epochs": st.booleans(),
 }
 
 
@@ -207,6 +208,7 @@ def run_sequence(
     device: str = "cpu",
     on_step: Callable[[ef.EideticState, tuple[Tensor, Tensor], int, ef.EideticState], None]
     | None = None,
+    epochs: bool = False,
 ) -> Iterator[Event]:
     """Train every task of ``spec`` in order with one optimizer; yield after every change.
 
@@ -215,15 +217,28 @@ def run_sequence(
     (penalties, replayed losses, gradient transforms) train, and its end of task runs
     before each task is finished (EideticNet's freezing chained with the method).
     ``on_step(before, batch, task, after)`` sees every training step. Batches are drawn on
-    the CPU and put on ``device`` (the model's).
+    the CPU and put on ``device`` (the model's). With ``epochs`` each phase's steps run as
+    one epoch (``ef.train_epoch`` / ``ef.method_epoch``: the shell's path), yielding once.
     """
+    assert not (epochs and on_step is not None), "on_step sees single steps"
     topology = model.topology()
     generator = torch.Generator().manual_seed(seed)
     state = ef.init(model)
     mstate = None if method is None else init_state(method, model, state)
     for task in range(spec.num_tasks):
         for phase in range(2):
-            for _ in range(steps):
+            if epochs:
+                data_list = [batch(spec, generator, device=device) for _ in range(steps)]
+                if method is None:
+                    state, _ = ef.train_epoch(
+                        model, state, data_list, optimizer=optimizer, task=task, compiled=compiled
+                    )
+                else:
+                    state, mstate, _ = ef.method_epoch(
+                        method, model, state, mstate, data_list, optimizer=optimizer, task=task
+                    )
+                yield Event("step", task, state)
+            for _ in range(0 if epochs else steps):
                 data = batch(spec, generator, device=device)
                 before = state
                 if method is None:

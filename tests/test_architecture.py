@@ -182,7 +182,7 @@ def test_importing_the_package_imports_no_baseline_and_no_runner() -> None:
         "import sys, eidetic_func; "
         "print(sorted(m for m in sys.modules if m.startswith('eidetic_func.') and ("
         "m.startswith('eidetic_func.runner') or m.startswith('eidetic_func.methods.') "
-        "and m.split('.')[2] not in ('protocol', 'chain', 'decisions', 'fields', 'schedule', 'eidetic'))))"
+        "and m.split('.')[2] not in ('protocol', 'chain', 'decisions', 'fields', 'schedule', 'eidetic', 'epoch'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -77,6 +77,7 @@ _WHERE = {
     "init_state": "protocol",
     "magnitude_prune": "packnet",
     "mas_importance": "mas",
+    "method_epoch": "epoch",
     "method_step": "protocol",
     "objective_plan": "protocol",
     "own_column": "progressive",

@@ -107,9 +107,9 @@ class Chain:
                 f"{' and '.join(own)} each define the step's whole loss: chain only one of them"
             )
 
-        def update(before: EideticState, after: EideticState) -> ChainState:
+        def update() -> ChainState:
             members = {
-                m.name: mstate[m.name] if p.update is None else p.update(before, after)
+                m.name: mstate[m.name] if p.update is None else p.update()
                 for m, p in zip(self.methods, plans)
             }
             return dataclasses.replace(mstate, members=members)

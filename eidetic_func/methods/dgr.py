@@ -185,7 +185,7 @@ class DGR:
                 loss = loss + torch.stack(terms).mean()
             return loss, logits
 
-        def update(before: EideticState, after: EideticState) -> DGRState:
+        def update() -> DGRState:
             inputs = (
                 x.flatten(1) if replayed is None else torch.cat([x.flatten(1), replayed.flatten(1)])
             )

@@ -293,7 +293,7 @@ class AGEM:
 
             transform = project
 
-        def update(before: EideticState, after: EideticState) -> EpisodicState:
+        def update() -> EpisodicState:
             return dataclasses.replace(mstate, rng=generator.get_state())
 
         return StepPlan(grad_transform=transform, update=update)

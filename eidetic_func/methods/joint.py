@@ -85,7 +85,7 @@ class Joint:
                 total = total + F.cross_entropy(apply(xt, t), yt, reduction="sum")
             return total / (x.shape[0] * (1 + len(replay))), logits
 
-        def update(before: EideticState, after: EideticState) -> JointState:
+        def update() -> JointState:
             return dataclasses.replace(mstate, steps=mstate.steps + 1)
 
         return objective_plan(objective, update)

@@ -130,7 +130,7 @@ class OML:
                 loss = loss + F.cross_entropy(apply(memory.x[index], t), memory.y[index])
             return loss, logits
 
-        def update(before: EideticState, after: EideticState) -> OMLState:
+        def update() -> OMLState:
             buffer = reservoir_add(mstate.buffer, x, y, task, generator=g)
             return OMLState(buffer=buffer, rng=g.get_state())
 

@@ -52,8 +52,8 @@ from eidetic_func.training.step import Apply, GradTransform, Objective, StepMetr
 
 # penalty(apply, params) -> a differentiable scalar added to the loss, or None
 Penalty = Callable[[Apply, dict[str, Tensor]], Tensor | None]
-# update(state before the step, state after it) -> the method state after the step
-Update = Callable[[EideticState, EideticState], Any]
+# update() -> the method state after the step (from what the plan saw during it)
+Update = Callable[[], Any]
 # observe(task-loss gradients, params before the step, params after it) -> the method state
 Observe = Callable[[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]], Any]
 
@@ -96,11 +96,13 @@ class StepPlan:
     ``objective(apply, params) -> (loss, logits)`` replaces the task loss (at most one
     method of a chain may); ``penalty(apply, params)`` is added to the loss;
     ``grad_transform(grads, apply, params)`` rewrites the gradients before the optimizer
-    step; ``update(before, after)`` returns the method state after the step (None: the
-    state is unchanged). ``observe(grads, before, after)`` (parameter dicts) returns the
-    method state after a step whose task-loss gradient was ``grads`` (SI's path integral):
-    the penalty's gradient is then added to the task loss's rather than differentiated
-    with it (:func:`lowered`), and the plan has no ``update`` or ``grad_transform``.
+    step; ``update()`` returns the method state after the step, from what the plan's
+    functions saw during it (None: the state is unchanged). ``observe(grads, before,
+    after)`` returns the method state after a step whose task-loss gradient was ``grads``
+    (SI's path integral); ``before`` and ``after`` hold the values, before and after the
+    step, of the parameters with a gradient (copies, the caller's to keep). The penalty's
+    gradient is then added to the task loss's rather than differentiated with it
+    (:func:`lowered`), and the plan has no ``update`` or ``grad_transform``.
     """
 
     objective: Objective | None = None
@@ -209,7 +211,7 @@ def penalty_plan(
 
 def objective_plan(objective: Objective, update: Update | None = None) -> StepPlan:
     """A step whose whole loss is ``objective(apply, params) -> (loss, logits)``, and whose
-    method state afterwards is ``update(before, after)`` (None: unchanged)."""
+    method state afterwards is ``update()`` (None: unchanged)."""
     return StepPlan(objective=objective, update=update)
 
 
@@ -222,16 +224,21 @@ def lowered(plan: StepPlan) -> StepPlan:
     if plan.update is not None or plan.grad_transform is not None:
         raise ConfigError("a plan that observes gradients has no update or grad_transform")
     recorded: dict[str, Tensor] = {}  # this step's task-loss gradient, before the penalty's
+    before: dict[str, Tensor] = {}  # the values of those parameters before the step
+    stepped: dict[str, Tensor] = {}  # the parameters themselves (after the step: its result)
 
     def add_penalty(
         grads: dict[str, Tensor], apply: Apply, params: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         recorded.update(grads)
+        before.update({k: params[k].detach().clone() for k in grads})
+        stepped.update({k: params[k] for k in grads})
         extra = None if penalty is None else penalty(apply, params)
         return grads if extra is None else add_gradient(grads, extra, params)
 
-    def update(before: EideticState, after: EideticState) -> Any:
-        return observe(recorded, before.params, after.params)
+    def update() -> Any:
+        after = {k: p.detach().clone() for k, p in stepped.items()}
+        return observe(recorded, before, after)
 
     return StepPlan(objective=plan.objective, grad_transform=add_penalty, update=update)
 
@@ -263,7 +270,7 @@ def method_step(
     plan = lowered(plan_step(method, model, state, mstate, batch, task=task))
     objective = plan.objective
     if plan.penalty is not None:
-        objective = _with_penalty(objective, plan.penalty, batch, task, loss_fn)
+        objective = with_penalty(objective, plan.penalty, batch, task, loss_fn)
     new, metrics = train_step(
         model,
         state,
@@ -277,10 +284,10 @@ def method_step(
         masks=masks,
         workspace=workspace,
     )
-    return new, (mstate if plan.update is None else plan.update(state, new)), metrics
+    return new, (mstate if plan.update is None else plan.update()), metrics
 
 
-def _with_penalty(
+def with_penalty(
     objective: Objective | None, penalty: Penalty, batch: Batch, task: int, loss_fn: LossFn
 ) -> Objective:
     x, y = batch

@@ -152,7 +152,7 @@ class ER:
         def objective(apply: Apply, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
             return er_loss(apply, x, y, task, replay, min_size=min_group(model))
 
-        def update(before: EideticState, after: EideticState) -> ReplayState:
+        def update() -> ReplayState:
             buffer = reservoir_add(mstate.buffer, x, y, task, generator=generator)
             return ReplayState(buffer=buffer, rng=generator.get_state())
 
@@ -200,7 +200,7 @@ def der_plan(
         seen.append(logits.detach())
         return loss, logits
 
-    def update(before: EideticState, after: EideticState) -> ReplayState:
+    def update() -> ReplayState:
         buffer = reservoir_add(mstate.buffer, x, y, task, seen[0], generator=generator)
         return ReplayState(buffer=buffer, rng=generator.get_state())
 

@@ -121,9 +121,12 @@ def _dtype(state: EideticState) -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def train_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Set every submodule's training flag for the duration of the block, then restore it."""
-    before = [(m, m.training) for m in model.modules()]
+def train_mode(
+    model: nn.Module, train: bool, *, modules: list[nn.Module] | None = None
+) -> Iterator[None]:
+    """Set every submodule's training flag for the duration of the block, then restore it
+    (``modules``: ``list(model.modules())``, if the caller has it)."""
+    before = [(m, m.training) for m in (model.modules() if modules is None else modules)]
     if any(flag != train for _, flag in before):  # most steps find it set already
         model.train(train)
     try:

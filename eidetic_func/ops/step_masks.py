@@ -34,6 +34,10 @@ INT_VIEW = {
 }
 
 
+# (frozen rows, frozen columns or None) of a parameter: see StepMasks.lines
+Lines = tuple[Tensor, Tensor | None]
+
+
 @dataclass(frozen=True, eq=False)
 class StepMasks:
     """The masks of one state's ownership and pruning (build with :func:`step_masks`).
@@ -43,6 +47,10 @@ class StepMasks:
       other dtypes.
     - ``coverage``: per parameter, True if every entry is trainable, False if none is,
       None if mixed (whole frozen layers then cost no memory traffic).
+    - ``lines``: per mixed parameter whose frozen entries are exactly whole rows (dim 0)
+      and whole columns (dim 1) — ownership and pruning by neuron make them so — the
+      indices ``(rows, columns)`` of those lines (``columns`` None for 1-D tensors); None
+      for any other pattern. A step then restores only those lines (:func:`restore_`).
     - ``owned``: per BN running statistic, a bool mask of its owned channels.
     - ``frozen_channels``: per Task BatchNorm (key ``"<prefix>.frozen_channels"``), the
       indices of its owned channels, as the module's buffer of that name takes them.
@@ -52,6 +60,7 @@ class StepMasks:
 
     bits: dict[str, Tensor]
     coverage: dict[str, bool | None]
+    lines: dict[str, Lines | None]
     owned: dict[str, Tensor]
     frozen_channels: dict[str, Tensor]
     blends: dict[str, FrozenBlend]
@@ -92,9 +101,11 @@ def step_masks(state: EideticState) -> StepMasks:
         prefix = name.rpartition(".")[0]
         blends[prefix] = (idx, *blend_masks(idx, state.buffers[f"{prefix}.running_mean"]))
     sources = tuple(_sources(state))
+    coverage = {k: _coverage(b) for k, b in bits.items()}
     return StepMasks(
         bits=bits,
-        coverage={k: _coverage(b) for k, b in bits.items()},
+        coverage=coverage,
+        lines={k: _lines(b) for k, b in bits.items() if coverage[k] is None},
         owned=owned,
         frozen_channels=channels,
         blends=blends,
@@ -116,6 +127,23 @@ def frozen_channels(state: EideticState) -> dict[str, Tensor]:
         owner = state.owner[f"{prefix}.running_mean"]
         flags[f"{prefix}.frozen_channels"] = (owner >= 0).nonzero().squeeze(1)
     return flags
+
+
+def _lines(bits: Tensor) -> Lines | None:
+    """The frozen rows and columns of ``bits`` if its frozen entries are exactly their
+    union, else None."""
+    frozen = ~bits.bool()
+    if frozen.dim() == 0:
+        return None
+    rows = frozen.reshape(frozen.shape[0], -1).all(1)
+    if frozen.dim() == 1:
+        return rows.nonzero().squeeze(1), None
+    columns = frozen.transpose(0, 1).reshape(frozen.shape[1], -1).all(1)
+    shape = (-1, 1) + (1,) * (frozen.dim() - 2)
+    union = rows.view(shape) | columns.view(1, -1, *(1,) * (frozen.dim() - 2))
+    if not bool(torch.equal(union.expand_as(frozen), frozen)):
+        return None
+    return rows.nonzero().squeeze(1), columns.nonzero().squeeze(1)
 
 
 def _coverage(bits: Tensor) -> bool | None:

@@ -13,8 +13,9 @@ copies every parameter in (correct, a little slower). A workspace is mutable on 
 it describes the model's parameters, the shell's scratch tensors, which steps update in
 place — and it is only ever trusted for the very parameter and state tensors it names.
 
-The record also keeps each parameter's *anchor* — the bit pattern of its frozen entries,
-``old & ~bits`` — which stays valid along a run of steps (every step restores those
+The record also keeps each parameter's *anchor* — the bit patterns of its frozen entries
+(:func:`anchor`: whole frozen rows and columns where ownership is by neuron, else
+``old & ~bits``) — which stays valid along a run of steps (every step restores those
 entries exactly), so it is computed once per task or pruning step, not per step.
 """
 
@@ -29,6 +30,10 @@ from torch import Tensor
 from eidetic_func.core.state import EideticState
 from eidetic_func.ops.step_masks import INT_VIEW, StepMasks
 
+# what restore_ writes back: per frozen line (rows, columns), or all of a tensor's frozen
+# bit patterns, or None (dtypes without an integer view: torch.where from the old tensor)
+Anchor = tuple[Tensor, Tensor | None] | Tensor | None
+
 
 @dataclass
 class _Held:
@@ -39,7 +44,7 @@ class _Held:
     source: weakref.ref[Tensor]
     source_version: int
     bits: Tensor | None = None  # the trainable bits the anchor was made for
-    anchor: Tensor | None = None  # the frozen entries' bits of ``source`` under ``bits``
+    anchor: Anchor = None  # the frozen entries of ``source`` under ``bits`` (restore_)
 
     def holds(self, parameter: Tensor, source: Tensor) -> bool:
         return (
@@ -80,6 +85,22 @@ def load_workspace(
                 records[k] = _Held(p, p._version, weakref.ref(source), source._version)
 
 
+def hold_workspace(
+    held: Workspace, workspace: dict[str, Tensor], params: dict[str, Tensor]
+) -> None:
+    """Record in ``held`` that ``workspace`` (the model's parameters, by name) holds exactly
+    ``params`` now (each parameter its value's equal), so the next step copies nothing.
+    Anchors made for the same masks stay."""
+    for k, p in workspace.items():
+        record = held.records.get(k)
+        source = params[k]
+        if record is None or record.parameter is not p:
+            held.records[k] = _Held(p, p._version, weakref.ref(source), source._version)
+            continue
+        record.version, record.source = p._version, weakref.ref(source)
+        record.source_version = source._version
+
+
 def project_workspace(
     held: Workspace, workspace: dict[str, Tensor], old: EideticState, masks: StepMasks
 ) -> dict[str, Tensor]:
@@ -108,9 +129,9 @@ def project_workspace(
             elif coverage[k] is True:
                 params[k] = p.clone(memory_format=torch.contiguous_format)
             else:
-                if record.bits is not bits[k] or record.anchor is None:
-                    record.bits, record.anchor = bits[k], _anchor(bits[k], before)
-                _restore_(bits[k], record.anchor, p, before)
+                if record.bits is not bits[k]:
+                    record.bits, record.anchor = bits[k], anchor(masks, k, before)
+                restore_(masks, k, record.anchor, p, before)
                 params[k] = p.clone(memory_format=torch.contiguous_format)
             record.version = p._version
             record.source = weakref.ref(params[k])
@@ -118,17 +139,37 @@ def project_workspace(
     return params
 
 
-def _anchor(bits: Tensor, old: Tensor) -> Tensor | None:
+def anchor(masks: StepMasks, name: str, old: Tensor) -> Anchor:
+    """What :func:`restore_` needs to put back parameter ``name``'s frozen entries of
+    ``old`` (a mixed parameter: ``masks.coverage[name] is None``). It stays valid as long
+    as ``masks`` do: every step restores those entries exactly."""
+    bits = masks.bits[name]
     int_dtype = INT_VIEW.get(old.dtype)
     if int_dtype is None or bits.dtype != int_dtype:
         return None
-    return old.view(int_dtype) & ~bits
+    as_int = old.view(int_dtype)
+    lines = masks.lines.get(name)
+    if lines is None:
+        return as_int & ~bits
+    rows, columns = lines
+    return as_int.index_select(0, rows), (
+        None if columns is None else as_int.index_select(1, columns)
+    )
 
 
-def _restore_(bits: Tensor, anchor: Tensor | None, new: Tensor, old: Tensor) -> None:
-    """In place: ``new`` keeps its entries where ``bits`` is set, and takes ``old``'s
-    (whose frozen bit patterns are ``anchor``) elsewhere; exact for every value."""
-    if anchor is None:
+def restore_(masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor) -> None:
+    """In place: ``new`` keeps its trainable entries (``masks.bits[name]``) and takes
+    ``old``'s elsewhere, their bit patterns given by ``kept`` (:func:`anchor`); exact for
+    every value. Frozen rows and columns cost only their own entries."""
+    bits = masks.bits[name]
+    if kept is None:
         new.copy_(torch.where(bits.bool(), new, old))
         return
-    new.view(anchor.dtype).bitwise_and_(bits).bitwise_or_(anchor)
+    if isinstance(kept, Tensor):
+        new.view(kept.dtype).bitwise_and_(bits).bitwise_or_(kept)
+        return
+    rows, columns = masks.lines[name]  # type: ignore[misc]
+    as_int = new.view(kept[0].dtype)
+    as_int.index_copy_(0, rows, kept[0])
+    if columns is not None and kept[1] is not None:
+        as_int.index_copy_(1, columns, kept[1])

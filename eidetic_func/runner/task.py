@@ -1,6 +1,7 @@
 """One task of any method: begin it, train it until it plateaus, end it.
 
-Imperative and thin: it runs the method's steps (:func:`method_step`) epoch by epoch
+Imperative and thin: it runs the method's epochs (:func:`method_epoch`: no host read
+inside a step) until the accuracy plateaus
 (:func:`~eidetic_func.training.loop.train_until_plateau`) and hands the end of the task to
 the method (EideticNet prunes, recovers, finishes and recycles there; EWC estimates its
 Fisher; ER keeps its buffer). Every decision is recorded in the returned history, and its
@@ -19,19 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
+from tqdm import tqdm
 
 from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
 from eidetic_func.core.types import Batch, LossFn, Record
 from eidetic_func.methods.decisions import Done, Recover, ScaleLearningRate, TrainWith
 from eidetic_func.methods.eidetic import EideticNet
+from eidetic_func.methods.epoch import method_epoch
 from eidetic_func.methods.protocol import (
     Method,
     TaskContext,
     advance,
     begin_task,
     end_task,
-    method_step,
     traits,
 )
 from eidetic_func.ops.step_masks import StepMasks, step_masks
@@ -42,13 +44,12 @@ from eidetic_func.training.loop import (
     TaskProgress,
     device_of,
     learning_rates,
-    run_epoch,
     scale_learning_rates,
     set_learning_rates,
     train_until_plateau,
 )
 from eidetic_func.training.metrics import evaluate
-from eidetic_func.training.step import StepMetrics, check_trainable
+from eidetic_func.training.step import check_trainable
 
 # (the state, the method state): what a task's training threads
 TaskCarry = tuple[EideticState, Any]
@@ -243,27 +244,12 @@ def _context(
         entry = {"task": task, "phase": phase, "method": method.name, "time": time.time()}
         history.append({**entry, "lr": lr, **extra, **fields})
 
-    step = _stepper(method, model, optimizer, task, loss_fn, config.compiled, parallel)
-    device = device_of(state)
+    train = _epochs(model, method, task, loader, optimizer, config, loss_fn, progress, parallel)
 
     def epoch(
         carry: TaskCarry, label: str, other: Optimizer | None = None
     ) -> tuple[TaskCarry, float, float]:
-        # another optimizer's steps run eagerly: compiling them would only recompile
-        run = (
-            step
-            if other is None
-            else _stepper(method, model, other, task, loss_fn, False, parallel)
-        )
-        carry, accuracy, loss = run_epoch(
-            run,
-            carry,
-            loader,
-            device=device,
-            description=f"{method.name} task {task} {label}",
-            progress=progress and parallel.is_main,
-            combine=parallel.sum_metrics,
-        )
+        carry, accuracy, loss = train(carry, label, other)
         if stop_loader is None:
             return carry, accuracy, loss
         latest["train_metric"] = accuracy
@@ -285,40 +271,57 @@ def _context(
     return ctx, _Shell(epoch=epoch, record=record, save=save, optimizer=optimizer)
 
 
-def _stepper(
-    method: Method,
+def _epochs(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    method: Method,
     task: int,
+    loader: Iterable[Batch],
+    optimizer: Optimizer,
+    config: TrainConfig,
     loss_fn: LossFn,
-    compiled: bool,
+    progress: bool,
     parallel: Parallel | Single,
-) -> Callable[[TaskCarry, Batch], tuple[TaskCarry, StepMetrics]]:
-    """One training step of ``method`` on a ``(state, mstate)`` carry.
+) -> Callable[[TaskCarry, str, Optimizer | None], tuple[TaskCarry, float, float]]:
+    """The task's training epoch over ``loader`` (:func:`method_epoch`): ``(carry,
+    training accuracy, mean loss)``, totalled over data-parallel processes.
 
-    The step masks are prepared on the first step and again whenever the state's masks
+    The step masks are prepared on the first epoch and again whenever the state's masks
     are other tensors (after a pruning step); the workspace lives as long as the task."""
     prepared: list[StepMasks] = []
     workspace = Workspace()
 
-    def step(carry: TaskCarry, batch: Batch) -> tuple[TaskCarry, StepMetrics]:
+    def epoch(
+        carry: TaskCarry, label: str, other: Optimizer | None
+    ) -> tuple[TaskCarry, float, float]:
         state, mstate = carry
         if not prepared or not prepared[0].matches(state):
             prepared[:] = [step_masks(state)]
-        new, mstate, metrics = method_step(
+        device = device_of(state)
+        description = f"{method.name} task {task} {label}"
+        shown = tqdm(
+            loader, desc=description, leave=False, disable=not (progress and parallel.is_main)
+        )
+        state, mstate, measured = method_epoch(
             method,
             model,
             state,
             mstate,
-            batch,
-            optimizer=optimizer,
+            ((x.to(device), y.to(device)) for x, y in shown),
+            optimizer=optimizer if other is None else other,
             task=task,
             loss_fn=loss_fn,
             grad_transform=parallel.grad_transform,
-            compiled=compiled,
+            # another optimizer's steps run eagerly: compiling them would only recompile
+            compiled=config.compiled and other is None,
             masks=prepared[0],
             workspace=workspace,
+            check_every=config.check_every,
+            buffer_sync=parallel.buffer_sync,
+            description=description,
         )
-        return (parallel.sync_buffers(new, state), mstate), metrics
+        correct, count, loss_sum = parallel.sum_metrics(
+            measured.correct, measured.count, measured.loss_sum
+        )
+        return (state, mstate), correct / count, loss_sum / count
 
-    return step
+    return epoch

@@ -47,7 +47,10 @@ class TrainConfig:
     task starts at the same rate. ``finish`` closes the task when it ends (EideticNet
     finishes and recycles it; other methods' tasks advance); False leaves that to the
     caller. ``compiled`` runs every training step under ``torch.compile`` (see
-    ``train_step``). How EideticNet prunes is its own fields (``EideticNet(pruning_step=…)``).
+    ``train_step``). The steps' metrics and checks stay on the device and are read once per
+    epoch, or every ``check_every`` steps (a bad step is found then and the state read as
+    good before it kept: :mod:`eidetic_func.training.epoch`). How EideticNet prunes is its
+    own fields (``EideticNet(pruning_step=…)``).
     """
 
     max_epochs: int = option(
@@ -65,11 +68,19 @@ class TrainConfig:
         group="method",
         flag="compile",
     )
+    check_every: int | None = option(
+        None,
+        "read the training steps' metrics and checks from the device every N steps",
+        group="training",
+        none="once per epoch",
+    )
 
     def __post_init__(self) -> None:
         validate.integer(self.max_epochs, "max_epochs", minimum=1)
         validate.integer(self.patience, "patience", minimum=0)
         validate.number(self.lr_factor, "lr_factor", low=0.0, high=1.0, low_open=True)
+        if self.check_every is not None:
+            validate.integer(self.check_every, "check_every", minimum=1)
         for name in ("finish", "compiled"):
             validate.boolean(getattr(self, name), name)
 

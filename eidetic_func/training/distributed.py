@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from eidetic_func.core.errors import DistributedError, EideticError, StateMismatchError
 from eidetic_func.core.state import EideticState
-from eidetic_func.ops.freeze import freeze_buffers
 from eidetic_func.training.step import Apply
 
 T = TypeVar("T")
@@ -81,8 +80,7 @@ class Single:
     grad_transform: None = None  # no averaging
     score_reduce: None = None  # scores are this process's
 
-    def sync_buffers(self, new: EideticState, old: EideticState) -> EideticState:
-        return new
+    buffer_sync: None = None  # buffers are this process's
 
     def sum_metrics(self, correct: int, count: int, loss_sum: float) -> tuple[int, int, float]:
         return correct, count, loss_sum
@@ -128,17 +126,22 @@ class Parallel:
         summed = _all_reduce_sum([grads[n] for n in names])
         return {n: g / self.world_size for n, g in zip(names, summed)}
 
+    @property
+    def buffer_sync(self) -> Callable[[dict[str, Tensor]], None]:
+        """Averages a model's buffers over processes after each step (the training epoch
+        restores owned statistics around it: the average of equal values is not always
+        bit-equal)."""
+        return self.average_buffers_
+
     @_collective
-    def sync_buffers(self, new: EideticState, old: EideticState) -> EideticState:
-        """``new`` with floating buffers averaged over processes; owned statistics from ``old``."""
-        names = [k for k, v in new.buffers.items() if v.is_floating_point()]
+    def average_buffers_(self, buffers: dict[str, Tensor]) -> None:
+        """Average the floating ``buffers`` over processes, in place."""
+        names = [k for k, v in buffers.items() if v.is_floating_point()]
         if not names:
-            return new
-        summed = _all_reduce_sum([new.buffers[k] for k in names])
-        buffers = {**new.buffers, **{k: t / self.world_size for k, t in zip(names, summed)}}
-        # the average of equal values is not always bit-equal: restore owned entries (the
-        # parameters came from a step on old, frozen already)
-        return new.replace(buffers=freeze_buffers(buffers, old))
+            return
+        with torch.no_grad():
+            for k, t in zip(names, _all_reduce_sum([buffers[k] for k in names])):
+                buffers[k].copy_(t / self.world_size)
 
     @_collective
     def reduce(self, sums: dict[str, Tensor], count: int) -> tuple[dict[str, Tensor], int]:

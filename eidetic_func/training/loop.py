@@ -1,4 +1,5 @@
-"""The epoch loop: one pass of a step over the data, and epochs until the metric plateaus.
+"""The task's epoch loop: epochs until the metric plateaus (one epoch's steps:
+:mod:`eidetic_func.training.epoch`).
 
 The stopping rule (EideticNet's, for every method): train until the training accuracy
 plateaus (``patience`` epochs without improvement, or 100%), then one more epoch,
@@ -10,17 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
-from tqdm import tqdm
 
-from eidetic_func.core.errors import ConfigError, DataError
+from eidetic_func.core.errors import ConfigError
 from eidetic_func.core.state import EideticState
-from eidetic_func.core.types import Batch
 from eidetic_func.training.config import TrainConfig
-from eidetic_func.training.step import StepMetrics
 
 Carry = TypeVar("Carry")
 # (the state, the method state): what a task's training threads
@@ -101,32 +99,6 @@ def train_until_plateau(
         if after_epoch is not None and p.epoch < config.max_epochs:
             after_epoch(carry, p)
     return carry, p
-
-
-def run_epoch(
-    step: Callable[[Carry, Batch], tuple[Carry, StepMetrics]],
-    carry: Carry,
-    loader: Iterable[Batch],
-    *,
-    device: torch.device,
-    description: str,
-    progress: bool,
-    combine: Callable[[int, int, float], tuple[int, int, float]] | None = None,
-) -> tuple[Carry, float, float]:
-    """One pass of ``step`` over ``loader``: the new carry, training accuracy and mean loss.
-
-    ``combine(correct, count, loss_sum)`` totals the metrics over processes.
-    """
-    correct = count = 0
-    loss_sum = 0.0
-    for x, y in tqdm(loader, desc=description, leave=False, disable=not progress):
-        carry, m = step(carry, (x.to(device), y.to(device)))
-        correct, count, loss_sum = correct + m.correct, count + m.count, loss_sum + m.loss * m.count
-    if combine is not None:
-        correct, count, loss_sum = combine(correct, count, loss_sum)
-    if count == 0:
-        raise DataError(f"no training data in {description!r}: the loader is empty")
-    return carry, correct / count, loss_sum / count
 
 
 def device_of(state: EideticState) -> torch.device:

@@ -17,11 +17,9 @@ state's ownership and pruning mask comes in as a value (``masks``,
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +27,6 @@ from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 from torch.func import functional_call
 
-from eidetic_func.core.compiling import (
-    compile_kwargs,
-    device_of,
-    optimizer_compile_kwargs,
-    optimizer_device,
-)
 from eidetic_func.core.errors import (
     NonFiniteError,
     ShapeError,
@@ -58,6 +50,12 @@ from eidetic_func.training.step_checks import (
     check_labels,
     check_optimizer,
     check_trainable,
+    label_range,
+    outside_error,
+)
+from eidetic_func.training.step_compile import (
+    _compiled_model,
+    _compiled_optimizer_step,
 )
 
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
@@ -124,7 +122,8 @@ def train_step(
     Freezing is unchanged: the projection runs after the compiled optimizer step.
     """
     task = state.task if task is None else task
-    x, y, live, own_buffers = _checked_call(model, state, batch, optimizer, task)
+    live, own_buffers = check_call(model, state, optimizer, task)
+    x, y = check_batch(model, batch, state)
     if masks is None:
         masks = step_masks(state)
     else:
@@ -153,31 +152,34 @@ def train_step(
     return new, StepMetrics(loss=loss_value, correct=int(correct_value), count=int(x.shape[0]))
 
 
-def _checked_call(
-    model: nn.Module,
-    state: EideticState,
-    batch: tuple[Tensor, Tensor],
-    optimizer: torch.optim.Optimizer,
-    task: int,
-) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """The step's arguments, checked: ``(x in the standard layout, y, the model's
-    parameters, its buffers other than frozen_channels)``."""
+def check_call(
+    model: nn.Module, state: EideticState, optimizer: torch.optim.Optimizer, task: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(the model's parameters, its buffers other than frozen_channels)``, checked
+    against the state, the task and the optimizer."""
     check_trainable(state, task)
     check_task(model, task)
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        raise ShapeError("batch must be an (inputs, targets) pair of tensors")
-    x, y = batch
     live: dict[str, Tensor] = dict(model.named_parameters())
     own_buffers = {k: b for k, b in model.named_buffers() if not k.endswith("frozen_channels")}
     _check_same(live, state.params, "params")
     _check_same(own_buffers, state.buffers, "buffers")
+    check_optimizer(optimizer, live)
+    return live, own_buffers
+
+
+def check_batch(
+    model: nn.Module, batch: tuple[Tensor, Tensor], state: EideticState
+) -> tuple[Tensor, Tensor]:
+    """``(inputs in the standard layout, targets)`` of ``batch``, checked (no host read)."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ShapeError("batch must be an (inputs, targets) pair of tensors")
+    x, y = batch
     check_input(model, x, next(iter(state.params.values())).dtype if state.params else None)
     x = standard_layout(x)
     if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ShapeError(f"targets must be a tensor with batch size {x.shape[0]}, got {shape}")
-    check_optimizer(optimizer, live)
-    return x, y, live, own_buffers
+    return x, y
 
 
 def _load(
@@ -230,29 +232,69 @@ def _loss_and_grads(
 ) -> tuple[float, float]:
     """Forward, backward and the gradient transform, gradients left in ``live``:
     ``(loss, correct predictions)``. Raises before the backward on a non-finite loss."""
-    apply = _applier(model, state, live, compiled)
-    # forward, backward and any gradient transform (which may run the network again, e.g.
-    # on a replay memory) all see training mode and the state's frozen BN channels
-    with train_mode(model, True), frozen_channels_set(model, masks):
-        loss, logits, y = _loss(apply, live, batch, task, loss_fn, objective)
-        if loss.dim() != 0:
-            raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
-        if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
-            correct = (logits.detach().argmax(1) == y).sum()
-        else:
-            correct = torch.zeros((), device=loss.device)
-        loss_value, correct_value = torch.stack([loss.detach().float(), correct.float()]).tolist()
+
+    read: list[float] = []
+
+    def read_first(values: Tensor) -> None:  # the step's one read before its backward
+        read.extend(values.tolist())
+        loss_value, _, outside, low, high = read
+        if outside:
+            raise outside_error(int(low), int(high), "this batch")
         if not math.isfinite(loss_value):
             raise NonFiniteError(
                 f"loss is {loss_value} at task {task}; the state is returned unchanged (lower the "
                 "learning rate or check the data)"
             )
-        loss.backward()
-        if grad_transform is not None:
-            grads = {k: p.grad for k, p in live.items() if p.grad is not None}
-            for k, g in grad_transform(grads, apply, live).items():
-                live[k].grad = g
-    return loss_value, correct_value
+
+    with train_mode(model, True), frozen_channels_set(model, masks):
+        backward_in_mode(
+            _applier(model, state, live, compiled),
+            live,
+            batch,
+            task=task,
+            loss_fn=loss_fn,
+            objective=objective,
+            grad_transform=grad_transform,
+            before_backward=read_first,
+            guard_labels=True,
+        )
+    return read[0], read[1]
+
+
+def backward_in_mode(
+    apply: Apply,
+    live: dict[str, Tensor],
+    batch: tuple[Tensor, Tensor],
+    *,
+    task: int,
+    loss_fn: LossFn,
+    objective: Objective | None,
+    grad_transform: GradTransform | None,
+    before_backward: Callable[[Tensor], None] | None = None,
+    guard_labels: bool = False,
+) -> Tensor:
+    """Forward, backward and the gradient transform with the model already in training
+    mode and its frozen BN channels set, gradients left in ``live``. Returns the step's
+    values on the device, float64 ``[loss, correct, targets outside the head (0/1),
+    lowest target, highest target]`` (no host read; ``before_backward(values)`` may read
+    them). ``guard_labels`` checks class targets on the device instead of the host (an
+    outside target is replaced by 0 and reported in the values)."""
+    loss, logits, y, labels = _loss(apply, live, batch, task, loss_fn, objective, guard_labels)
+    if loss.dim() != 0:
+        raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
+    if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
+        correct = (logits.detach().argmax(1) == y).sum()
+    else:
+        correct = torch.zeros((), device=loss.device)
+    values = torch.cat([torch.stack([loss.detach().double(), correct.double()]), labels])
+    if before_backward is not None:
+        before_backward(values)
+    loss.backward()
+    if grad_transform is not None:
+        grads = {k: p.grad for k, p in live.items() if p.grad is not None}
+        for k, g in grad_transform(grads, apply, live).items():
+            live[k].grad = g
+    return values
 
 
 def _loss(
@@ -262,16 +304,21 @@ def _loss(
     task: int,
     loss_fn: LossFn,
     objective: Objective | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, logits, targets as the loss took them)`` of the batch."""
+    guard_labels: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, logits, targets as the loss took them, label report)`` of the batch (the
+    report: float64 ``[outside (0/1), lowest, highest]``, zeros when not checked here)."""
     x, y = batch
     try:
         if objective is None:
             logits = apply(x, task)
-            y = check_labels(logits, y, loss_fn)
-            return loss_fn(logits, y), logits, y
+            y = check_labels(logits, y, loss_fn, deferred=guard_labels)
+            y, report = label_range(logits, y) if guard_labels else (y, None)
+            if report is None:
+                report = torch.zeros(3, dtype=torch.float64, device=logits.device)
+            return loss_fn(logits, y), logits, y, report
         loss, logits = objective(apply, live)
-        return loss, logits, y
+        return loss, logits, y, torch.zeros(3, dtype=torch.float64, device=loss.device)
     except ValueError as e:
         if "more than 1 value per channel" not in str(e):
             raise
@@ -312,52 +359,6 @@ def _optimizer_step(
     else:
         optimizer.step()
     _count_as_written(optimizer)
-
-
-# Compiled callables per model and optimizer. torch.compile keeps a strong reference to
-# what it compiles, so a weak cache could never drop them: keep the few most recent.
-_COMPILED: collections.OrderedDict[tuple[str, int], tuple[object, Callable[..., Any]]] = (
-    collections.OrderedDict()
-)
-_COMPILED_KEEP = 8
-
-
-def _cached(
-    kind: str, owner: object, build: Callable[[], Callable[..., Any]]
-) -> Callable[..., Any]:
-    key = (kind, id(owner))
-    entry = _COMPILED.get(key)
-    if entry is None or entry[0] is not owner:
-        entry = (owner, build())
-        _COMPILED[key] = entry
-        while len(_COMPILED) > _COMPILED_KEEP:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    return entry[1]
-
-
-# torch.compile's options for compiled steps (tests swap in a quicker backend).
-COMPILE_OPTIONS: dict[str, Any] = {}
-
-
-def _compiled_model(model: nn.Module) -> Callable[..., Tensor]:
-    def build() -> Callable[..., Tensor]:
-        return torch.compile(model, **compile_kwargs(device_of(model), COMPILE_OPTIONS))
-
-    return _cached("model", model, build)
-
-
-def _compiled_optimizer_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    def build() -> Callable[[], None]:
-        options = optimizer_compile_kwargs(optimizer_device(optimizer), COMPILE_OPTIONS)
-
-        @torch.compile(fullgraph=False, **options)
-        def step() -> None:
-            optimizer.step()
-
-        return step
-
-    return _cached("optimizer", optimizer, build)
 
 
 def _count_as_written(optimizer: torch.optim.Optimizer) -> None:

@@ -31,12 +31,13 @@ def check_trainable(state: EideticState, task: int) -> None:
         )
 
 
-def check_finite_step(changed: dict[str, Tensor], task: int) -> None:
+def check_finite_step(changed: dict[str, Tensor], task: int, *, where: str | None = None) -> None:
     """Raise if the step's new parameters hold a non-finite value.
 
     One pass and one host sync per step: a sum is finite unless some entry is not (or
     the sum overflows, which the exact count then rules out). Only values entering the
     state count (frozen entries were restored), so a NaN is never frozen into a task.
+    ``where`` names the steps for an epoch's check (whose error keeps the last good state).
     """
     if not changed:
         return
@@ -50,17 +51,26 @@ def check_finite_step(changed: dict[str, Tensor], task: int) -> None:
     bad = {k: int(n) for (k, _), n in zip(stepped, counts) if n}
     if bad:
         shown = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        kept = (
+            "The state you passed is unchanged; the optimizer's statistics were updated by this "
+            "step"
+            if where is None
+            else "The last state read as good is kept (error.state); the optimizer's statistics "
+            "saw those steps"
+        )
         raise NonFiniteError(
-            f"the optimizer step of task {task} produced {sum(bad.values())} non-finite "
-            f"parameters: {shown}{' ...' if len(bad) > 3 else ''}. The state you passed is "
-            "unchanged; the optimizer's statistics were updated by this step (rebuild the "
-            "optimizer or reload a checkpoint), and consider a lower learning rate or float32"
+            f"{where or f'the optimizer step of task {task}'} produced {sum(bad.values())} "
+            f"non-finite parameters: {shown}{' ...' if len(bad) > 3 else ''}. {kept} (rebuild "
+            "the optimizer or reload a checkpoint), and consider a lower learning rate or float32"
         )
 
 
-def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
+def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn, *, deferred: bool = False) -> Tensor:
     """Targets for the loss: class indices within the head (int64), checked here rather
     than failing as a raw torch error or a CUDA device assert.
+
+    ``deferred`` skips the range check, the only one that reads the device (the caller
+    checks the range on the device instead: :func:`label_range`).
 
     With the default cross-entropy, targets are integer class indices of shape ``[B]``
     (any integer dtype, converted to int64) or class probabilities shaped like the logits;
@@ -81,13 +91,21 @@ def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
         return y
     if y.dim() != 1:
         raise ShapeError(f"class targets must be 1-D, got shape {tuple(y.shape)}")
+    if deferred:
+        return y.long() if default_loss else y
     low, high = (int(v) for v in torch.aminmax(y))
     if low < 0 or high >= logits.shape[1]:
-        raise ShapeError(
-            f"targets must be class indices in 0..{logits.shape[1] - 1} for this head, got "
-            f"{low}..{high} (are labels remapped per task?)"
-        )
+        raise outside_error(low, high, "this batch", classes=logits.shape[1])
     return y.long() if default_loss else y
+
+
+def outside_error(low: int, high: int, where: str, classes: int | None = None) -> ShapeError:
+    """The error for class targets outside the head (``low..high`` seen in ``where``)."""
+    allowed = "within the head" if classes is None else f"in 0..{classes - 1} for this head"
+    return ShapeError(
+        f"targets must be class indices {allowed}, got {low}..{high} in {where} (are labels "
+        "remapped per task?); the state from before that step is kept"
+    )
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tensor]) -> None:
@@ -107,3 +125,19 @@ def check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tenso
                     "the optimizer holds a tensor that is not a parameter of the model; build it "
                     "with optimizer_cls(model.parameters(), ...)"
                 )
+
+
+def label_range(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(targets, float64 [outside (0/1), lowest, highest])`` without a host read.
+
+    Class-index targets outside the head are replaced by 0, so the loss can neither fail
+    nor trip a CUDA device assert (the caller refuses the step when it reads the report);
+    targets within it come back as they are. Other targets are not class indices: reported
+    as within.
+    """
+    if y.is_floating_point() or logits.dim() != 2 or y.dim() != 1 or y.dtype == torch.bool:
+        return y, torch.zeros(3, dtype=torch.float64, device=logits.device)
+    outside = (y < 0) | (y >= logits.shape[1])
+    low, high = torch.aminmax(y)
+    report = torch.stack([outside.any(), low, high]).double()
+    return torch.where(outside, torch.zeros_like(y), y), report

@@ -192,28 +192,51 @@ def test_eidetic_end_of_task_on_a_state_without_a_topology_is_a_clear_error() ->
         ef.EideticNet().end_task(model, bare, None, ctx)
 
 
-def test_a_plan_update_sees_the_state_before_and_after_the_step() -> None:
-    seen: list[tuple[ef.EideticState, ef.EideticState]] = []
+def test_a_plan_update_runs_after_its_step_with_what_the_step_saw() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Watch:
+        name: str = "watch"
+
+        def plan(self, model: Any, state: Any, mstate: Any, batch: Any, *, task: int) -> StepPlan:
+            seen: list[torch.Tensor] = []
+
+            def objective(apply: Any, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                logits = apply(batch[0], task)
+                seen.append(logits.detach())
+                return F.cross_entropy(logits, batch[1]), logits
+
+            return StepPlan(objective=objective, update=lambda: (mstate or 0) + len(seen))
+
+    model = _model()
+    state = ef.init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, mstate, _ = method_step(Watch(), model, state, None, _data(0)[0], optimizer=opt, task=0)
+    assert mstate == 1
+
+
+def test_observe_gets_copies_of_the_parameters_before_and_after_the_step() -> None:
+    seen: list[tuple[dict[str, torch.Tensor], ...]] = []
+
+    def observe(grads: Any, before: Any, after: Any) -> None:
+        seen.append((grads, before, after))
 
     @dataclasses.dataclass(frozen=True)
     class Watch:
         name: str = "watch"
 
         def plan(self, model: Any, state: Any, mstate: Any, batch: Any, *, task: int) -> StepPlan:
-            return StepPlan(update=lambda before, after: seen.append((before, after)) or mstate)
+            return ef.penalty_plan(lambda params: None, observe=observe)
 
     model = _model()
     state = ef.init(model)
-    new, _, _ = method_step(
-        Watch(),
-        model,
-        state,
-        None,
-        _data(0)[0],
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        task=0,
-    )
-    assert seen[0][0] is state and seen[0][1] is new
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    new, _, _ = method_step(Watch(), model, state, None, _data(0)[0], optimizer=opt, task=0)
+    grads, before, after = seen[0]
+    assert set(before) == set(after) == set(grads) and "heads.0.weight" in grads
+    for k in grads:
+        assert torch.equal(before[k], state.params[k]) and torch.equal(after[k], new.params[k])
+        assert before[k] is not state.params[k] and after[k] is not new.params[k]
+    assert not torch.equal(before["heads.0.weight"], after["heads.0.weight"])
 
 
 def test_progress_saved_mid_pruning_by_earlier_versions_resumes_at_the_end_of_the_task() -> None:

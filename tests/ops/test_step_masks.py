@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from eidetic_func.models import MLP
+from hypothesis import given
+from hypothesis import strategies as st
 from strategies import prune_rows
 
 import eidetic_func as ef
 from eidetic_func.core.errors import StateMismatchError
 from eidetic_func.nn.batchnorm import blend_masks
+from eidetic_func.ops.workspace import anchor, restore_
 
 
 def _finished_state() -> tuple[MLP, ef.EideticState, tuple[torch.Tensor, torch.Tensor]]:
@@ -71,13 +74,13 @@ def test_a_step_with_prepared_masks_is_bit_identical_to_one_deriving_them() -> N
     _, state, batch = _finished_state()
     masks = ef.step_masks(state)
     results = []
-    for given in (masks, None):
+    for prepared in (masks, None):
         torch.manual_seed(1)
         net = MLP(8, [3, 3], num_layers=2, width=6)
         opt = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.5)
         s = state
         for _ in range(2):
-            s, _ = ef.train_step(net, s, batch, optimizer=opt, masks=given)
+            s, _ = ef.train_step(net, s, batch, optimizer=opt, masks=prepared)
         results.append(s)
     for k in state.params:
         assert torch.equal(
@@ -135,3 +138,49 @@ def test_the_prepared_bn_blend_is_lent_to_the_modules_for_the_step_only() -> Non
     hook.remove()
     assert seen == [masks.blends["blocks.0.norm"]]
     assert bn.frozen_blend is None and bn.frozen_channels.numel() == 0
+
+
+def _with_frozen(
+    rows: list[int], columns: list[int], single: tuple[int, int] | None
+) -> tuple[ef.EideticState, str]:
+    """A conv layer's state whose weight has frozen ``rows`` (owned), frozen ``columns``
+    (pruned inputs) and, optionally, one more frozen entry (owned)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(5, 7, 3))
+    state = ef.init(model)
+    name = "0.weight"
+    owner, keep = state.owner[name].clone(), state.keep[name].clone()
+    owner[rows] = 0
+    keep[:, columns] = False
+    if single is not None:
+        owner[single] = 0
+    return state.replace(owner={**state.owner, name: owner}, keep={**state.keep, name: keep}), name
+
+
+@given(
+    rows=st.lists(st.integers(0, 6), max_size=7, unique=True),
+    columns=st.lists(st.integers(0, 4), max_size=5, unique=True),
+    single=st.none() | st.tuples(st.integers(0, 6), st.integers(0, 4)),
+    seed=st.integers(0, 2**16),
+)
+def test_restoring_frozen_lines_is_bit_identical_to_restoring_every_frozen_entry(
+    rows: list[int], columns: list[int], single: tuple[int, int] | None, seed: int
+) -> None:
+    state, name = _with_frozen(rows, columns, single)
+    masks = ef.step_masks(state)
+    if masks.coverage[name] is not None:
+        return  # nothing or everything frozen: no restore by lines at all
+    lines = masks.lines[name]
+    frozen = ~masks.bits[name].bool()
+    if lines is None:  # only when one more entry lies outside the frozen lines
+        assert single is not None and single[0] not in rows and single[1] not in columns
+        return
+    assert sorted(lines[0].tolist()) == sorted(rows)
+    assert sorted(lines[1].tolist()) == sorted(columns)
+    g = torch.Generator().manual_seed(seed)
+    old = torch.randn(state.params[name].shape, generator=g)
+    new = torch.randn(old.shape, generator=g)
+    old.view(-1)[:3] = torch.tensor([float("nan"), -0.0, float("inf")])  # exact bits, not values
+    new.view(-1)[3:6] = torch.tensor([float("nan"), -0.0, float("-inf")])
+    expected = torch.where(frozen, old.view(torch.int32), new.view(torch.int32))
+    restore_(masks, name, anchor(masks, name, old), new, old)
+    assert torch.equal(new.view(torch.int32), expected)

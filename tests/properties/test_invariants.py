@@ -33,7 +33,7 @@ from strategies import (
 )
 
 import eidetic_func as ef
-from eidetic_func.training import step
+from eidetic_func.training import step_compile
 
 SEQUENCE = {**SEQUENCES, "steps": st.integers(1, 4)}
 
@@ -57,6 +57,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
     steps: int,
     plan: tuple[int, ...] | None,
     chained: bool,
+    epochs: bool,
 ) -> None:
     model = spec.build(seed).to(device)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
@@ -71,6 +72,7 @@ def test_owned_parameters_and_bn_statistics_are_bit_identical_under_any_optimize
         plan=plan,
         method=chained_method() if chained else None,
         device=device,
+        epochs=epochs,
     ):
         if snapshot is not None:
             assert_owned_unchanged(snapshot, event.state, f"{event.kind} of task {event.task}")
@@ -86,11 +88,12 @@ def test_owned_entries_stay_bit_identical_under_compiled_steps(
     forward_transfer: bool,
     seed: int,
     plan: tuple[int, ...] | None,
+    epochs: bool,
 ) -> None:
     # dynamo and AOTAutograd as in a real compiled step, without inductor's C++ codegen
     # (minutes per example on 2 cores); tests/training/test_step.py runs the full inductor step
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(step.COMPILE_OPTIONS, "backend", "aot_eager")
+        patch.setitem(step_compile.COMPILE_OPTIONS, "backend", "aot_eager")
         model = spec.build(seed)
         opt = OPTIMIZERS[optimizer](list(model.parameters()))
         snapshot = None
@@ -103,6 +106,7 @@ def test_owned_entries_stay_bit_identical_under_compiled_steps(
             forward_transfer=forward_transfer,
             plan=plan,
             compiled=True,
+            epochs=epochs,
         ):
             if snapshot is not None:
                 assert_owned_unchanged(snapshot, event.state, f"{event.kind} of {event.task}")
@@ -119,6 +123,7 @@ def test_owned_entries_stay_bit_identical_under_compiled_steps(
     seed=0,
     steps=2,
     plan=(KEEP_ONE, KEEP_ALL),
+    epochs=True,
 )
 def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
     device: str,
@@ -128,6 +133,7 @@ def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
     seed: int,
     steps: int,
     plan: tuple[int, ...] | None,
+    epochs: bool,
 ) -> None:
     model = spec.build(seed).to(device)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
@@ -142,6 +148,7 @@ def test_finished_tasks_eval_outputs_are_bit_identical_after_later_tasks(
         forward_transfer=forward_transfer,
         plan=plan,
         device=device,
+        epochs=epochs,
     ):
         for task, out in expected.items():
             now, _ = ef.forward(model, event.state, probe, task=task, train=False)
@@ -193,12 +200,20 @@ def test_owner_only_grows(
     seed: int,
     steps: int,
     plan: tuple[int, ...] | None,
+    epochs: bool,
 ) -> None:
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
     previous = None
     for event in run_sequence(
-        model, spec, opt, seed=seed, steps=steps, forward_transfer=forward_transfer, plan=plan
+        model,
+        spec,
+        opt,
+        seed=seed,
+        steps=steps,
+        forward_transfer=forward_transfer,
+        plan=plan,
+        epochs=epochs,
     ):
         owner = event.state.owner
         if previous is not None:
