@@ -70,19 +70,17 @@ class _TaskBatchNorm(_BatchNorm):
         frozen, free, is_frozen = self._blend()
         mean, var = self.running_mean, self.running_var
         weight, bias = self.weight, self.bias
-        with torch.no_grad():
-            # Frozen channels: inference-mode normalization with the frozen statistics, an
-            # affine map applied once; its scale and shift are constants (owned), but the
-            # gradient reaches the input: a frozen channel may read free entries (PackNet
-            # owns single weights, so an owned row can hold weights a later task trains).
-            # Free channels: the batch-normalized output. The blend is exact (one side
-            # times 1, the other 0).
-            scale = (var + self.eps).rsqrt_()
-            if weight is not None:
-                scale.mul_(weight)
-            shift = torch.sub(bias, mean * scale) if bias is not None else (mean * scale).neg_()
-            shape = (1, -1) + (1,) * (input.dim() - 2)
-            shift, scale = shift.mul_(frozen).view(shape), scale.mul_(frozen).view(shape)
+        # Frozen channels: inference-mode normalization with the frozen statistics, an
+        # affine map applied once; its scale and shift are constants (owned), but the
+        # gradient reaches the input: a frozen channel may read free entries (PackNet
+        # owns single weights, so an owned row can hold weights a later task trains).
+        # Free channels: the batch-normalized output. The blend is exact (one side
+        # times 1, the other 0).
+        prepared = self.__dict__.get("frozen_affine")
+        if prepared is None or prepared[0] is not frozen or torch.compiler.is_compiling():
+            prepared = (frozen, *frozen_affine(mean, var, weight, bias, self.eps, frozen))
+        shape = (1, -1) + (1,) * (input.dim() - 2)
+        shift, scale = prepared[1].view(shape), prepared[2].view(shape)
         frozen_part = torch.addcmul(shift, input, scale)
         # batch norm updates the statistics of every channel (of copies it keeps for its
         # backward); only the free channels' updates are taken
@@ -109,6 +107,27 @@ class _TaskBatchNorm(_BatchNorm):
         ):
             return blend_masks(self.frozen_channels, like)
         return prepared[1], prepared[2], prepared[3]
+
+
+def frozen_affine(
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    frozen: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``(shift, scale)``, ``[C]``: the frozen channels' inference-mode normalization as an
+    affine map (``x * scale + shift``), zero on the other channels (``frozen``: the 0/1
+    vector of :func:`blend_masks`). It reads only frozen entries, which a training epoch
+    never changes, so an epoch prepares it once (``frozen_affine`` beside
+    ``frozen_blend``) and every step gets the same bits as computing it afresh."""
+    with torch.no_grad():
+        scale = (var + eps).rsqrt_()
+        if weight is not None:
+            scale.mul_(weight)
+        shift = torch.sub(bias, mean * scale) if bias is not None else (mean * scale).neg_()
+        return shift.mul_(frozen), scale.mul_(frozen)
 
 
 def blend_masks(frozen_channels: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -89,9 +89,15 @@ def _no_frozen_channels(state: EideticState) -> dict[str, Tensor]:
 
 
 @contextlib.contextmanager
-def frozen_channels_set(model: nn.Module, masks: StepMasks) -> Iterator[None]:
+def frozen_channels_set(
+    model: nn.Module,
+    masks: StepMasks,
+    affines: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None,
+) -> Iterator[None]:
     """Give the model's Task BatchNorm modules the frozen channels of ``masks`` (and their
-    blend vectors) for the block.
+    blend vectors) for the block; with ``affines`` (per prefix, ``(frozen, shift, scale)``
+    of :func:`eidetic_func.nn.batchnorm.frozen_affine`), their frozen channels' affine
+    maps too, prepared once for many steps.
 
     For running the model itself (its own parameters and buffers as a workspace) rather
     than through ``functional_call``; the modules' previous values come back on exit.
@@ -106,12 +112,15 @@ def frozen_channels_set(model: nn.Module, masks: StepMasks) -> Iterator[None]:
         before.append((table, table["frozen_channels"], attributes))
         table["frozen_channels"] = blend[0]
         attributes["frozen_blend"] = blend
+        if affines is not None:
+            attributes["frozen_affine"] = affines[prefix]
     try:
         yield
     finally:
         for table, previous, attributes in before:
             table["frozen_channels"] = previous
             attributes.pop("frozen_blend", None)
+            attributes.pop("frozen_affine", None)
 
 
 def _dtype(state: EideticState) -> torch.dtype | None:

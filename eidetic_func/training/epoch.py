@@ -32,6 +32,7 @@ from eidetic_func.core import validate
 from eidetic_func.core.errors import DataError, NonFiniteError
 from eidetic_func.core.state import EideticState, bn_prefixes
 from eidetic_func.core.types import LossFn
+from eidetic_func.nn.batchnorm import frozen_affine
 from eidetic_func.ops.forward import frozen_channels_set, train_mode
 from eidetic_func.ops.step_masks import StepMasks, step_masks
 from eidetic_func.ops.workspace import Workspace, anchor, hold_workspace, load_workspace, restore_
@@ -46,6 +47,7 @@ from eidetic_func.training.step import (
     check_call,
 )
 from eidetic_func.training.step_checks import check_finite_step, outside_error
+from eidetic_func.training.step_values import StepValues, read_steps
 
 # a batch's objective: batch -> objective(apply, params) -> (loss, logits)
 ObjectiveFor = Callable[[tuple[Tensor, Tensor]], Objective | None]
@@ -114,7 +116,8 @@ class Epoch:
             buffers={**state.buffers, **{k: b.detach() for k, b in self.buffers.items()}},
         )
         self._modules = list(model.modules())
-        self._pending: list[tuple[Tensor, int]] = []  # device values and batch size per step
+        self._affines = self._frozen_affines()
+        self._pending: list[tuple[StepValues, int]] = []  # device values and batch size per step
         self._written: set[str] = set()  # parameters written since the epoch started
         self._unchecked: set[str] = set()  # ... since the last check
         self._steps = self._correct = self._count = 0
@@ -140,11 +143,31 @@ class Epoch:
             k: (b, b._version) for k, b in self.buffers.items() if k.rpartition(".")[0] not in norms
         }
 
+    def _frozen_affines(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Per Task BatchNorm, its frozen channels' affine map, from the start's frozen
+        entries (which no step changes): prepared once, not per step."""
+        affines = {}
+        params, buffers = self.start.params, self.start.buffers
+        for prefix, blend in self.masks.blends.items():
+            frozen = blend[1]
+            affines[prefix] = (
+                frozen,
+                *frozen_affine(
+                    buffers[f"{prefix}.running_mean"],
+                    buffers[f"{prefix}.running_var"],
+                    params.get(f"{prefix}.weight"),
+                    params.get(f"{prefix}.bias"),
+                    float(self.model.get_submodule(prefix).eps),  # type: ignore[arg-type]
+                    frozen,
+                ),
+            )
+        return affines
+
     @contextmanager
     def _modes(self) -> Iterator[None]:
         with (
             train_mode(self.model, True, modules=self._modules),
-            frozen_channels_set(self.model, self.masks),
+            frozen_channels_set(self.model, self.masks, self._affines),
         ):
             yield
 
@@ -171,7 +194,6 @@ class Epoch:
                 loss_fn=loss_fn,
                 objective=objective,
                 grad_transform=grad_transform,
-                guard_labels=True,
             )
         _check_unwritten(self.model, self._fixed)
         _optimizer_step(
@@ -223,14 +245,14 @@ class Epoch:
         changed = {k: self.live[k].detach() for k in sorted(self._unchecked)}
         self._unchecked = set()
         sums = [p.sum(dtype=torch.float64) for p in changed.values()]
-        total = torch.stack(sums).sum().view(1) if sums else torch.zeros(1, dtype=torch.float64)
-        rows = torch.cat([*(v for v, _ in pending), total.to(pending[0][0].device)]).tolist()
+        rows, total = read_steps([v for v, _ in pending], torch.stack(sums).sum() if sums else None)
         first = self._steps + 1
-        for i, (_, count) in enumerate(pending):
-            loss, correct, outside, low, high = rows[5 * i : 5 * i + 5]
+        for row, (values, count) in zip(rows, pending):
+            loss = row.loss
             self._steps += 1
-            if outside:
-                raise self._error(outside_error(int(low), int(high), self._where(self._steps)))
+            if row.outside is not None:
+                where = self._where(self._steps)
+                raise self._error(outside_error(*row.outside, where, classes=values.classes))
             if not math.isfinite(loss):
                 raise self._error(
                     NonFiniteError(
@@ -240,10 +262,10 @@ class Epoch:
                         "learning rate or float32"
                     )
                 )
-            self._correct += int(correct)
+            self._correct += row.correct
             self._count += count
             self._loss_sum += loss * count
-        if not math.isfinite(rows[-1]):
+        if total is not None and not math.isfinite(total):
             where = (
                 f"one of steps {first}..{self._steps} of {self.description!r} (check_every=1 "
                 "names which)"

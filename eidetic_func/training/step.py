@@ -50,12 +50,17 @@ from eidetic_func.training.step_checks import (
     check_labels,
     check_optimizer,
     check_trainable,
-    label_range,
     outside_error,
 )
 from eidetic_func.training.step_compile import (
     _compiled_model,
     _compiled_optimizer_step,
+)
+from eidetic_func.training.step_values import (
+    StepRead,
+    StepValues,
+    guard_targets,
+    read_steps,
 )
 
 # apply(x, task) -> logits of head `task`, with the step's parameters (training mode)
@@ -233,13 +238,13 @@ def _loss_and_grads(
     """Forward, backward and the gradient transform, gradients left in ``live``:
     ``(loss, correct predictions)``. Raises before the backward on a non-finite loss."""
 
-    read: list[float] = []
+    read: list[StepRead] = []
 
-    def read_first(values: Tensor) -> None:  # the step's one read before its backward
-        read.extend(values.tolist())
-        loss_value, _, outside, low, high = read
-        if outside:
-            raise outside_error(int(low), int(high), "this batch")
+    def read_first(values: StepValues) -> None:  # the step's one read before its backward
+        read.extend(read_steps([values])[0])
+        loss_value, outside = read[0].loss, read[0].outside
+        if outside is not None:
+            raise outside_error(*outside, "this batch", classes=values.classes)
         if not math.isfinite(loss_value):
             raise NonFiniteError(
                 f"loss is {loss_value} at task {task}; the state is returned unchanged (lower the "
@@ -256,9 +261,8 @@ def _loss_and_grads(
             objective=objective,
             grad_transform=grad_transform,
             before_backward=read_first,
-            guard_labels=True,
         )
-    return read[0], read[1]
+    return read[0].loss, read[0].correct
 
 
 def backward_in_mode(
@@ -270,23 +274,21 @@ def backward_in_mode(
     loss_fn: LossFn,
     objective: Objective | None,
     grad_transform: GradTransform | None,
-    before_backward: Callable[[Tensor], None] | None = None,
-    guard_labels: bool = False,
-) -> Tensor:
+    before_backward: Callable[[StepValues], None] | None = None,
+) -> StepValues:
     """Forward, backward and the gradient transform with the model already in training
     mode and its frozen BN channels set, gradients left in ``live``. Returns the step's
-    values on the device, float64 ``[loss, correct, targets outside the head (0/1),
-    lowest target, highest target]`` (no host read; ``before_backward(values)`` may read
-    them). ``guard_labels`` checks class targets on the device instead of the host (an
-    outside target is replaced by 0 and reported in the values)."""
-    loss, logits, y, labels = _loss(apply, live, batch, task, loss_fn, objective, guard_labels)
+    values on the device (no host read; ``before_backward(values)`` may read them).
+    Class targets are checked on the device (:mod:`eidetic_func.training.step_values`)."""
+    loss, logits, y, targets = _loss(apply, live, batch, task, loss_fn, objective)
     if loss.dim() != 0:
         raise ShapeError(f"the loss must be a scalar, got shape {tuple(loss.shape)}")
     if logits.dim() == 2 and not y.is_floating_point() and logits.shape[0] == y.shape[0]:
         correct = (logits.detach().argmax(1) == y).sum()
     else:
-        correct = torch.zeros((), device=loss.device)
-    values = torch.cat([torch.stack([loss.detach().double(), correct.double()]), labels])
+        correct = torch.zeros((), device=loss.device, dtype=torch.long)
+    classes = logits.shape[1] if logits.dim() == 2 else 0
+    values = StepValues(loss=loss.detach(), correct=correct, targets=targets, classes=classes)
     if before_backward is not None:
         before_backward(values)
     loss.backward()
@@ -304,21 +306,17 @@ def _loss(
     task: int,
     loss_fn: LossFn,
     objective: Objective | None,
-    guard_labels: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(loss, logits, targets as the loss took them, label report)`` of the batch (the
-    report: float64 ``[outside (0/1), lowest, highest]``, zeros when not checked here)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(loss, logits, targets as the loss took them, the class targets' [lowest,
+    highest] or None)`` of the batch."""
     x, y = batch
     try:
         if objective is None:
             logits = apply(x, task)
-            y = check_labels(logits, y, loss_fn, deferred=guard_labels)
-            y, report = label_range(logits, y) if guard_labels else (y, None)
-            if report is None:
-                report = torch.zeros(3, dtype=torch.float64, device=logits.device)
-            return loss_fn(logits, y), logits, y, report
+            y, targets = guard_targets(logits, check_labels(logits, y, loss_fn))
+            return loss_fn(logits, y), logits, y, targets
         loss, logits = objective(apply, live)
-        return loss, logits, y, torch.zeros(3, dtype=torch.float64, device=loss.device)
+        return loss, logits, y, None
     except ValueError as e:
         if "more than 1 value per channel" not in str(e):
             raise

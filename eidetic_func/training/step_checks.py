@@ -65,12 +65,9 @@ def check_finite_step(changed: dict[str, Tensor], task: int, *, where: str | Non
         )
 
 
-def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn, *, deferred: bool = False) -> Tensor:
-    """Targets for the loss: class indices within the head (int64), checked here rather
-    than failing as a raw torch error or a CUDA device assert.
-
-    ``deferred`` skips the range check, the only one that reads the device (the caller
-    checks the range on the device instead: :func:`label_range`).
+def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
+    """Targets for the loss, checked for their kind and shape (no host read; their range
+    is checked on the device: :func:`eidetic_func.training.step_values.guard_targets`).
 
     With the default cross-entropy, targets are integer class indices of shape ``[B]``
     (any integer dtype, converted to int64) or class probabilities shaped like the logits;
@@ -91,11 +88,6 @@ def check_labels(logits: Tensor, y: Tensor, loss_fn: LossFn, *, deferred: bool =
         return y
     if y.dim() != 1:
         raise ShapeError(f"class targets must be 1-D, got shape {tuple(y.shape)}")
-    if deferred:
-        return y.long() if default_loss else y
-    low, high = (int(v) for v in torch.aminmax(y))
-    if low < 0 or high >= logits.shape[1]:
-        raise outside_error(low, high, "this batch", classes=logits.shape[1])
     return y.long() if default_loss else y
 
 
@@ -125,19 +117,3 @@ def check_optimizer(optimizer: torch.optim.Optimizer, workspace: dict[str, Tenso
                     "the optimizer holds a tensor that is not a parameter of the model; build it "
                     "with optimizer_cls(model.parameters(), ...)"
                 )
-
-
-def label_range(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(targets, float64 [outside (0/1), lowest, highest])`` without a host read.
-
-    Class-index targets outside the head are replaced by 0, so the loss can neither fail
-    nor trip a CUDA device assert (the caller refuses the step when it reads the report);
-    targets within it come back as they are. Other targets are not class indices: reported
-    as within.
-    """
-    if y.is_floating_point() or logits.dim() != 2 or y.dim() != 1 or y.dtype == torch.bool:
-        return y, torch.zeros(3, dtype=torch.float64, device=logits.device)
-    outside = (y < 0) | (y >= logits.shape[1])
-    low, high = torch.aminmax(y)
-    report = torch.stack([outside.any(), low, high]).double()
-    return torch.where(outside, torch.zeros_like(y), y), report
