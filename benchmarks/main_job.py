@@ -1,7 +1,7 @@
 """The main job end to end: wall time and accuracy of ``eidetic-func run`` variants.
 
-Each variant is the README's main job (``eidetic-func run --pruning-schedule adaptive``,
-the embedded default) with extra options. Rounds run every variant once, in alternating
+Each variant is the README's main job (``eidetic-func run``, the embedded default; the
+adaptive pruning schedule) with extra options. Rounds run every variant once, in alternating
 order, each in a fresh process (so imports and the data load count, as for a user);
 reported are the median and quartiles of the wall times, and the accuracies of each run
 (one seed: they repeat exactly for one thread count).
@@ -24,7 +24,7 @@ import torch
 
 from ._timing import environment, spread, write_json
 
-MAIN_JOB = ["run", "--pruning-schedule", "adaptive", "--no-progress"]
+MAIN_JOB = ["run", "--no-progress"]
 
 
 def _one_run(options: list[str], threads: int | None) -> dict[str, float]:

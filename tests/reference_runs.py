@@ -76,7 +76,9 @@ _BASE = RunConfig(
     width=32,
     batch_size=32,
     train=TrainConfig(max_epochs=EPOCHS, patience=1),
-    eidetic=EideticNet(pruning_step=0.3, max_recovery_epochs=1, tolerance=0.02),
+    eidetic=EideticNet(
+        pruning_step=0.3, max_recovery_epochs=1, tolerance=0.02, pruning_schedule="fixed"
+    ),
     router=False,
     progress=False,
     threads=THREADS,

@@ -67,12 +67,12 @@ class EideticNet:
     ``tolerance`` is relative: pruning stops when accuracy < ``best × (1 − tolerance)``.
     ``max_masking_ratio`` bounds the pruned share of the neurons this task may use.
     ``score_batches`` caps the batches used for data-driven scores (None: all).
-    ``pruning_schedule``: ``"fixed"`` (the original) prunes ``pruning_step`` per step
-    until the accuracy leaves the tolerance; ``"adaptive"`` starts with
-    ``first_pruning_step``, keeps its size while steps succeed, and after a failed step
-    restores the snapshot and halves it, stopping when it falls below ``pruning_step``
-    (or at ``max_masking_ratio``, which it approaches exactly): the same kept capacity in
-    far fewer recovery epochs. ``forward_transfer``: later tasks read earlier tasks'
+    ``pruning_schedule``: ``"adaptive"`` (the default) starts with ``first_pruning_step``,
+    keeps its size while steps succeed, and after a failed step restores the snapshot and
+    halves it, stopping when it falls below ``pruning_step`` (or at ``max_masking_ratio``,
+    which it approaches exactly): about the same kept capacity and accuracy in far fewer
+    recovery epochs; ``"fixed"`` (the original's, which the paper presets pin) prunes
+    ``pruning_step`` per step until the accuracy leaves the tolerance. ``forward_transfer``: later tasks read earlier tasks'
     features. The task loop's settings (``lr_factor``, ``finish``) are the run's
     ``TrainConfig``; the network's topology is the state's.
     """
@@ -106,10 +106,10 @@ class EideticNet:
         group="method",
     )
     pruning_schedule: str = option(
-        "fixed",
-        "fixed: the original's steps of --pruning-step until the accuracy drops; adaptive: "
-        "start with --first-pruning-step, halve it (restoring the snapshot) after a failed "
-        "step, stop below --pruning-step: similar kept capacity in far fewer recovery epochs",
+        "adaptive",
+        "adaptive: start with --first-pruning-step, halve it (restoring the snapshot) after a "
+        "failed step, stop below --pruning-step: similar kept capacity in far fewer recovery "
+        "epochs; fixed: the original's steps of --pruning-step until the accuracy drops",
         group="method",
         choices=SCHEDULES,
     )

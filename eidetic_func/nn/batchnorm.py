@@ -29,6 +29,8 @@ from eidetic_func.core.errors import TopologyError
 
 # (indices, frozen, free, is_frozen): channel indices, then blend_masks of them
 FrozenBlend = tuple[Tensor, Tensor, Tensor, Tensor]
+# (frozen, shift, scale, the (running_mean, running_var, weight, bias) they were made for)
+FrozenAffine = tuple[Tensor, Tensor, Tensor, tuple[Tensor | None, ...]]
 
 
 class _TaskBatchNorm(_BatchNorm):
@@ -76,9 +78,16 @@ class _TaskBatchNorm(_BatchNorm):
         # owns single weights, so an owned row can hold weights a later task trains).
         # Free channels: the batch-normalized output. The blend is exact (one side
         # times 1, the other 0).
+        # prepared once for many steps, from these very tensors (not from parameters a
+        # functional_call substitutes, e.g. a finished head's masked ones)
         prepared = self.__dict__.get("frozen_affine")
-        if prepared is None or prepared[0] is not frozen or torch.compiler.is_compiling():
-            prepared = (frozen, *frozen_affine(mean, var, weight, bias, self.eps, frozen))
+        if (
+            prepared is None
+            or torch.compiler.is_compiling()
+            or prepared[0] is not frozen
+            or any(a is not b for a, b in zip(prepared[3], (mean, var, weight, bias)))
+        ):
+            prepared = (frozen, *frozen_affine(mean, var, weight, bias, self.eps, frozen), ())
         shape = (1, -1) + (1,) * (input.dim() - 2)
         shift, scale = prepared[1].view(shape), prepared[2].view(shape)
         frozen_part = torch.addcmul(shift, input, scale)
@@ -121,7 +130,9 @@ def frozen_affine(
     affine map (``x * scale + shift``), zero on the other channels (``frozen``: the 0/1
     vector of :func:`blend_masks`). It reads only frozen entries, which a training epoch
     never changes, so an epoch prepares it once (``frozen_affine`` beside
-    ``frozen_blend``) and every step gets the same bits as computing it afresh."""
+    ``frozen_blend``: ``(frozen, shift, scale, (running_mean, running_var, weight, bias))``,
+    used only while the module runs on those very tensors) and every step gets the same
+    bits as computing it afresh."""
     with torch.no_grad():
         scale = (var + eps).rsqrt_()
         if weight is not None:

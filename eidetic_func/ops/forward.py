@@ -12,6 +12,7 @@ from torch.func import functional_call
 from eidetic_func.core.errors import ShapeError, TopologyError
 from eidetic_func.core.state import EideticState, bn_prefixes, check_state
 from eidetic_func.core.validate import task_id
+from eidetic_func.nn.batchnorm import FrozenAffine
 from eidetic_func.ops.mask import apply_task_mask, needs_task_mask
 from eidetic_func.ops.step_masks import StepMasks, frozen_channels
 
@@ -92,12 +93,12 @@ def _no_frozen_channels(state: EideticState) -> dict[str, Tensor]:
 def frozen_channels_set(
     model: nn.Module,
     masks: StepMasks,
-    affines: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None,
+    affines: dict[str, FrozenAffine] | None = None,
 ) -> Iterator[None]:
     """Give the model's Task BatchNorm modules the frozen channels of ``masks`` (and their
-    blend vectors) for the block; with ``affines`` (per prefix, ``(frozen, shift, scale)``
-    of :func:`eidetic_func.nn.batchnorm.frozen_affine`), their frozen channels' affine
-    maps too, prepared once for many steps.
+    blend vectors) for the block; with ``affines`` (per prefix, a
+    :data:`~eidetic_func.nn.batchnorm.FrozenAffine`), their frozen channels' affine maps
+    too, prepared once for many steps.
 
     For running the model itself (its own parameters and buffers as a workspace) rather
     than through ``functional_call``; the modules' previous values come back on exit.

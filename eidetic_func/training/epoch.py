@@ -32,7 +32,7 @@ from eidetic_func.core import validate
 from eidetic_func.core.errors import DataError, NonFiniteError
 from eidetic_func.core.state import EideticState, bn_prefixes
 from eidetic_func.core.types import LossFn
-from eidetic_func.nn.batchnorm import frozen_affine
+from eidetic_func.nn.batchnorm import FrozenAffine, frozen_affine
 from eidetic_func.ops.forward import frozen_channels_set, train_mode
 from eidetic_func.ops.step_masks import StepMasks, step_masks
 from eidetic_func.ops.workspace import Workspace, anchor, hold_workspace, load_workspace, restore_
@@ -143,24 +143,26 @@ class Epoch:
             k: (b, b._version) for k, b in self.buffers.items() if k.rpartition(".")[0] not in norms
         }
 
-    def _frozen_affines(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    def _frozen_affines(self) -> dict[str, FrozenAffine]:
         """Per Task BatchNorm, its frozen channels' affine map, from the start's frozen
-        entries (which no step changes): prepared once, not per step."""
-        affines = {}
+        entries (which no step changes): prepared once, not per step, for the module's own
+        tensors (the workspace)."""
+        affines: dict[str, FrozenAffine] = {}
         params, buffers = self.start.params, self.start.buffers
         for prefix, blend in self.masks.blends.items():
-            frozen = blend[1]
-            affines[prefix] = (
+            frozen, names = blend[1], [f"{prefix}.{n}" for n in ("running_mean", "running_var")]
+            module = self.model.get_submodule(prefix)
+            shift, scale = frozen_affine(
+                buffers[names[0]],
+                buffers[names[1]],
+                params.get(f"{prefix}.weight"),
+                params.get(f"{prefix}.bias"),
+                float(module.eps),  # type: ignore[arg-type]
                 frozen,
-                *frozen_affine(
-                    buffers[f"{prefix}.running_mean"],
-                    buffers[f"{prefix}.running_var"],
-                    params.get(f"{prefix}.weight"),
-                    params.get(f"{prefix}.bias"),
-                    float(self.model.get_submodule(prefix).eps),  # type: ignore[arg-type]
-                    frozen,
-                ),
             )
+            own = (self.buffers[names[0]], self.buffers[names[1]])
+            weights = (self.live.get(f"{prefix}.weight"), self.live.get(f"{prefix}.bias"))
+            affines[prefix] = (frozen, shift, scale, (*own, *weights))
         return affines
 
     @contextmanager

@@ -29,7 +29,12 @@ from eidetic_func.methods.schedule import (
 
 def _Settings(**changes: Any) -> EideticNet:  # noqa: N802 (reads like the record it builds)
     """EideticNet (the schedule's real settings) with this file's defaults and ``changes``."""
-    defaults = {"pruning_step": 0.25, "tolerance": 0.1, "max_masking_ratio": 0.9}
+    defaults = {
+        "pruning_step": 0.25,
+        "tolerance": 0.1,
+        "max_masking_ratio": 0.9,
+        "pruning_schedule": "fixed",
+    }
     return EideticNet(**{**defaults, **changes})
 
 

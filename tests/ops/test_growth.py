@@ -288,7 +288,7 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
         width=6,
         batch_size=32,
         train=TrainConfig(max_epochs=2, patience=1),
-        eidetic=EideticNet(pruning_step=0.25, score_batches=2),
+        eidetic=EideticNet(pruning_step=0.25, score_batches=2, pruning_schedule="fixed"),
         grow=4,
         progress=False,
     )

@@ -157,6 +157,7 @@ def test_pruning_settings_cycle_and_the_last_task_is_not_pruned() -> None:
         pruning_type=("l2", "random"),
         tolerance=0.5,
         max_masking_ratio=0.9,
+        pruning_schedule="fixed",  # the steps and scorings it cycles
     )
     _, _, history = train_task(
         model,

@@ -44,14 +44,19 @@ def _states_to_compare(
     spec: ModelSpec, optimizer: str, forward_transfer: bool, seed: int, plan: Any
 ) -> Any:
     """(model, optimizer, state) at each point of a sequence where a task trains: after a
-    pruning step (pruned entries in the masks) and after a recycle (owned entries)."""
+    pruning step (pruned entries in the masks), after a recycle (owned entries), and a
+    finished task revisited at the end (its forward reads later tasks' entries as zero)."""
     model = spec.build(seed)
     opt = OPTIMIZERS[optimizer](list(model.parameters()))
+    state = None
     for event in run_sequence(
         model, spec, opt, seed=seed, steps=1, forward_transfer=forward_transfer, plan=plan
     ):
+        state = event.state
         if event.kind in ("prune", "recycle") and event.state.task < spec.num_tasks:
             yield model, opt, event.state
+    assert state is not None
+    yield model, opt, ef.revisit(state, task=0, forward_transfer=forward_transfer)
 
 
 @settings(deadline=None)
