@@ -111,7 +111,9 @@ def _measure(
             "train_step loop": _functional(copies[2], start, data, fused=False, steps=True),
             "plain again": _plain(copies[3], data, fused=False),
             "plain, fused AdamW": _plain(copies[4], data, fused=True),
-            "train_epoch, fused AdamW": _functional(copies[5], start, data, fused=True, steps=False),
+            "train_epoch, fused AdamW": _functional(
+                copies[5], start, data, fused=True, steps=False
+            ),
         },
         repeats=repeats,
         warmup=warmup,
@@ -160,6 +162,27 @@ def run(
     )
 
 
+def markdown(payload: dict[str, object]) -> str:
+    """The README's table of a payload: medians, and ratios as median [quartiles]."""
+
+    def ratio(r: dict[str, float]) -> str:
+        return f"{r['median']:.3f} [{r['q1']:.3f}–{r['q3']:.3f}]"
+
+    lines = [
+        "| model | batch × batches | plain epoch (ms) | train_epoch / plain | train_step loop / "
+        "plain | both fused AdamW | plain / plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in payload["results"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {row['model']} | {row['batch']} × {row['batches']} | "
+            f"{row['ms']['plain']['median']:.1f} | **{ratio(row['epoch_ratio'])}** | "
+            f"{ratio(row['step_loop_ratio'])} | {ratio(row['fused_epoch_ratio'])} | "
+            f"{ratio(row['noise_floor_ratio'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = timing_parser(__doc__, repeats=15, warmup=3, device=True)
     parser.add_argument("--batches", type=int, default=10, help="batches per epoch")
@@ -171,6 +194,7 @@ def main() -> None:
     suffix = "" if args.only is None else "-partial"
     path = write_json(f"epoch-{device.type}{suffix}.json", payload)
     print(f"wrote {path}")
+    print(markdown(payload))
 
 
 if __name__ == "__main__":

@@ -217,19 +217,25 @@ class Epoch:
         """Restore the frozen entries of every parameter written since the last step, and
         the owned BN statistics, in place."""
         masks, start = self.masks, self.start
+        whole: list[str] = []  # written tensors with every entry frozen: one multi-tensor copy
         with torch.no_grad():
             for k, p in self.live.items():
                 if p._version == self._versions[k]:
                     continue
                 coverage = masks.coverage[k]
                 if coverage is False:
-                    p.copy_(start.params[k])
+                    whole.append(k)
                 elif coverage is None:
                     restore_(masks, k, self._anchors[k], p, start.params[k])
-                self._versions[k] = p._version
                 self._written.add(k)
                 if coverage is not False:
                     self._unchecked.add(k)
+            if whole:
+                torch._foreach_copy_(
+                    [self.live[k] for k in whole], [start.params[k] for k in whole]
+                )
+            for k in self._written:
+                self._versions[k] = self.live[k]._version
             self._restore_owned_statistics()
             if self.buffer_sync is not None:
                 self.buffer_sync(self.buffers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from eidetic_func.models import MLP
 
 from benchmarks._timing import (
     environment,
@@ -82,3 +83,26 @@ def test_timed_results_record_name_settings_rounds_machine_and_rows() -> None:
     assert list(got) == ["benchmark", "target", "repeats", "environment", "results"]
     assert got["benchmark"] == "demo" and got["target"] == 0.9 and got["repeats"] == 7
     assert got["results"] == [{"x": 1}] and got["environment"]["device"] == "cpu"
+
+
+def test_the_epoch_benchmark_measures_every_variant_and_tabulates_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import epoch, step
+
+    small = {"MLP (BN)": (MLP(20, [10, 10], num_layers=2, width=16), (20,), 8)}
+    monkeypatch.setattr(epoch, "_models", lambda: small)
+    assert step._models  # the real models stay the step benchmark's
+    payload = epoch.run(torch.device("cpu"), repeats=5, warmup=0, batches=2, only=None)
+    (row,) = payload["results"]
+    assert set(row["ms"]) == {
+        "plain",
+        "train_epoch",
+        "train_step loop",
+        "plain again",
+        "plain, fused AdamW",
+        "train_epoch, fused AdamW",
+    }
+    assert all(row["ms"][k]["n"] == 5 for k in row["ms"])
+    table = epoch.markdown(payload).splitlines()
+    assert len(table) == 3 and table[2].startswith("| MLP (BN) | 8 × 2 |")
