@@ -22,6 +22,7 @@ entries exactly), so it is computed once per task or pruning step, not per step.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -152,9 +153,30 @@ def anchor(masks: StepMasks, name: str, old: Tensor) -> Anchor:
     if lines is None:
         return as_int & ~bits
     rows, columns = lines
-    return as_int.index_select(0, rows), (
+    return _rows(as_int).index_select(0, rows), (
         None if columns is None else as_int.index_select(1, columns)
     )
+
+
+# index_copy_ moves one element at a time: a row's bytes seen as the widest elements that
+# tile it move up to 4x faster (copies of any dtype keep every bit, NaN payloads included)
+_WIDE = (torch.complex128, torch.int64, torch.int32, torch.int16)
+
+
+def _rows(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``t`` (an integer view) as ``[rows, elements]`` of ``dtype``, by default the widest
+    of :data:`_WIDE` that tiles each row; ``t`` itself (2-D or more) if it cannot be."""
+    if t.dim() < 1 or not t.is_contiguous():
+        return t
+    flat = t.view(t.shape[0], -1)
+    for wide in _WIDE if dtype is None else (dtype,):
+        if wide == t.dtype:
+            return flat
+        try:
+            return flat.view(wide)
+        except RuntimeError:  # the row's bytes or the offset do not tile
+            continue
+    return t
 
 
 def restore_(masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor) -> None:
@@ -169,7 +191,34 @@ def restore_(masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor
         new.view(kept.dtype).bitwise_and_(bits).bitwise_or_(kept)
         return
     rows, columns = masks.lines[name]  # type: ignore[misc]
-    as_int = new.view(kept[0].dtype)
-    as_int.index_copy_(0, rows, kept[0])
+    as_int = new.view(INT_VIEW[new.dtype])
+    _rows(as_int, kept[0].dtype).index_copy_(0, rows, kept[0])
     if columns is not None and kept[1] is not None:
         as_int.index_copy_(1, columns, kept[1])
+
+
+def restorer(
+    masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor
+) -> Callable[[], object]:
+    """:func:`restore_` of ``new`` with its views and indices made once, for many steps
+    on the same parameter storage (the caller checks ``new.data_ptr()`` stays the same)."""
+    bits, target = masks.bits[name], new.detach()
+    if kept is None:
+        mask = bits.bool()
+        return lambda: target.copy_(torch.where(mask, target, old))
+    if isinstance(kept, Tensor):
+        as_int, anchor_bits = target.view(kept.dtype), kept
+        return lambda: as_int.bitwise_and_(bits).bitwise_or_(anchor_bits)
+    rows, columns = masks.lines[name]  # type: ignore[misc]
+    as_int = target.view(INT_VIEW[new.dtype])
+    copies = []
+    if rows.numel():
+        copies.append((_rows(as_int, kept[0].dtype), 0, rows, kept[0]))
+    if columns is not None and kept[1] is not None and columns.numel():
+        copies.append((as_int, 1, columns, kept[1]))
+
+    def run() -> None:
+        for dst, dim, index, src in copies:
+            dst.index_copy_(dim, index, src)
+
+    return run

@@ -35,7 +35,13 @@ from eidetic_func.core.types import LossFn
 from eidetic_func.nn.batchnorm import FrozenAffine, frozen_affine
 from eidetic_func.ops.forward import frozen_channels_set, train_mode
 from eidetic_func.ops.step_masks import StepMasks, step_masks
-from eidetic_func.ops.workspace import Workspace, anchor, hold_workspace, load_workspace, restore_
+from eidetic_func.ops.workspace import (
+    Workspace,
+    anchor,
+    hold_workspace,
+    load_workspace,
+    restorer,
+)
 from eidetic_func.training.step import (
     GradTransform,
     Objective,
@@ -126,19 +132,28 @@ class Epoch:
     def _load(self) -> None:
         load_workspace(self.workspace, self.live, self.start.params)
         records, masks = self.workspace.records, self.masks
-        self._anchors = {}
-        for k in self.live:
+        self._restorers: dict[str, tuple[int, Callable[[], object]]] = {}
+        for k, p in self.live.items():
             if masks.coverage[k] is None:
                 record = records[k]
                 if record.bits is not masks.bits[k]:
                     record.bits = masks.bits[k]
                     record.anchor = anchor(masks, k, self.start.params[k])
-                self._anchors[k] = record.anchor
+                self._restorers[k] = (
+                    p.data_ptr(),
+                    restorer(masks, k, record.anchor, p, self.start.params[k]),
+                )
         self._versions = {k: p._version for k, p in self.live.items()}
         norms = set(bn_prefixes(self.start))
         with torch.no_grad():
             for k, b in self.buffers.items():
                 b.copy_(self.start.buffers[k])
+        self._owned = []  # (statistic, owned channels, their values): restored after each step
+        for k, owned in masks.owned.items():
+            channels = owned.nonzero().squeeze(1)
+            if channels.numel():
+                b = self.buffers[k].detach()
+                self._owned.append((b, channels, self.start.buffers[k].index_select(0, channels)))
         self._fixed = {
             k: (b, b._version) for k, b in self.buffers.items() if k.rpartition(".")[0] not in norms
         }
@@ -226,7 +241,16 @@ class Epoch:
                 if coverage is False:
                     whole.append(k)
                 elif coverage is None:
-                    restore_(masks, k, self._anchors[k], p, start.params[k])
+                    where, restore = self._restorers[k]
+                    if where != p.data_ptr():  # the optimizer gave it new storage
+                        where, restore = (
+                            p.data_ptr(),
+                            restorer(
+                                masks, k, self.workspace.records[k].anchor, p, start.params[k]
+                            ),
+                        )
+                        self._restorers[k] = (where, restore)
+                    restore()
                 self._written.add(k)
                 if coverage is not False:
                     self._unchecked.add(k)
@@ -242,9 +266,8 @@ class Epoch:
                 self._restore_owned_statistics()
 
     def _restore_owned_statistics(self) -> None:
-        for k, owned in self.masks.owned.items():
-            b = self.buffers[k]
-            b.copy_(torch.where(owned, self.start.buffers[k], b))
+        for b, channels, values in self._owned:
+            b.index_copy_(0, channels, values)
 
     def _check(self) -> None:
         """Read the pending steps' values and the parameters' finiteness (one host read);
