@@ -12,7 +12,7 @@ from torch.func import functional_call
 from eidetic_func.core.errors import ShapeError, TopologyError
 from eidetic_func.core.state import EideticState, bn_prefixes, check_state
 from eidetic_func.core.validate import task_id
-from eidetic_func.nn.batchnorm import FrozenAffine
+from eidetic_func.nn.batchnorm import FrozenAffine, frozen_affine
 from eidetic_func.ops.mask import apply_task_mask, needs_task_mask
 from eidetic_func.ops.step_masks import StepMasks, frozen_channels
 
@@ -122,6 +122,34 @@ def frozen_channels_set(
             table["frozen_channels"] = previous
             attributes.pop("frozen_blend", None)
             attributes.pop("frozen_affine", None)
+
+
+def frozen_affines(
+    model: nn.Module,
+    masks: StepMasks,
+    state: EideticState,
+    live: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+) -> dict[str, FrozenAffine]:
+    """Per Task BatchNorm, its frozen channels' affine map from ``state``'s frozen entries
+    (which no training step changes), for the model's own tensors ``live`` (parameters)
+    and ``buffers`` holding ``state``: prepared once for many steps
+    (:func:`frozen_channels_set`)."""
+    affines: dict[str, FrozenAffine] = {}
+    for prefix, blend in masks.blends.items():
+        frozen, names = blend[1], [f"{prefix}.{n}" for n in ("running_mean", "running_var")]
+        shift, scale = frozen_affine(
+            state.buffers[names[0]],
+            state.buffers[names[1]],
+            state.params.get(f"{prefix}.weight"),
+            state.params.get(f"{prefix}.bias"),
+            float(model.get_submodule(prefix).eps),  # type: ignore[arg-type]
+            frozen,
+        )
+        own = (buffers[names[0]], buffers[names[1]])
+        weights = (live.get(f"{prefix}.weight"), live.get(f"{prefix}.bias"))
+        affines[prefix] = (frozen, shift, scale, (*own, *weights))
+    return affines
 
 
 def _dtype(state: EideticState) -> torch.dtype | None:

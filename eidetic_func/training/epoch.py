@@ -32,8 +32,7 @@ from eidetic_func.core import validate
 from eidetic_func.core.errors import DataError, NonFiniteError
 from eidetic_func.core.state import EideticState, bn_prefixes
 from eidetic_func.core.types import LossFn
-from eidetic_func.nn.batchnorm import FrozenAffine, frozen_affine
-from eidetic_func.ops.forward import frozen_channels_set, train_mode
+from eidetic_func.ops.forward import frozen_affines, frozen_channels_set, train_mode
 from eidetic_func.ops.step_masks import StepMasks, step_masks
 from eidetic_func.ops.workspace import (
     Workspace,
@@ -122,7 +121,7 @@ class Epoch:
             buffers={**state.buffers, **{k: b.detach() for k, b in self.buffers.items()}},
         )
         self._modules = list(model.modules())
-        self._affines = self._frozen_affines()
+        self._affines = frozen_affines(model, self.masks, state, self.live, self.buffers)
         self._pending: list[tuple[StepValues, int]] = []  # device values and batch size per step
         self._written: set[str] = set()  # parameters written since the epoch started
         self._unchecked: set[str] = set()  # ... since the last check
@@ -157,28 +156,6 @@ class Epoch:
         self._fixed = {
             k: (b, b._version) for k, b in self.buffers.items() if k.rpartition(".")[0] not in norms
         }
-
-    def _frozen_affines(self) -> dict[str, FrozenAffine]:
-        """Per Task BatchNorm, its frozen channels' affine map, from the start's frozen
-        entries (which no step changes): prepared once, not per step, for the module's own
-        tensors (the workspace)."""
-        affines: dict[str, FrozenAffine] = {}
-        params, buffers = self.start.params, self.start.buffers
-        for prefix, blend in self.masks.blends.items():
-            frozen, names = blend[1], [f"{prefix}.{n}" for n in ("running_mean", "running_var")]
-            module = self.model.get_submodule(prefix)
-            shift, scale = frozen_affine(
-                buffers[names[0]],
-                buffers[names[1]],
-                params.get(f"{prefix}.weight"),
-                params.get(f"{prefix}.bias"),
-                float(module.eps),  # type: ignore[arg-type]
-                frozen,
-            )
-            own = (self.buffers[names[0]], self.buffers[names[1]])
-            weights = (self.live.get(f"{prefix}.weight"), self.live.get(f"{prefix}.bias"))
-            affines[prefix] = (frozen, shift, scale, (*own, *weights))
-        return affines
 
     @contextmanager
     def _modes(self) -> Iterator[None]:
