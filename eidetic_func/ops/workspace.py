@@ -169,7 +169,8 @@ def _rows(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     if t.dim() < 1 or not t.is_contiguous():
         return t
     flat = t.view(t.shape[0], -1)
-    for wide in _WIDE if dtype is None else (dtype,):
+    widths = _WIDE if t.device.type in ("cpu", "cuda") else _WIDE[1:]  # no complex on MPS
+    for wide in widths if dtype is None else (dtype,):
         if wide == t.dtype:
             return flat
         try:

@@ -52,7 +52,7 @@ from eidetic_func.training.step import (
     check_call,
 )
 from eidetic_func.training.step_checks import check_finite_step, outside_error
-from eidetic_func.training.step_values import StepValues, read_steps
+from eidetic_func.training.step_values import StepValues, read_steps, wide_float
 
 # a batch's objective: batch -> objective(apply, params) -> (loss, logits)
 ObjectiveFor = Callable[[tuple[Tensor, Tensor]], Objective | None]
@@ -252,7 +252,7 @@ class Epoch:
         pending, self._pending = self._pending, []
         changed = {k: self.live[k].detach() for k in sorted(self._unchecked)}
         self._unchecked = set()
-        sums = [p.sum(dtype=torch.float64) for p in changed.values()]
+        sums = [p.sum(dtype=wide_float(p.device)) for p in changed.values()]
         rows, total = read_steps([v for v, _ in pending], torch.stack(sums).sum() if sums else None)
         first = self._steps + 1
         for row, (values, count) in zip(rows, pending):

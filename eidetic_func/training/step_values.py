@@ -47,20 +47,27 @@ def guard_targets(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
     return y.clamp(0, logits.shape[1] - 1), torch.stack(torch.aminmax(y))
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The widest float the device computes in: float64, or float32 on Apple's MPS (exact
+    for a float32 loss, and for counts and class indices below 2**24)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def read_steps(
     steps: Sequence[StepValues], extra: Tensor | None = None
 ) -> tuple[list[StepRead], float | None]:
     """Every step's values and ``extra`` (a scalar, or None), in one host read."""
     device = steps[0].loss.device
+    wide = wide_float(device)
     ranges = [s.targets for s in steps if s.targets is not None]
     parts = [
-        torch.stack([s.loss.to(torch.float64) for s in steps]),
-        torch.stack([s.correct for s in steps]).to(torch.float64),
+        torch.stack([s.loss.to(wide) for s in steps]),
+        torch.stack([s.correct for s in steps]).to(wide),
     ]
     if ranges:
-        parts.append(torch.stack(ranges).flatten().to(torch.float64))
+        parts.append(torch.stack(ranges).flatten().to(wide))
     if extra is not None:
-        parts.append(extra.to(device=device, dtype=torch.float64).view(1))
+        parts.append(extra.to(device=device, dtype=wide).view(1))
     flat = torch.cat(parts).tolist()
     n = len(steps)
     losses, corrects, rest = flat[:n], flat[n : 2 * n], iter(flat[2 * n :])
