@@ -13,7 +13,7 @@ from strategies import prune_rows
 import eidetic_func as ef
 from eidetic_func.core.errors import StateMismatchError
 from eidetic_func.nn.batchnorm import blend_masks
-from eidetic_func.ops.workspace import anchor, restore_
+from eidetic_func.ops.workspace import anchor, restore_, restorer
 
 
 def _finished_state() -> tuple[MLP, ef.EideticState, tuple[torch.Tensor, torch.Tensor]]:
@@ -184,3 +184,29 @@ def test_restoring_frozen_lines_is_bit_identical_to_restoring_every_frozen_entry
     expected = torch.where(frozen, old.view(torch.int32), new.view(torch.int32))
     restore_(masks, name, anchor(masks, name, old), new, old)
     assert torch.equal(new.view(torch.int32), expected)
+
+
+def test_frozen_rows_copied_as_wide_elements_keep_every_bit_signalling_nans_included() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6))  # rows of 32 bytes: 16-byte elements
+    state = ef.init(model)
+    name = "0.weight"
+    owner = state.owner[name].clone()
+    owner[[0, 2, 5]] = 0
+    state = state.replace(owner={**state.owner, name: owner})
+    masks = ef.step_masks(state)
+    assert masks.lines[name] is not None
+    g = torch.Generator().manual_seed(0)
+    old = torch.randint(-(2**31), 2**31 - 1, (6, 8), dtype=torch.int32, generator=g)
+    pairs = old.view(torch.int64)  # float64 signalling NaNs and a negative one, as pairs
+    pairs[:, 0] = 0x7FF0000000000001
+    pairs[:, 3] = -0x000FFFFFFFFFFFFF
+    old_f, new = old.view(torch.float32), torch.randn(6, 8, generator=g)
+    expected = torch.where(~masks.bits[name].bool(), old, new.view(torch.int32))
+    for restore in ("restore_", "restorer"):
+        out = new.clone()
+        kept = anchor(masks, name, old_f)
+        if restore == "restore_":
+            restore_(masks, name, kept, out, old_f)
+        else:
+            restorer(masks, name, kept, out, old_f)()
+        assert torch.equal(out.view(torch.int32), expected), restore
