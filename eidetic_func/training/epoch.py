@@ -264,10 +264,11 @@ class Epoch:
             if not math.isfinite(loss):
                 raise self._error(
                     NonFiniteError(
-                        f"the loss is {loss} at {self._where(self._steps)}; the state from "
-                        "before it is kept (error.state), but the optimizer's statistics saw "
-                        "it: rebuild the optimizer or reload a checkpoint, and consider a lower "
-                        "learning rate or float32"
+                        f"the loss is {loss} at {self._where(self._steps)}; the last state "
+                        "read as good is kept (error.state: the epoch's start, or its last "
+                        "check), but the optimizer's statistics saw the steps since: rebuild "
+                        "the optimizer or reload a checkpoint, and consider a lower learning "
+                        "rate or float32"
                     )
                 )
             self._correct += row.correct

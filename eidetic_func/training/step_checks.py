@@ -96,7 +96,7 @@ def outside_error(low: int, high: int, where: str, classes: int | None = None) -
     allowed = "within the head" if classes is None else f"in 0..{classes - 1} for this head"
     return ShapeError(
         f"targets must be class indices {allowed}, got {low}..{high} in {where} (are labels "
-        "remapped per task?); the state from before that step is kept"
+        "remapped per task?); nothing of that step enters a returned state"
     )
 
 
