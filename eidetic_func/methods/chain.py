@@ -25,6 +25,7 @@ from eidetic_func.methods.protocol import (
     lowered,
     plan_step,
     traits,
+    updated,
 )
 from eidetic_func.training.step import Apply
 
@@ -109,8 +110,7 @@ class Chain:
 
         def update() -> ChainState:
             members = {
-                m.name: mstate[m.name] if p.update is None else p.update()
-                for m, p in zip(self.methods, plans)
+                m.name: updated(m.name, p, mstate[m.name]) for m, p in zip(self.methods, plans)
             }
             return dataclasses.replace(mstate, members=members)
 

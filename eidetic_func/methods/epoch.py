@@ -23,6 +23,7 @@ from eidetic_func.methods.protocol import (
     compose_transforms,
     lowered,
     plan_step,
+    updated,
     with_penalty,
 )
 from eidetic_func.ops.step_masks import StepMasks
@@ -81,8 +82,7 @@ def method_epoch(
                 objective=objective,
                 grad_transform=compose_transforms([grad_transform, plan.grad_transform]),
             )
-            if plan.update is not None:
-                mstate = plan.update()
+            mstate = updated(method.name, plan, mstate)
             if checked:
                 good = mstate
         new, metrics = run.finish()

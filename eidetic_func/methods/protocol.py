@@ -32,6 +32,7 @@ What the shell needs to know of a method is in its :class:`Traits`, never its na
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
@@ -215,6 +216,31 @@ def objective_plan(objective: Objective, update: Update | None = None) -> StepPl
     return StepPlan(objective=objective, update=update)
 
 
+def updated(name: str, plan: StepPlan, mstate: Any) -> Any:
+    """The method state after a step of ``plan`` (``mstate`` if it has no ``update``).
+
+    An ``update`` written for the earlier protocol, ``update(before, after)``, is refused
+    naming the method, rather than failing as a bare TypeError."""
+    if plan.update is None:
+        return mstate
+    try:
+        return plan.update()
+    except TypeError:
+        required = [
+            p
+            for p in inspect.signature(plan.update).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if not required:
+            raise
+        raise ConfigError(
+            f"{name}'s step plan has update({', '.join(p.name for p in required)}); update() "
+            "takes no arguments (it returns the method state from what the plan saw during the "
+            "step; parameter values before and after a step come to observe(grads, before, "
+            "after)): see the CHANGELOG"
+        ) from None
+
+
 def lowered(plan: StepPlan) -> StepPlan:
     """``plan`` without ``observe``: its penalty's gradient is added after the task loss's
     gradient is recorded, and the update hands that gradient to ``observe``."""
@@ -284,7 +310,7 @@ def method_step(
         masks=masks,
         workspace=workspace,
     )
-    return new, (mstate if plan.update is None else plan.update()), metrics
+    return new, updated(method.name, plan, mstate), metrics
 
 
 def with_penalty(

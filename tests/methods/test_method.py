@@ -282,3 +282,35 @@ def test_a_chain_resumed_mid_pruning_ends_its_earlier_members_only_once() -> Non
     assert len(resumed_m["ewc"].fishers) == len(reference_m["ewc"].fishers) == 1
     for k in reference.params:
         assert torch.equal(resumed.params[k], reference.params[k]), k
+
+
+def test_an_update_written_for_the_old_protocol_is_refused_naming_the_method() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Old:
+        name: str = "old-method"
+
+        def plan(self, model: Any, state: Any, mstate: Any, batch: Any, *, task: int) -> StepPlan:
+            return StepPlan(update=lambda before, after: mstate)
+
+    model = _model()
+    state = ef.init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ef.ConfigError, match=r"old-method's step plan has update\(before, after\)"):
+        method_step(Old(), model, state, None, _data(0)[0], optimizer=opt, task=0)
+    with pytest.raises(ef.ConfigError, match="old-method's step plan"):
+        ef.method_epoch(Old(), model, state, None, _data(0)[:2], optimizer=opt, task=0)
+
+
+def test_a_type_error_inside_an_update_is_not_mistaken_for_the_old_protocol() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Broken:
+        name: str = "broken"
+
+        def plan(self, model: Any, state: Any, mstate: Any, batch: Any, *, task: int) -> StepPlan:
+            return StepPlan(update=lambda: len(None))  # type: ignore[arg-type]
+
+    model = _model()
+    state = ef.init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="NoneType"):
+        method_step(Broken(), model, state, None, _data(0)[0], optimizer=opt, task=0)
