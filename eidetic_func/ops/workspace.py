@@ -184,25 +184,15 @@ def restore_(masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor
     """In place: ``new`` keeps its trainable entries (``masks.bits[name]``) and takes
     ``old``'s elsewhere, their bit patterns given by ``kept`` (:func:`anchor`); exact for
     every value. Frozen rows and columns cost only their own entries."""
-    bits = masks.bits[name]
-    if kept is None:
-        new.copy_(torch.where(bits.bool(), new, old))
-        return
-    if isinstance(kept, Tensor):
-        new.view(kept.dtype).bitwise_and_(bits).bitwise_or_(kept)
-        return
-    rows, columns = masks.lines[name]  # type: ignore[misc]
-    as_int = new.view(INT_VIEW[new.dtype])
-    _rows(as_int, kept[0].dtype).index_copy_(0, rows, kept[0])
-    if columns is not None and kept[1] is not None:
-        as_int.index_copy_(1, columns, kept[1])
+    restorer(masks, name, kept, new, old)()
 
 
 def restorer(
     masks: StepMasks, name: str, kept: Anchor, new: Tensor, old: Tensor
 ) -> Callable[[], object]:
-    """:func:`restore_` of ``new`` with its views and indices made once, for many steps
-    on the same parameter storage (the caller checks ``new.data_ptr()`` stays the same)."""
+    """:func:`restore_` of ``new`` as a function of no arguments, its views and indices
+    made once, for many steps on the same parameter storage (the caller checks
+    ``new.data_ptr()`` stays the same)."""
     bits, target = masks.bits[name], new.detach()
     if kept is None:
         mask = bits.bool()
