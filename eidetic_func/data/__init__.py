@@ -2,7 +2,7 @@
 task splits, scenarios and loaders. Beside the layers: imports only the core."""
 
 from eidetic_func.data.image_dataset import ImageDataset
-from eidetic_func.data.loaders import TaskLoaders, loaders, split_validation
+from eidetic_func.data.loaders import TaskLoaders, batch_loader, loaders, split_validation
 from eidetic_func.data.placement import on_device
 from eidetic_func.data.sequences import (
     SEQUENCE_NAMES,
@@ -21,6 +21,7 @@ __all__ = [
     "Task",
     "TaskLoaders",
     "TaskSequence",
+    "batch_loader",
     "load_sequence",
     "loaders",
     "on_device",

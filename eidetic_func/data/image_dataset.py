@@ -69,8 +69,12 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self._standardize(self.images[self.index[i]].unsqueeze(0))[0], self.labels[i]
+    def __getitem__(self, i: int | Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """Item ``i``; or, for a sequence (or 1-D tensor) of positions, those items stacked
+        (:meth:`batch`), as :func:`~eidetic_func.data.loaders.batch_loader` fetches them."""
+        if isinstance(i, int):
+            return self._standardize(self.images[self.index[i]].unsqueeze(0))[0], self.labels[i]
+        return self.batch(torch.as_tensor(i, dtype=torch.int64, device=self.images.device))
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         """Items ``indices``, fetched as one batch (``DataLoader`` collates them back)."""

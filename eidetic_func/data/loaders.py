@@ -3,11 +3,11 @@ validation split carved from the training data."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from eidetic_func.core.errors import ConfigError, DataError
 from eidetic_func.data.image_dataset import ImageDataset
@@ -83,12 +83,12 @@ def loaders(
         train, val = split_validation(train, val_fraction, seed=seed)
 
     def evaluation(dataset: ImageDataset) -> DataLoader[tuple[Tensor, Tensor]]:
-        return DataLoader(
-            dataset, eval_batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory
+        return batch_loader(
+            dataset, eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
         )
 
     return TaskLoaders(
-        train=DataLoader(
+        train=batch_loader(
             train,
             batch_size,
             shuffle=shuffle,
@@ -100,4 +100,45 @@ def loaders(
         ),
         test=evaluation(task.test),
         val=None if val is None else evaluation(val),
+    )
+
+
+def batch_loader(
+    dataset: Dataset[tuple[Tensor, Tensor]],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader[tuple[Tensor, Tensor]]:
+    """``DataLoader(dataset, batch_size, shuffle=..., generator=..., drop_last=...)``: the
+    same batches in the same order from the same ``generator``.
+
+    An :class:`ImageDataset` is fetched a batch at a time (``dataset[positions]``) instead
+    of item by item and stacked again, at about half the cost per batch on CPU; that
+    loader's ``batch_size`` attribute is ``None`` (its sampler batches): ``len(loader)``
+    counts batches. Other datasets (e.g. with per-item transforms) load item by item.
+    """
+    if not isinstance(dataset, ImageDataset):
+        return DataLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+    order: Any = (
+        RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    )
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=BatchSampler(order, batch_size, drop_last),
+        generator=generator,  # each pass draws its workers' base seed from it, as there
+        num_workers=num_workers,
+        pin_memory=pin_memory,
     )

@@ -92,7 +92,7 @@ class RunConfig:
     fused_optimizer: bool = option(
         False,
         "step Adam and AdamW with torch's fused kernel (one pass over the parameters on CPU "
-        "and CUDA, several times faster than torch's default foreach implementation; equal "
+        "and CUDA, faster than the foreach implementation used otherwise; equal "
         "to it up to float rounding, so results change in their last digits)",
         group="training",
     )

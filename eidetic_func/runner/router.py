@@ -24,7 +24,7 @@ def router_loaders(setup: RunSetup) -> tuple[Any, DataLoader[tuple[Tensor, Tenso
     router = len(loaders)
     union = task_id_dataset([lo.train.dataset for lo in loaders])  # type: ignore[misc]
     # a last batch of one sample cannot be batch-normalized in training mode
-    batches = DataLoader(
+    batches = data_module.batch_loader(
         union,
         config.batch_size,
         shuffle=True,
@@ -35,7 +35,7 @@ def router_loaders(setup: RunSetup) -> tuple[Any, DataLoader[tuple[Tensor, Tenso
     stop = None
     if config.holdout:
         held = task_id_dataset([lo.val.dataset for lo in loaders])  # type: ignore[union-attr, misc]
-        stop = DataLoader(held, config.eval_batch_size)
+        stop = data_module.batch_loader(held, config.eval_batch_size)
     return loader, stop
 
 

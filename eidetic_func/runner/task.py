@@ -211,7 +211,9 @@ def _train_more(
 def _optimizer(model: nn.Module, name: str, options: Mapping[str, Any]) -> Optimizer:
     """A fresh ``torch.optim`` optimizer ``name`` over the model's parameters."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    optimizer: Optimizer = kinds[name](model.parameters(), **options)
+    params = list(model.parameters())
+    foreach = all(p.device.type in ("cpu", "cuda") for p in params)  # as build_optimizer
+    optimizer: Optimizer = kinds[name](params, **{"foreach": foreach or None, **options})
     return optimizer
 
 

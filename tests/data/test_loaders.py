@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
 
 from eidetic_func.core.errors import ConfigError, DataError
 from eidetic_func.data import (
+    ImageDataset,
+    batch_loader,
     load_sequence,
     loaders,
     split_validation,
@@ -36,11 +41,46 @@ def test_seeded_loader_order_is_reproducible() -> None:
     )
 
 
+@given(
+    items=st.integers(1, 40),
+    batch=st.integers(1, 12),
+    shuffle=st.booleans(),
+    drop_last=st.booleans(),
+    permuted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_batch_loader_yields_the_dataloaders_batches_bit_for_bit(
+    items: int, batch: int, shuffle: bool, drop_last: bool, permuted: bool, seed: int
+) -> None:
+    """Fetching a batch at a time changes neither the batches, their order, nor what the
+    generator has drawn afterwards (later epochs stay the same too)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (50, 2, 3, 3), dtype=torch.uint8, generator=g)
+    permutation = torch.randperm(9, generator=g) if permuted else None
+    dataset = ImageDataset(
+        images,
+        torch.randint(0, 3, (items,), generator=g),
+        index=torch.randperm(50, generator=g)[:items],
+        mean=(0.2, 0.4),
+        std=(0.3, 0.5),
+        permutation=permutation,
+    )
+    ours, theirs = (torch.Generator().manual_seed(seed) for _ in range(2))
+    fast = batch_loader(dataset, batch, shuffle=shuffle, generator=ours, drop_last=drop_last)
+    plain = DataLoader(dataset, batch, shuffle=shuffle, generator=theirs, drop_last=drop_last)
+    for _ in range(2):
+        got, expected = list(fast), list(plain)
+        assert len(got) == len(expected) == len(fast) == len(plain)
+        for (x, y), (u, v) in zip(got, expected):
+            assert x.dtype == u.dtype and torch.equal(x, u) and torch.equal(y, v)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
 def test_test_loader_keeps_order() -> None:
     task = load_sequence(limit_per_class=10)[0]
     test = loaders(task, 7, eval_batch_size=6).test
     x = torch.cat([xb for xb, _ in test])
-    assert test.batch_size == 6 and torch.equal(x, task.test.tensors()[0])
+    assert [len(y) for _, y in test] == [6, 6, 6, 2] and torch.equal(x, task.test.tensors()[0])
 
 
 def test_validation_split_is_seeded_stratified_and_disjoint() -> None:

@@ -268,6 +268,38 @@ def test_evaluate_matches_hand_computed_argmax_accuracy(tiny) -> None:
     assert evaluate(model, state, [(x, y)], task=1, device="cpu") == pytest.approx(0.7)
 
 
+@given(
+    batches=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    classes=st.integers(1, 5),
+    ties=st.booleans(),
+    nan=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_evaluate_counts_exactly_as_torchmetrics_micro_accuracy(
+    batches: list[int], classes: int, ties: bool, nan: bool, seed: int
+) -> None:
+    """The same float to the last bit as torchmetrics' ``MulticlassAccuracy(average="micro")``
+    (which ``evaluate`` does not import), ties and NaN logits included."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from eidetic_func.training.metrics import _accuracy
+
+    g = torch.Generator().manual_seed(seed)
+    loader = []
+    for size in batches:
+        logits = torch.randn(size, classes, generator=g)
+        if ties:
+            logits = logits.round()
+        if nan:
+            logits[0, -1] = float("nan")
+        loader.append((logits, torch.randint(0, classes, (size,), generator=g)))
+    metric = MulticlassAccuracy(num_classes=classes, average="micro", validate_args=False)
+    for logits, y in loader:
+        metric.update(logits, y)
+    expected = float(metric.compute().item())
+    assert _accuracy(lambda x: x, loader, torch.device("cpu"), what="t") == expected
+
+
 def test_evaluate_uses_the_task_subnetwork_after_training(tiny) -> None:
     model, state = tiny
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
