@@ -619,8 +619,10 @@ def _one_thread_split_mnist_results() -> dict[str, list[float]]:
 
 
 def _split_mnist_results() -> dict[str, list[float]]:
-    # pairs chosen to interfere (as in the replay tests), so fine-tuning clearly forgets
-    sequence = load_sequence("embedded", classes=[(1, 7), (4, 9), (3, 5)])
+    # pairs chosen to interfere (as in the replay tests), so fine-tuning clearly forgets;
+    # 400 images a class keep every method at least 0.07 above fine-tuning (0.66-0.80),
+    # with this seed and two others
+    sequence = load_sequence("embedded", classes=[(1, 7), (4, 9), (3, 5)], limit_per_class=400)
     tasks = list(sequence)
     tests = [loaders(t, 500, seed=0).test for t in tasks]
     methods = [

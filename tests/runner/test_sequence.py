@@ -280,6 +280,7 @@ def _cli(out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("method", ["eidetic", "er", "eidetic+er", "eidetic --grow"])
 def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     method: str, tmp_path: Path
@@ -291,8 +292,10 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     # half SMALL_ARGS' images: still three visits of several checkpoints each to be killed in
     options = ["--limit-per-class", "30", "--method", name]
     options += ["--width", "6", "--grow", "4"] if grows else []
+    # the uninterrupted run and the resume run in this process (with one thread, as the
+    # killed one): only the run that is killed needs a process of its own
     reference = tmp_path / "reference"
-    subprocess.run(_cli(reference, *options), check=True, env=env, capture_output=True, timeout=600)
+    assert main(_cli(reference, *options)[3:]) == 0
 
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(
@@ -316,8 +319,7 @@ def test_a_run_killed_mid_task_resumes_to_exactly_the_uninterrupted_result(
     proc.wait(timeout=60)
     assert killed_mid_task, "the run ended before it could be killed mid-task"
     assert not (crashed / "results.json").exists()
-    resume = _cli(crashed, *options, "--resume")
-    subprocess.run(resume, check=True, env=env, capture_output=True, timeout=600)
+    assert main([*_cli(crashed, *options)[3:], "--resume"]) == 0
 
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((crashed / "results.json").read_text())

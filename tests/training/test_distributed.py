@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_once import computed_once
 from small_runs import SMALL_ARGS
 
 import eidetic_func as ef
@@ -20,6 +21,8 @@ import eidetic_func as ef
 pytestmark = pytest.mark.slow
 
 ARGS = [*SMALL_ARGS, "--no-router"]
+# the shared two-rank run's batches: with 60 images a rank, each shard's last batch holds one
+SHARED = ["--batch-size", "59"]
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -56,8 +59,19 @@ def _run_on_two_ranks(out: Path, *args: str) -> dict:
     return results
 
 
-def test_two_ranks_train_the_embedded_default_with_identical_states(tmp_path: Path) -> None:
-    matrix = _run_on_two_ranks(tmp_path / "out")["accuracy_matrix"]
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The small run on two ranks, uninterrupted: its results (run once for every xdist
+    worker; the killed-and-resumed run is compared with it)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    result: dict = computed_once(
+        tmp_path_factory, "two_rank_run", lambda: _run_on_two_ranks(out / "run", *SHARED)
+    )
+    return result
+
+
+def test_two_ranks_train_the_embedded_default_with_identical_states(two_rank_run: dict) -> None:
+    matrix = two_rank_run["accuracy_matrix"]
     for t in range(len(matrix)):
         assert all(row[t] == matrix[t][t] for row in matrix[t:]), f"task {t} changed"
 
@@ -119,19 +133,12 @@ def test_distributed_scores_prune_like_one_process_on_the_combined_data(tmp_path
     assert per_rank[0] == per_rank[1]
 
 
-def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(tmp_path: Path) -> None:
-    reference = tmp_path / "reference"
-    done = subprocess.run(
-        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(reference)),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(
+    tmp_path: Path, two_rank_run: dict
+) -> None:
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(
-        _torchrun("-m", "eidetic_func", "run", *ARGS, "--output-dir", str(crashed)),
+        _torchrun("-m", "eidetic_func", "run", *ARGS, *SHARED, "--output-dir", str(crashed)),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -160,10 +167,9 @@ def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(tmp_
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = json.loads((reference / "results.json").read_text())
     got = json.loads((crashed / "results.json").read_text())
     for key in ("accuracy_matrix", "accuracy_after_finish", "capacity", "parallel"):
-        assert got[key] == expected[key], key
+        assert got[key] == two_rank_run[key], key
 
 
 def test_parallel_helpers_in_a_single_process_group() -> None:
@@ -189,9 +195,11 @@ def test_parallel_helpers_in_a_single_process_group() -> None:
         dist.destroy_process_group()
 
 
-def test_a_shard_whose_last_batch_holds_one_sample_trains(tmp_path: Path) -> None:
-    # 120 images per task, 60 per rank, in batches of 59: the one left over is dropped
-    _run_on_two_ranks(tmp_path / "out", "--batch-size", "59")
+def test_a_shard_whose_last_batch_holds_one_sample_trains(two_rank_run: dict) -> None:
+    # the shared run: 120 images per task, 60 per rank, in batches of 59 (one left over,
+    # which is dropped: a batch of one cannot be batch-normalized in training mode)
+    assert two_rank_run["config"]["batch_size"] == 59
+    assert len(two_rank_run["accuracy_matrix"]) == 5
 
 
 def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path: Path) -> None:
@@ -223,8 +231,8 @@ def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path
     assert "CAUGHT rank 0 of 2: sum_metrics failed" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("method", ["ewc+er", "si"])
-def test_baselines_train_data_parallel_with_identical_states(method: str, tmp_path: Path) -> None:
-    """EWC's penalty, ER's replay and SI's path integral act through averaged gradients:
-    the run checks after every task that both ranks hold the same state."""
-    _run_on_two_ranks(tmp_path / "out", "--method", method)
+def test_baselines_train_data_parallel_with_identical_states(tmp_path: Path) -> None:
+    """EWC's penalty, SI's path integral and ER's replay (one chain of the three) act
+    through averaged gradients: the run checks after every task that both ranks hold the
+    same state."""
+    _run_on_two_ranks(tmp_path / "out", "--method", "ewc+si+er")
