@@ -1,5 +1,5 @@
 """``python -m eidetic_func`` is the ``eidetic-func`` command."""
 
-from eidetic_func.runner.cli import main
+from eidetic_func.runner.cli_front import main
 
 raise SystemExit(main())

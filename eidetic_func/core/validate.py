@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from numbers import Integral, Real
 from typing import Any
@@ -70,7 +71,9 @@ def boolean(value: Any, name: str) -> bool:
 
 def choice(value: Any, name: str, options: tuple[str, ...] | list[str]) -> str:
     if not isinstance(value, str) or value not in options:
-        raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
+        match = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.6)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}{hint}")
     return value
 
 

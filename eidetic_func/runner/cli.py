@@ -21,6 +21,7 @@ from typing import Any
 from eidetic_func.core.errors import EideticError
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import parse_option
+from eidetic_func.runner.cli_values import comma_list
 from eidetic_func.runner.config import NESTED, RunConfig
 from eidetic_func.runner.environment import output_held
 from eidetic_func.runner.report import write_outputs
@@ -90,22 +91,6 @@ def value_parser(cls: ConfigClass, name: str) -> tuple[Callable[[str], Any], boo
     raise TypeError(f"{cls.__name__}.{name}: no flag parses {hint!r} (list it in NOT_FLAGS)")
 
 
-def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
-    """A parser of ``"a,b,c"`` into a tuple of ``item``'s values."""
-
-    def parse(text: str) -> tuple[Any, ...]:
-        try:
-            return tuple(item(v.strip()) for v in text.split(",") if v.strip())
-        except ValueError:
-            kind = "numbers" if item in (int, float) else "values"
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {kind}, got {text!r}"
-            ) from None
-
-    parse.__name__ = f"{getattr(item, '__name__', 'value')} list"
-    return parse
-
-
 def add_field_flag(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: ConfigClass,
@@ -145,7 +130,7 @@ def add_field_flag(
     else:
         options["metavar"] = meta.get("metavar", flag_name(field)[2:].upper().replace("-", "_"))
     return parser.add_argument(
-        flag_name(field), type=_comma_list(parse) if is_list else parse, **options
+        flag_name(field), type=comma_list(parse) if is_list else parse, **options
     )
 
 
@@ -273,7 +258,8 @@ def _differences(given: Any, default: Any, skip: Any = ()) -> dict[str, Any]:
     }
 
 
-def _list_methods() -> None:
+def list_methods() -> None:
+    """Print every method: its first sentence and its options."""
     from eidetic_func.methods.registry import METHODS
 
     for name, cls in METHODS.items():
@@ -285,10 +271,27 @@ def _list_methods() -> None:
 
 
 def _first_sentence(doc: str | None) -> str:
-    """The first sentence of a docstring's first paragraph, on one line."""
+    """The first sentence of a docstring's first paragraph, on one line (an abbreviation
+    such as "et al." or "e.g." does not end it)."""
     paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
-    head, dot, _ = paragraph.partition(". ")
-    return head + "." if dot else paragraph
+    start = 0
+    while (end := paragraph.find(". ", start)) != -1:
+        word = paragraph[:end].rsplit(" ", 1)[-1]
+        if word not in _ABBREVIATIONS and not (len(word) == 1 and word.isupper()):
+            return paragraph[: end + 1]
+        start = end + 2
+    return paragraph
+
+
+_ABBREVIATIONS = frozenset({"al", "e.g", "i.e", "etc", "cf", "vs", "Fig", "Eq"})
+
+
+def _flag_named(message: str) -> str:
+    """``message`` with a leading config field named by its flag (``max_epochs must be ...``
+    becomes ``--epochs must be ...``): the command line's user wrote flags."""
+    field, space, rest = message.partition(" ")
+    flags = {f.name: flag_name(f) for cls in FLAG_CLASSES for f in flag_fields(cls)}
+    return flags[field] + space + rest if field in flags else message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes = _resume_changes(args, parser.parse_args(["run"]))
             return _run_and_report(changes, args.output_dir, True, args.overwrite)
         if args.command == "methods":
-            _list_methods()
+            list_methods()
             return 0
         from eidetic_func.runner.presets import PRESETS
 
@@ -357,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = args.output_dir or Path("benchmarks/results") / args.preset
         return _run_and_report(bench_config(args), output, args.resume, args.overwrite)
     except EideticError as err:
-        print(f"eidetic-func: error: {err}", file=sys.stderr)
+        print(f"eidetic-func: error: {_flag_named(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("eidetic-func: interrupted; resume with --resume", file=sys.stderr)
