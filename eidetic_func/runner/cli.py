@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from eidetic_func.core.errors import EideticError
+from eidetic_func.core.errors import ConfigError, EideticError
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import parse_option
 from eidetic_func.runner.cli_values import comma_list
 from eidetic_func.runner.config import NESTED, RunConfig
 from eidetic_func.runner.environment import output_held
+from eidetic_func.runner.method_listing import list_methods
 from eidetic_func.runner.report import write_outputs
 from eidetic_func.runner.result import RunResult
 from eidetic_func.runner.resume import Given
@@ -160,6 +161,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="where results, plots and the checkpoint go (default: %(default)s)",
     )
     run_group.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a TOML file of settings (the flags' names with underscores; tables [train], "
+        "[eidetic], [method_options]); flags given override it. Every run directory holds "
+        "config.toml, which reruns that run exactly",
+    )
+    run_group.add_argument(
         "--resume",
         action="store_true",
         help="continue the run checkpointed in --output-dir (its saved settings are used; "
@@ -178,14 +188,38 @@ def _field_values(args: argparse.Namespace, cls: ConfigClass) -> dict[str, Any]:
     return {k: v[0] if isinstance(v, tuple) and len(v) == 1 else v for k, v in values.items()}
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of a parsed ``run`` command line."""
-    return RunConfig(
+def config_from_args(args: argparse.Namespace, base: RunConfig = DEFAULT) -> RunConfig:
+    """The RunConfig of a parsed ``run`` command line: ``base`` (a ``--config`` file's) with
+    the flags' values; the flags' method options are added to ``base``'s."""
+    return dataclasses.replace(
+        base,
         **_field_values(args, RunConfig),
         method=args.method,
-        method_options=dict(parse_option(o) for o in args.method_option),
-        **{name: cls(**_field_values(args, cls)) for name, cls in NESTED.items()},
+        method_options={**base.method_options, **dict(parse_option(o) for o in args.method_option)},
+        **{
+            name: dataclasses.replace(getattr(base, name), **_field_values(args, cls))
+            for name, cls in NESTED.items()
+        },
     )
+
+
+def _file_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, path: Path
+) -> tuple[argparse.Namespace, RunConfig]:
+    """The command line parsed again over the settings of ``--config`` ``path``: its
+    values are the flags' defaults, so a flag given overrides the file."""
+    from eidetic_func.runner.config_file import config_from_file
+
+    base = config_from_file(path)
+    defaults = {
+        "method": base.method,
+        **{f.name: getattr(base, f.name) for f in flag_fields(RunConfig)},
+    }
+    for name, cls in NESTED.items():
+        defaults.update({f.name: getattr(getattr(base, name), f.name) for f in flag_fields(cls)})
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands.choices["run"].set_defaults(**defaults)
+    return parser.parse_args(argv), base
 
 
 def say(text: str = "") -> None:
@@ -258,34 +292,6 @@ def _differences(given: Any, default: Any, skip: Any = ()) -> dict[str, Any]:
     }
 
 
-def list_methods() -> None:
-    """Print every method: its first sentence and its options."""
-    from eidetic_func.methods.registry import METHODS
-
-    for name, cls in METHODS.items():
-        options = ", ".join(
-            f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.name != "name"
-        )
-        print(f"{name:12s} {_first_sentence(cls.__doc__)}\n{'':12s} options: {options or 'none'}")
-    print("Chain methods with +, e.g. --method ewc+er (options: member.option=value).")
-
-
-def _first_sentence(doc: str | None) -> str:
-    """The first sentence of a docstring's first paragraph, on one line (an abbreviation
-    such as "et al." or "e.g." does not end it)."""
-    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
-    start = 0
-    while (end := paragraph.find(". ", start)) != -1:
-        word = paragraph[:end].rsplit(" ", 1)[-1]
-        if word not in _ABBREVIATIONS and not (len(word) == 1 and word.isupper()):
-            return paragraph[: end + 1]
-        start = end + 2
-    return paragraph
-
-
-_ABBREVIATIONS = frozenset({"al", "e.g", "i.e", "etc", "cf", "vs", "Fig", "Eq"})
-
-
 def _flag_named(message: str) -> str:
     """``message`` with a leading config field named by its flag (``max_epochs must be ...``
     becomes ``--epochs must be ...``): the command line's user wrote flags."""
@@ -343,8 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # steadier, faster steps on Linux (see eidetic_func.training.allocator)
     try:
         if args.command == "run":
+            if args.config is not None and args.resume:
+                raise ConfigError(
+                    "--config starts a run; --resume continues one with its saved settings"
+                )
             if not args.resume:
-                config = config_from_args(args)
+                base = DEFAULT
+                if args.config is not None:
+                    args, base = _file_config(parser, argv, args.config)
+                config = config_from_args(args, base)
                 return _run_and_report(config, args.output_dir, False, args.overwrite)
             changes = _resume_changes(args, parser.parse_args(["run"]))
             return _run_and_report(changes, args.output_dir, True, args.overwrite)

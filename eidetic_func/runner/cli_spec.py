@@ -88,7 +88,8 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
 def build_spec() -> dict[str, Any]:
     """The spec of the real parser and listings (imports torch)."""
     from eidetic_func.methods.registry import METHODS
-    from eidetic_func.runner.cli import build_parser, list_methods
+    from eidetic_func.runner.cli import build_parser
+    from eidetic_func.runner.method_listing import list_methods
     from eidetic_func.runner.presets import PRESETS
 
     parser = build_parser()

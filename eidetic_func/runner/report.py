@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eidetic_func.runner.config_file import CONFIG_FILE, to_toml
 from eidetic_func.training import metrics
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
         ),
         "history": write_history(result.history, output_dir / "history.csv"),
         "summary": write_text_atomic(output_dir / "summary.md", summary_markdown(result)),
+        "config": write_text_atomic(output_dir / CONFIG_FILE, to_toml(result.config)),
     }
     try:
         import matplotlib
@@ -186,7 +188,7 @@ def _atomic_write(path: Path, write: Callable[[Any], object]) -> Path:
     when a write fails (e.g. a full disk)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

@@ -15,7 +15,7 @@ import pytest
 
 from eidetic_func import EideticNet, RunConfig, TrainConfig
 from eidetic_func.core.errors import ConfigError
-from eidetic_func.runner import cli
+from eidetic_func.runner import method_listing
 from eidetic_func.runner.cli import (
     BENCH_FLAGS,
     NOT_FLAGS,
@@ -278,9 +278,9 @@ def test_a_run_piped_to_head_writes_every_result_and_exits_cleanly(
 
 
 def test_methods_are_listed_with_their_first_sentence() -> None:
-    assert cli._first_sentence("Joint training (offline); ``seed`` drives\n    draws. More.") == (
-        "Joint training (offline); ``seed`` drives draws."
-    )
+    assert method_listing._first_sentence(
+        "Joint training (offline); ``seed`` drives\n    draws. More."
+    ) == ("Joint training (offline); ``seed`` drives draws.")
 
 
 @pytest.mark.parametrize("method", ["eidetic", "eidetic+er", "ewc+eidetic"])

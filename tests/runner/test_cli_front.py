@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eidetic_func.runner import cli, cli_front, cli_spec
+from eidetic_func.runner import cli, cli_front, cli_spec, method_listing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,9 +119,9 @@ def test_a_config_error_names_the_flag_the_user_wrote(capsys: pytest.CaptureFixt
 
 def test_the_methods_listing_keeps_a_sentence_with_an_abbreviation_whole() -> None:
     doc = "Replay (Chaudhry et al. 2019, i.e. a buffer). More text. Even more."
-    assert cli._first_sentence(doc) == "Replay (Chaudhry et al. 2019, i.e. a buffer)."
-    assert cli._first_sentence("A. B. Smith's method. Then.") == "A. B. Smith's method."
-    assert cli._first_sentence("No full stop") == "No full stop"
+    assert method_listing._first_sentence(doc) == "Replay (Chaudhry et al. 2019, i.e. a buffer)."
+    assert method_listing._first_sentence("A. B. Smith's method. Then.") == "A. B. Smith's method."
+    assert method_listing._first_sentence("No full stop") == "No full stop"
 
 
 MYNET = """
