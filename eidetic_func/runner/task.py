@@ -12,6 +12,7 @@ or pruning step and resume.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -291,6 +292,9 @@ def _epochs(
     are other tensors (after a pruning step); the workspace lives as long as the task."""
     prepared: list[StepMasks] = []
     workspace = Workspace()
+    # progress: bars on a terminal; where stderr is a file or a pipe (a log), a line per epoch
+    bars = progress and parallel.is_main and sys.stderr.isatty()
+    lines = progress and parallel.is_main and not bars
 
     def epoch(
         carry: TaskCarry, label: str, other: Optimizer | None
@@ -300,9 +304,8 @@ def _epochs(
             prepared[:] = [step_masks(state)]
         device = device_of(state)
         description = f"{method.name} task {task} {label}"
-        shown = tqdm(
-            loader, desc=description, leave=False, disable=not (progress and parallel.is_main)
-        )
+        shown = tqdm(loader, desc=description, leave=False, disable=not bars)
+        start = time.perf_counter()
         state, mstate, measured = method_epoch(
             method,
             model,
@@ -324,6 +327,13 @@ def _epochs(
         correct, count, loss_sum = parallel.sum_metrics(
             measured.correct, measured.count, measured.loss_sum
         )
+        if lines:
+            print(
+                f"{description}: accuracy {correct / count:.4f}, loss {loss_sum / count:.4f}, "
+                f"{time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         return (state, mstate), correct / count, loss_sum / count
 
     return epoch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from eidetic_func.models import MLP
@@ -348,3 +350,33 @@ def test_with_a_stop_loader_the_stopping_metric_is_eval_accuracy_on_it() -> None
     train = [h for h in history if h["phase"] == "train"]
     assert all(0.0 <= h["metric"] <= 1.0 for h in train)
     assert train[-1]["train_metric"] > 0.8 and train[-1]["metric"] < 0.3
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_line_per_epoch_in_a_log_and_bars_on_a_terminal(
+    terminal: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log (stderr a file or a pipe) gets no carriage returns: one plain line per epoch."""
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: terminal)
+    model, state, opt = _setup()
+    _, _, history = train_task(
+        model,
+        state,
+        _data(0),
+        task=0,
+        optimizer=opt,
+        config=TrainConfig(max_epochs=3, patience=1),
+        method=EideticNet(pruning_step=0.5, max_masking_ratio=0.5),
+        generator=torch.Generator().manual_seed(0),
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    epochs = [h for h in history if h["phase"] in ("train", "recover")]
+    if terminal:
+        assert "\r" in err and "eidetic task 0 epoch 1" in err
+    else:
+        assert "\r" not in err
+        lines = err.splitlines()
+        assert len(lines) == len(epochs)
+        for line, record in zip(lines, epochs):
+            assert line.startswith("eidetic task 0 ") and f"accuracy {record['metric']:.4f}" in line
