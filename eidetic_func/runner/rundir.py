@@ -54,6 +54,7 @@ def hold(
     interrupted, killed: then the next hold restores it).
     """
     directory = Path(path)
+    created = _missing(directory)
     key = _usable(directory).resolve()
     if key in _held:
         _held[key] += 1
@@ -62,9 +63,15 @@ def hold(
         finally:
             _held[key] -= 1
         return
-    fd = _lock(directory)
+    new_lock = not (directory / LOCK_FILE).exists()
+    try:
+        fd = _lock(directory)
+    except BaseException:
+        _tidy(directory, created, new_lock)
+        raise
     _held[key] = 1
     existing, aside = directory / checkpoint, directory / f".{checkpoint}{ASIDE_SUFFIX}"
+    failed = True
     try:
         _remove_stale(directory, log)
         _settle_aside(existing, aside, log)
@@ -82,9 +89,32 @@ def hold(
             _settle_aside(existing, aside, log)
             raise
         aside.unlink(missing_ok=True)  # the new run finished: the old one is replaced
+        failed = False
     finally:
         del _held[key]
         os.close(fd)  # releases the flock
+        if failed:
+            _tidy(directory, created, new_lock)
+
+
+def _missing(directory: Path) -> list[Path]:
+    """``directory`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _tidy(directory: Path, created: list[Path], new_lock: bool) -> None:
+    """After a run that failed: the lock file it made goes, and so do the directories it
+    made if nothing else is in them (its settings refused, its data missing); a
+    checkpoint to resume from stays."""
+    with contextlib.suppress(OSError):
+        if new_lock:
+            (directory / LOCK_FILE).unlink()
+        for made in created:
+            made.rmdir()  # only an empty one; a directory holding anything stops here
 
 
 def _settle_aside(existing: Path, aside: Path, log: Callable[[str], None]) -> None:

@@ -139,6 +139,28 @@ def test_a_fresh_run_refuses_to_overwrite_a_checkpoint_unless_told_to(
 @pytest.mark.parametrize(
     "bad",
     [
+        ["--dataset", "split-mnist", "--data-root", "/no/such/root"],
+        ["--model", "torchvision:mobilenet_v2"],  # depthwise convolutions: refused
+        ["--method", "er", "--cycles", "2"],  # refused by the config, before any directory
+    ],
+    ids=["missing-files", "refused-model", "refused-setting"],
+)
+def test_a_run_that_fails_before_it_starts_leaves_no_directory_behind(
+    tmp_path: Path, bad: list[str]
+) -> None:
+    out = tmp_path / "new" / "runs" / "latest"
+    assert main(["run", *TINY_ARGS, *bad, "--output-dir", str(out)]) == 2
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"  # a directory that was there stays, and holds nothing new
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(["run", *TINY_ARGS, *bad, "--output-dir", str(kept)]) == 2
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
         ["--dataset", "imagefolder:/no/such/folder"],
         ["--model", "import:no_such_module:make"],
         ["--dataset", "split-mnist"],  # no --data-root
