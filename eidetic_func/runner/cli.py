@@ -262,6 +262,8 @@ def _report(result: RunResult, output_dir: Path) -> int:
     say()
     say(summary_markdown(result))
     say("wrote " + ", ".join(str(p) for p in paths.values()))
+    for warning in result.warnings:  # also in the summary; here where a log shows them
+        print(f"eidetic-func: warning: {warning}", file=sys.stderr)
     return status
 
 

@@ -80,6 +80,8 @@ def summary_markdown(result: RunResult) -> str:
         f"Wall time: {result.seconds:.1f} s",
         "",
     ]
+    if result.warnings:
+        lines += ["**Warnings**", "", *(f"- {w}" for w in result.warnings), ""]
     return "\n".join(lines)
 
 

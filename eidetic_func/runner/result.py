@@ -10,6 +10,7 @@ from typing import Any
 from eidetic_func.core.state import EideticState
 from eidetic_func.methods.protocol import state_bytes
 from eidetic_func.ops.capacity import capacity
+from eidetic_func.runner import run_warnings
 from eidetic_func.runner.config import RunConfig
 from eidetic_func.runner.record import RunRecord
 from eidetic_func.runner.setup import RunSetup
@@ -35,6 +36,7 @@ class RunResult:
     state: EideticState = dataclasses.field(repr=False)
     parallel: dict[str, Any] | None = None
     is_main: bool = True
+    warnings: list[str] = dataclasses.field(default_factory=list)  # see run_warnings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class RunResult:
             "router": self.router,
             "parallel": self.parallel,
             "seconds": self.seconds,
+            "warnings": self.warnings,
         }
 
 
@@ -79,6 +82,11 @@ def measure(setup: RunSetup, record: RunRecord) -> RunResult:
         state=record.state,
         parallel=parallel_info,
         is_main=setup.parallel.is_main,
+        warnings=[
+            *run_warnings.data_warnings(setup.config, setup.sequence),
+            *run_warnings.chance_warnings(setup.sequence, record.history),
+            *run_warnings.growth_warnings(setup.config, bool(record.state.growth)),
+        ],
     )
 
 
