@@ -128,6 +128,14 @@ class EideticNet:
         "a disjoint subnetwork)",
         group="method",
     )
+    max_pruning_steps: int | None = option(
+        None,
+        "stop a task's pruning after this many pruning steps, kept or not (a short run: "
+        "--epochs 2 --max-pruning-steps 1; 0: no pruning, the task keeps every free neuron)",
+        group="method",
+        metavar="N",
+        none="until the schedule stops",
+    )
     traits: ClassVar[Traits] = Traits(
         data_parallel=True,
         task_incremental=True,
@@ -153,6 +161,8 @@ class EideticNet:
         validate.fraction(self.first_pruning_step, "first_pruning_step")
         if self.score_batches is not None:
             validate.integer(self.score_batches, "score_batches", minimum=1)
+        if self.max_pruning_steps is not None:
+            validate.integer(self.max_pruning_steps, "max_pruning_steps", minimum=0)
         for name in ("constant_step", "forward_transfer"):
             validate.boolean(getattr(self, name), name)
 

@@ -2,7 +2,8 @@
 observation) → (schedule, action)``, no tensors, no training.
 
 One pruning step (the original's rule): at the top, stop if the accuracy is below
-``best × (1 − tolerance)`` or the pruned share above ``max_masking_ratio``; otherwise the
+``best × (1 − tolerance)``, the pruned share above ``max_masking_ratio`` or
+``max_pruning_steps`` steps taken; otherwise the
 current state is the last good one (resumable after the first step); prune
 ``pruning_step`` of the remaining neurons (``pruning_type``; both cycle by iteration);
 recover up to ``max_recovery_epochs`` epochs, until the accuracy is within the tolerance;
@@ -44,6 +45,8 @@ class Settings(Protocol):
     def pruning_schedule(self) -> str: ...
     @property
     def first_pruning_step(self) -> float: ...
+    @property
+    def max_pruning_steps(self) -> int | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,10 @@ def _check(settings: Settings, s: Schedule, pruned_fraction: float) -> tuple[Sch
     if pruned_fraction > settings.max_masking_ratio:
         limit = settings.max_masking_ratio
         return _stop(s, f"pruned fraction {pruned_fraction:.3f} above {limit}")
+    cap = settings.max_pruning_steps
+    if cap is not None and s.iteration >= cap:
+        s = dataclasses.replace(s, good=True, good_metric=s.metric)  # the step was kept
+        return _stop(s, f"{s.iteration} pruning step(s) taken: max_pruning_steps={cap}")
     s = dataclasses.replace(s, phase="ready", good=True, good_metric=s.metric)
     if s.iteration > 0:
         return s, Save()

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from eidetic_func.core.errors import ConfigError
 from eidetic_func.methods.eidetic import EideticNet
 from eidetic_func.methods.registry import decode_state, encode_state
 from eidetic_func.methods.schedule import (
@@ -107,6 +108,28 @@ def test_nothing_to_prune_stops_with_the_unpruned_state() -> None:
     s, _ = _step(settings, start(settings, 0.8), Measured(0.0), Prune)
     _, action = _step(settings, s, NothingLeft("no neuron left"), Stop)
     assert action == Stop("no neuron left", restore=False)
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
+@pytest.mark.parametrize("cap", [0, 1, 3])
+def test_max_pruning_steps_stops_after_that_many_steps_keeping_the_last(
+    schedule: str, cap: int
+) -> None:
+    settings = _Settings(pruning_schedule=schedule, max_pruning_steps=cap, max_masking_ratio=0.99)
+    s, pruned, steps = start(settings, 0.8), 0.0, 0
+    while True:
+        s, action = transition(settings, s, Measured(pruned))
+        if isinstance(action, Save):
+            s, action = transition(settings, s, Measured(pruned))
+        if isinstance(action, Stop):
+            break
+        assert isinstance(action, Prune)
+        pruned, steps = pruned + (1 - pruned) * action.fraction, steps + 1
+        s, _ = _step(settings, s, Pruned(pruned), Train)
+        s, _ = _step(settings, s, Recovered(0.8), Measure)  # every step is kept
+    assert steps == cap and not action.restore and f"max_pruning_steps={cap}" in action.reason
+    with pytest.raises(ConfigError, match="max_pruning_steps"):
+        _Settings(max_pruning_steps=-1)
 
 
 def _to_prune(settings: EideticNet, s: Schedule, fraction: float) -> tuple[Schedule, Prune]:

@@ -148,6 +148,24 @@ def test_the_cli_prunes_with_the_adaptive_schedule_when_asked(tmp_path: Path) ->
     assert steps and steps[0] == 0.6 and max(steps) == 0.6
 
 
+@pytest.mark.parametrize("cap", [0, 1])
+def test_a_short_run_prunes_at_most_max_pruning_steps_per_task(cap: int, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", *SMALL_ARGS, "--num-tasks", "2", "--no-router", "--max-pruning-steps", str(cap)]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    with (out / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for task in ("0", "1"):
+        assert sum(r["phase"] == "prune" and r["task"] == task for r in rows) == (
+            cap if task == "0" else 0
+        )
+    results = json.loads((out / "results.json").read_text())
+    matrix = results["accuracy_matrix"]
+    assert matrix[1][0] == matrix[0][0]  # finished tasks stay bit-identical all the same
+    if cap == 0:  # unpruned: the first task owns every neuron it could use
+        assert results["capacity"]["owned"]["0"] > results["capacity"]["owned"].get("1", 0)
+
+
 def test_python_dash_m_and_help_document_every_option() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "eidetic_func", "run", "--help"],
