@@ -66,7 +66,14 @@ def _grow(setup: RunSetup, record: RunRecord) -> tuple[RunSetup, RunRecord]:
         )
     added = ", ".join(f"{name} +{n}" for name, n in plan.items())
     setup.log(f"  grew ({config.grow_policy}): {added}")
-    return setup.with_network(model, state.topology), record.replace(state=state)
+    task = setup.schedule[record.visit] if record.visit < len(setup.schedule) else "router"
+    grew = tuple(
+        {"task": task, "phase": "grow", "method": setup.method.name, "time": time.time(),
+         "unit": name, "neurons": n, "reason": config.grow_policy}
+        for name, n in plan.items()
+    )  # fmt: skip
+    record = record.replace(state=state, history=(*record.history, *grew))
+    return setup.with_network(model, state.topology), record
 
 
 def _visit(setup: RunSetup, record: RunRecord) -> RunRecord:

@@ -44,7 +44,8 @@ def write_report(result: RunResult, output_dir: Path) -> dict[str, Path]:
     except ImportError:  # plots are an optional extra: pip install 'eidetic-func[plots]'
         return written
     written["accuracy_plot"] = plot_accuracy_matrix(result, output_dir / "accuracy_matrix.png")
-    if result.capacity is not None:
+    if result.capacity is not None and any(u["owned"] for u in result.capacity["units"]):
+        # only a method that owns neurons (EideticNet, PackNet) has capacity to show
         names = list(result.task_names) + (["router"] if result.router is not None else [])
         written["capacity_plot"] = plot_capacity(
             result.capacity, output_dir / "capacity.png", task_names=names

@@ -302,6 +302,13 @@ def test_a_run_grows_when_a_task_finds_no_free_neuron_and_forgets_nothing() -> N
     sizes = {u["name"]: u["size"] for u in result.capacity["units"]}
     grown = {g.unit for g in result.state.growth}
     assert all(sizes[u] > 6 for u in grown)
+    # the history (history.csv) records every growth: which unit, how many neurons, before
+    # which task
+    rows = [r for r in result.history if r["phase"] == "grow"]
+    assert sorted((r["unit"], r["neurons"]) for r in rows) == sorted(
+        (g.unit, g.neurons) for g in result.state.growth
+    )
+    assert all(r["reason"] == "when-full" and r["task"] in (*range(5), "router") for r in rows)
 
 
 @pytest.mark.parametrize("growth", [{"grow": 2}, {"grow_policy": "refill"}])

@@ -270,6 +270,8 @@ def test_a_baseline_runs_from_the_cli_with_its_options(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["method_options"] == {"lambda_ewc": 50}
     assert results["router"] is None and results["extra_memory_bytes"] > 0
+    # EWC owns no neurons: no capacity plot (it would be empty); the accuracy plot stays
+    assert (out / "accuracy_matrix.png").is_file() and not (out / "capacity.png").exists()
 
 
 def test_unknown_bench_preset_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
