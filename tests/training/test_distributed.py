@@ -50,7 +50,7 @@ def _run_on_two_ranks(out: Path, *args: str) -> dict:
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     results = json.loads((out / "results.json").read_text())
     assert results["parallel"]["world_size"] == 2
     assert len(results["parallel"]["state_digest"]) == 64
@@ -124,7 +124,7 @@ def test_distributed_scores_prune_like_one_process_on_the_combined_data(tmp_path
         timeout=300,
         cwd=Path(__file__).resolve().parents[2],
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     per_rank = json.loads(result.read_text())
     for rank in per_rank:
         for method, outcome in rank.items():
@@ -166,7 +166,7 @@ def test_a_distributed_run_killed_mid_task_resumes_with_the_same_world_size(
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     got = json.loads((crashed / "results.json").read_text())
     for key in ("accuracy_matrix", "accuracy_after_finish", "capacity", "parallel"):
         assert got[key] == two_rank_run[key], key
@@ -228,7 +228,7 @@ def test_a_stopped_peer_fails_the_run_after_the_timeout_naming_the_rank(tmp_path
         text=True,
         timeout=120,
     )
-    assert "CAUGHT rank 0 of 2: sum_metrics failed" in done.stdout, done.stderr[-2000:]
+    assert "CAUGHT rank 0 of 2: sum_metrics failed" in done.stdout, done.stderr[-8000:]
 
 
 def test_baselines_train_data_parallel_with_identical_states(tmp_path: Path) -> None:
