@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _block_after(heading: str) -> str:
-    section = README.read_text().split(heading, 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, f"no python block after {heading!r}"
-    return match.group(1)
+from readme_blocks import README, block_after
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -41,7 +32,7 @@ def test_the_functional_core_tour_trains_five_tasks_and_task_0_answers_as_it_did
     monkeypatch.setattr(ef, "finish_task", finish_and_keep)
     module = types.ModuleType("readme_core")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(_block_after("## The functional core"), str(README), "exec"), module.__dict__)
+    exec(compile(block_after("## The functional core"), str(README), "exec"), module.__dict__)
     state, model, x = module.state, module.model, module.x
     assert state.finished == (0, 1, 2, 3, 4) and sorted(finished) == [0, 1, 2, 3, 4]
     then, _ = ef.forward(model, finished[0], x, task=0, train=False)
@@ -56,7 +47,7 @@ def test_the_grown_checkpoint_example_loads_into_a_regrown_model_with_its_optimi
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType("readme_growth")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    block = _block_after("checkpoint yourself, regrow the fresh model")
+    block = block_after("checkpoint yourself, regrow the fresh model")
     exec(compile(block, str(README), "exec"), module.__dict__)
     saved = ef.load(tmp_path / "grown.safetensors").state
     fresh, state = module.fresh, module.state
