@@ -66,8 +66,8 @@ def hold(
     new_lock = not (directory / LOCK_FILE).exists()
     try:
         fd = _lock(directory)
-    except BaseException:
-        _tidy(directory, created, new_lock)
+    except BaseException:  # the lock file may be another run's now: it stays
+        _remove_empty(created)
         raise
     _held[key] = 1
     existing, aside = directory / checkpoint, directory / f".{checkpoint}{ASIDE_SUFFIX}"
@@ -92,9 +92,12 @@ def hold(
         failed = False
     finally:
         del _held[key]
+        if failed and new_lock:  # unlinked while still locked: no other run can hold it
+            with contextlib.suppress(OSError):
+                (directory / LOCK_FILE).unlink()
         os.close(fd)  # releases the flock
         if failed:
-            _tidy(directory, created, new_lock)
+            _remove_empty(created)
 
 
 def _missing(directory: Path) -> list[Path]:
@@ -106,13 +109,10 @@ def _missing(directory: Path) -> list[Path]:
     return missing
 
 
-def _tidy(directory: Path, created: list[Path], new_lock: bool) -> None:
-    """After a run that failed: the lock file it made goes, and so do the directories it
-    made if nothing else is in them (its settings refused, its data missing); a
-    checkpoint to resume from stays."""
+def _remove_empty(created: list[Path]) -> None:
+    """After a run that failed: the directories it made (deepest first) go if nothing is
+    in them (its settings refused, its data missing); one holding a checkpoint stays."""
     with contextlib.suppress(OSError):
-        if new_lock:
-            (directory / LOCK_FILE).unlink()
         for made in created:
             made.rmdir()  # only an empty one; a directory holding anything stops here
 
