@@ -2,10 +2,20 @@
 
 Every error derives from :class:`EideticError`; most also derive from the builtin a
 caller would naturally catch (``ValueError`` for bad arguments), so both styles work.
-Messages name the argument and the value that was expected.
+Messages name the argument and the value that was expected, and, where a value was
+mistyped, the closest valid one (:func:`closest`).
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+
+def closest(value: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the valid value closest to ``value``, or ``""``."""
+    match = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 class EideticError(Exception):

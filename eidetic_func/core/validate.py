@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from numbers import Integral, Real
 from typing import Any
 
 import torch
 
-from eidetic_func.core.errors import ConfigError, TaskError
+from eidetic_func.core.errors import ConfigError, TaskError, closest
 
 # run seeds derive generator seeds as ``seed * 1000 + t``: they must stay within int64
 MAX_SEED = (2**63 - 1) // 1000 - 1
@@ -71,8 +70,7 @@ def boolean(value: Any, name: str) -> bool:
 
 def choice(value: Any, name: str, options: tuple[str, ...] | list[str]) -> str:
     if not isinstance(value, str) or value not in options:
-        match = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.6)
-        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        hint = closest(str(value), options)
         raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}{hint}")
     return value
 

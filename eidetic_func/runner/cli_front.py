@@ -21,7 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from eidetic_func.runner.cli_values import closest, comma_list
+from eidetic_func.core.errors import closest
+from eidetic_func.runner.cli_values import comma_list
 
 SPEC_FILE = "cli_spec.json"
 

@@ -1,10 +1,9 @@
-"""Values of the command line that need no torch: comma lists, the closest valid value."""
+"""Values of the command line that need no torch: comma lists."""
 
 from __future__ import annotations
 
 import argparse
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 
@@ -24,10 +23,4 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     return parse
 
 
-def closest(value: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the valid value closest to ``value``, or ``""``."""
-    match = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-__all__ = ["closest", "comma_list"]
+__all__ = ["comma_list"]

@@ -18,8 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from eidetic_func.core.errors import ConfigError
-from eidetic_func.runner.cli_values import closest
+from eidetic_func.core.errors import ConfigError, closest
 from eidetic_func.runner.config import NESTED, RunConfig
 
 if sys.version_info >= (3, 11):
