@@ -186,6 +186,15 @@ def uses_router(config: RunConfig, method: Method) -> bool:
     return config.router and traits(method).router
 
 
+def implementation(params: list[nn.Parameter], *, fused: bool = False) -> dict[str, bool]:
+    """How a ``torch.optim`` optimizer over ``params`` steps them: ``{"fused": True}`` or
+    ``{"foreach": True}`` (all tensors per operation) on CPU and CUDA, torch's choice
+    elsewhere."""
+    if not all(p.device.type in ("cpu", "cuda") for p in params):
+        return {}
+    return {"fused": True} if fused else {"foreach": True}
+
+
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The run's one optimizer over ``model``'s parameters.
 
@@ -196,10 +205,9 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
     head) gets its first gradient after the others.
     """
     params = list(model.parameters())
+    fused = config.fused_optimizer and config.optimizer in ("adam", "adamw")
     options: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if all(p.device.type in ("cpu", "cuda") for p in params):
-        fused = config.fused_optimizer and config.optimizer in ("adam", "adamw")
-        options["fused" if fused else "foreach"] = True
+    options |= implementation(params, fused=fused)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, **options)
     if config.optimizer == "adamw":

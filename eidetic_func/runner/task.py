@@ -39,6 +39,7 @@ from eidetic_func.methods.protocol import (
 )
 from eidetic_func.ops.step_masks import StepMasks, step_masks
 from eidetic_func.ops.workspace import Workspace
+from eidetic_func.runner.build import implementation
 from eidetic_func.training.config import TrainConfig
 from eidetic_func.training.distributed import SINGLE, Parallel, Single
 from eidetic_func.training.loop import (
@@ -213,8 +214,7 @@ def _optimizer(model: nn.Module, name: str, options: Mapping[str, Any]) -> Optim
     """A fresh ``torch.optim`` optimizer ``name`` over the model's parameters."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     params = list(model.parameters())
-    foreach = all(p.device.type in ("cpu", "cuda") for p in params)  # as build_optimizer
-    optimizer: Optimizer = kinds[name](params, **{"foreach": foreach or None, **options})
+    optimizer: Optimizer = kinds[name](params, **{**implementation(params), **options})
     return optimizer
 
 
