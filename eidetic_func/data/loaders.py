@@ -119,9 +119,10 @@ def batch_loader(
     An :class:`ImageDataset` is fetched a batch at a time (``dataset[positions]``) instead
     of item by item and stacked again, at about half the cost per batch on CPU; that
     loader's ``batch_size`` attribute is ``None`` (its sampler batches): ``len(loader)``
-    counts batches. Other datasets (e.g. with per-item transforms) load item by item.
+    counts batches. Other datasets (per-item transforms; a subclass of ImageDataset,
+    whose ``__getitem__`` may take one position only) load as ``DataLoader`` loads them.
     """
-    if not isinstance(dataset, ImageDataset):
+    if type(dataset) is not ImageDataset:
         return DataLoader(
             dataset,
             batch_size,

@@ -76,6 +76,30 @@ def test_a_batch_loader_yields_the_dataloaders_batches_bit_for_bit(
     assert torch.equal(ours.get_state(), theirs.get_state())
 
 
+class _Flipped(ImageDataset):
+    """A user's subclass with a per-item transform: its ``__getitem__`` takes one position."""
+
+    def __getitem__(self, i):  # type: ignore[override]
+        x, y = super().__getitem__(int(i))
+        return x.flip(-1), y
+
+    def __getitems__(self, indices):  # type: ignore[override]
+        return [self[i] for i in indices]
+
+
+def test_a_subclass_of_image_dataset_loads_through_its_own_items() -> None:
+    task = load_sequence(limit_per_class=5)[0]
+    flipped = _Flipped(
+        task.train.images,
+        task.train.labels,
+        index=task.train.index,
+        mean=task.train.mean,
+        std=task.train.std,
+    )
+    (x, _), *_ = batch_loader(flipped, 4)
+    assert torch.equal(x, task.train.batch(torch.arange(4))[0].flip(-1))
+
+
 def test_test_loader_keeps_order() -> None:
     task = load_sequence(limit_per_class=10)[0]
     test = loaders(task, 7, eval_batch_size=6).test
