@@ -125,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``eidetic-func`` command: answered here when torch is not needed, else run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "" not in sys.path and os.getcwd() not in sys.path:
-        # as ``python -m`` does: ``--model import:mynet:make`` finds ./mynet.py
-        sys.path.insert(0, os.getcwd())
+        # ``--model import:mynet:make`` finds ./mynet.py; last, unlike ``python -m``'s first,
+        # so that a file of the working directory never shadows an installed package
+        sys.path.append(os.getcwd())
     parser = light_parser()
     args = parser.parse_args(argv)
     listing = {"methods": "methods"}.get(args.command)

@@ -138,8 +138,11 @@ def make(num_classes, input_shape):
 
 @pytest.mark.slow
 def test_an_import_model_is_found_in_the_working_directory(tmp_path: Path) -> None:
-    """As ``python -m`` would: the console script puts the working directory on the path."""
+    """The console script puts the working directory on the path, after the installed
+    packages."""
     (tmp_path / "mynet.py").write_text(textwrap.dedent(MYNET))
+    # a file named like an installed package the run imports must not shadow it
+    (tmp_path / "tqdm.py").write_text("raise RuntimeError('the working directory shadowed tqdm')\n")
     script = Path(sys.executable).with_name("eidetic-func")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
