@@ -4,7 +4,7 @@
 The file has :class:`RunConfig`'s fields as keys, its nested settings as the tables
 ``[train]`` and ``[eidetic]``, and a method's options as ``[method_options]`` (the keys of
 :meth:`RunConfig.to_dict`). TOML has no null: a field that may be ``None`` takes the string
-``"none"``; a field left out keeps its default.
+``"none"`` (a method option too); a field left out keeps its default.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def _checked(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: {key!r} must be {kind}")
         if key in NESTED and cls is RunConfig:
             settings[key] = _checked(value, NESTED[key], f"{where} [{key}]")
-        elif key == "method_options":
-            settings[key] = {k: _read(v) for k, v in value.items()}
+        elif key == "method_options":  # a method's option may be None (chunk_size=null)
+            settings[key] = {k: _option(v) for k, v in value.items()}
         else:
             optional = type(None) in typing.get_args(hints[key])
             settings[key] = None if optional and value == NONE else _read(value)
@@ -66,6 +66,15 @@ def _checked(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
 
 def _read(value: Any) -> Any:
     return tuple(_read(v) for v in value) if isinstance(value, list) else value
+
+
+def _option(value: Any) -> Any:
+    """A method option's value: ``"none"`` is None at any depth (the writer's null)."""
+    if isinstance(value, dict):
+        return {k: _option(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_option(v) for v in value)
+    return None if value == NONE else value
 
 
 def config_from_file(path: str | Path) -> RunConfig:
@@ -99,11 +108,13 @@ def _table(obj: Any, *, exclude: tuple[str, ...]) -> list[str]:
         value = getattr(obj, field.name)
         if value is None and field.default is None:
             continue  # left out: its default
-        lines.append(f"{field.name} = {_toml(NONE if value is None else value)}")
+        lines.append(f"{field.name} = {_toml(value)}")
     return lines
 
 
 def _toml(value: Any) -> str:
+    if value is None:  # only where a reader turns it back (Optional fields, method options)
+        return _string(NONE)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -42,6 +42,9 @@ CORNERS = {
     "a chain's dotted options": RunConfig(
         method="ewc+er", method_options={"ewc.lambda_ewc": 5.0, "er.buffer_size": 100}
     ),
+    "an option set to None (--method-option chunk_size=null)": RunConfig(
+        method="ewc", method_options={"chunk_size": None, "fisher_samples": 32}
+    ),
     "an awkward path": RunConfig(data_root='C:\\data\\"mnist" é\n\x7f\x00𐀀'),
     "every optional set": RunConfig(
         num_tasks=3, limit_per_class=7, width=33, threads=1, train=TrainConfig(check_every=4)
