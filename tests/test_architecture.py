@@ -280,3 +280,24 @@ def test_the_function_measure_skips_the_docstring_and_counts_the_body(tmp_path: 
     source = tmp_path / "m.py"
     source.write_text('def f():\n    """doc\n    more"""\n    a = 1\n    return a\n')
     assert _function_bodies(source) == {"m.py:f": 2}
+
+
+def test_the_lazy_package_resolves_every_name_and_types_it_as_it_resolves() -> None:
+    """``eidetic_func``'s names are imported on first use (``_LAZY``); type checkers read the
+    ``TYPE_CHECKING`` imports instead: both must name the same object for each name."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    typed: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                for alias in imp.names:
+                    module = imp.module.removeprefix("eidetic_func").lstrip(".")
+                    typed[alias.asname or alias.name] = f"{module}.{alias.name}".lstrip(".")
+    lazy = {
+        name: module if attribute is None else f"{module}.{attribute}"
+        for name, (module, attribute) in eidetic_func._LAZY.items()
+    }
+    assert {k: v for k, v in lazy.items() if k in typed} == typed
+    for name in eidetic_func.__all__:
+        assert getattr(eidetic_func, name) is not None, name
